@@ -1,0 +1,5 @@
+"""Entry point for ``python -m flowsr_cli``."""
+
+from flowsr_cli.cli import main
+
+main()

@@ -1,0 +1,39 @@
+"""Atomic writes: a target holds its old content or all of the new one, and no temp file is left."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flowsr_cli.atomic import TEMP_SUFFIX, atomic_write_bytes
+
+
+def _temp_files(directory: Path) -> list[Path]:
+    return [path for path in directory.iterdir() if path.name.endswith(TEMP_SUFFIX)]
+
+
+def test_new_file_gets_umask_permissions_and_content(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"payload")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.read_bytes() == b"payload"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert _temp_files(tmp_path) == []
+
+
+def test_replace_failure_keeps_target_and_removes_temp(tmp_path: Path) -> None:
+    target = tmp_path / "occupied"
+    target.mkdir()
+    (target / "keep.txt").write_text("inside")
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new data")
+    assert (target / "keep.txt").read_text() == "inside"
+    assert _temp_files(tmp_path) == []
+
+
+def test_missing_folder_raises_oserror(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        atomic_write_bytes(tmp_path / "no" / "such" / "file.bin", b"data")
