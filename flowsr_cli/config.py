@@ -1,0 +1,350 @@
+"""User settings: declared once here, resolved as flag > FLOWSR_* environment > config file > default."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowsr_cli.errors import UsageError
+
+CONFIG_ENV = "FLOWSR_CONFIG"
+ENV_PREFIX = "FLOWSR_"
+
+
+class SettingValueError(ValueError):
+    """A raw value does not fit a setting; the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One user setting: its name, how a raw value becomes a typed one, its default and help."""
+
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    allowed: str
+
+    def default_value(self) -> Any:
+        """The built-in default; a callable default is computed when asked for (e.g. platform folders)."""
+        return self.default() if callable(self.default) else self.default
+
+    @property
+    def env_var(self) -> str:
+        """The environment variable that sets this key."""
+        return ENV_PREFIX + self.key.upper()
+
+    def to_toml(self, value: Any) -> Any:
+        """The value as it is stored in the TOML file."""
+        return str(value) if isinstance(value, Path) else value
+
+
+def _choice(*choices: str, aliases: Mapping[str, str] | None = None) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        text = (aliases or {}).get(text, text)
+        if text not in choices:
+            raise SettingValueError("")
+        return text
+
+    return parse
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise SettingValueError("")
+        try:
+            value = int(str(raw).strip().replace("_", ""))
+        except ValueError as exc:
+            raise SettingValueError("") from exc
+        if value < minimum or (maximum is not None and value > maximum):
+            raise SettingValueError("")
+        return value
+
+    return parse
+
+
+def _auto_or_integer(minimum: int) -> Callable[[Any], str | int]:
+    as_integer = _integer(minimum)
+
+    def parse(raw: Any) -> str | int:
+        if str(raw).strip().lower() == "auto":
+            return "auto"
+        return as_integer(raw)
+
+    return parse
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise SettingValueError("")
+
+
+def _device(raw: Any) -> str:
+    text = str(raw).strip().lower()
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+        raise SettingValueError("")
+    return text
+
+
+def _model_name(raw: Any) -> str:
+    text = str(raw).strip()
+    if not text:
+        raise SettingValueError("")
+    return text
+
+
+_SUFFIX_FIELDS = {"size"}
+
+
+def _suffix(raw: Any) -> str:
+    text = str(raw)
+    if "/" in text or os.sep in text:
+        raise SettingValueError("")
+    fields = set(re.findall(r"\{([^{}]*)\}", text))
+    if not fields <= _SUFFIX_FIELDS:
+        raise SettingValueError("")
+    return text
+
+
+def _path(raw: Any) -> Path:
+    text = str(raw).strip()
+    if not text:
+        raise SettingValueError("")
+    return Path(text).expanduser()
+
+
+def _optional_path(raw: Any) -> Path | None:
+    return _path(raw) if str(raw).strip() else None
+
+
+def _default_cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("flowsr"))
+
+
+SETTINGS: dict[str, Setting] = {
+    setting.key: setting
+    for setting in (
+        Setting(
+            "model",
+            _model_name,
+            "bicubic",
+            "Model used by `upscale` (a registry name or a .safetensors path).",
+            "a model name or path",
+        ),
+        Setting("device", _device, "auto", "Where models run.", "auto, cpu, cuda or cuda:N"),
+        Setting(
+            "precision",
+            _choice("auto", "fp32", "fp16", "bf16"),
+            "auto",
+            "Numeric precision of model inference.",
+            "auto, fp32, fp16 or bf16",
+        ),
+        Setting(
+            "tile",
+            _auto_or_integer(0),
+            "auto",
+            "Tile side in input pixels; auto fits free memory; 0 = no tiling.",
+            "auto or an integer >= 0",
+        ),
+        Setting(
+            "tile_pad",
+            _auto_or_integer(0),
+            "auto",
+            "Context margin around tiles in input pixels.",
+            "auto or an integer >= 0",
+        ),
+        Setting(
+            "format",
+            _choice("same", "png", "jpeg", "webp", "tiff", "bmp", aliases={"jpg": "jpeg", "tif": "tiff"}),
+            "same",
+            "Output file format; `same` keeps the input's.",
+            "same, png, jpg, webp, tiff or bmp",
+        ),
+        Setting(
+            "suffix",
+            _suffix,
+            "_{size}",
+            "Added to output file names; {size} is the request as given: x3.5, w1920 or h1080.",
+            "text without '/', using only the field {size}",
+        ),
+        Setting("quality", _integer(1, 100), 95, "JPEG and WebP quality.", "an integer from 1 to 100"),
+        Setting(
+            "max_pixels",
+            _integer(1),
+            200_000_000,
+            "Largest input image (width x height) that will be decoded.",
+            "an integer >= 1",
+        ),
+        Setting(
+            "strip_metadata", _boolean, False, "Drop ICC profile, EXIF, DPI and text from outputs.", "true or false"
+        ),
+        Setting("cache_dir", _path, _default_cache_dir, "Where downloaded models are kept.", "a folder path"),
+        Setting(
+            "backbone_dir",
+            _optional_path,
+            None,
+            "Folder with alexnet_features.pth / vgg16_features.pth for offline LPIPS and VGG losses.",
+            "a folder path, or empty for none",
+        ),
+        Setting(
+            "offline", _boolean, False, "Never use the network; missing files are reported instead.", "true or false"
+        ),
+    )
+}
+
+
+def config_path() -> Path:
+    """The user config file: ``$FLOWSR_CONFIG`` or ``config.toml`` in the platform's user config dir."""
+    override = os.environ.get(CONFIG_ENV)
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("flowsr")) / "config.toml"
+
+
+def lookup(key: str) -> Setting:
+    """The declared setting ``key``; a UsageError lists the known keys otherwise."""
+    try:
+        return SETTINGS[key]
+    except KeyError:
+        raise UsageError(f"unknown config key {key!r}; known keys: {', '.join(SETTINGS)}") from None
+
+
+def parse_value(setting: Setting, raw: Any, origin: str) -> Any:
+    """Turn ``raw`` into the setting's typed value, or raise a UsageError naming origin, value and what is allowed."""
+    try:
+        return setting.parse(raw)
+    except SettingValueError:
+        raise UsageError(f"{origin}: invalid value {raw!r} for {setting.key}; allowed: {setting.allowed}") from None
+
+
+def _read_document(path: Path) -> Any:
+    import tomlkit
+    from tomlkit.exceptions import ParseError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return tomlkit.document()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return tomlkit.parse(text)
+    except ParseError as exc:
+        reason = str(exc).split(" at line ")[0]
+        raise UsageError(f"config file {path}: invalid TOML at line {exc.line}, column {exc.col}: {reason}") from None
+
+
+def read_file_values(path: Path) -> dict[str, Any]:
+    """The typed values set in the config file at ``path`` (empty if it does not exist)."""
+    document = _read_document(path)
+    values: dict[str, Any] = {}
+    for key, raw in document.unwrap().items():
+        if key not in SETTINGS:
+            raise UsageError(f"config file {path}: unknown key {key!r}; known keys: {', '.join(SETTINGS)}")
+        values[key] = parse_value(SETTINGS[key], raw, f"config file {path}")
+    return values
+
+
+@dataclass(frozen=True)
+class ResolvedValue:
+    """A setting's effective value and where it came from."""
+
+    value: Any
+    source: str
+
+
+class Settings:
+    """Effective settings for one command run, resolved lazily with their sources."""
+
+    def __init__(self, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> None:
+        self._flags = {key: value for key, value in (flags or {}).items() if value is not None}
+        self._environ = os.environ if environ is None else environ
+        self._file_values: dict[str, Any] | None = None
+        self.path = config_path()
+
+    def _file(self) -> dict[str, Any]:
+        if self._file_values is None:
+            self._file_values = read_file_values(self.path)
+        return self._file_values
+
+    def resolve(self, key: str) -> ResolvedValue:
+        """The value of ``key`` by precedence flag > environment > file > default, with its source."""
+        setting = lookup(key)
+        if key in self._flags:
+            flag = "--" + key.replace("_", "-")
+            return ResolvedValue(parse_value(setting, self._flags[key], flag), "flag")
+        if setting.env_var in self._environ:
+            raw = self._environ[setting.env_var]
+            return ResolvedValue(parse_value(setting, raw, setting.env_var), f"env {setting.env_var}")
+        file_values = self._file()
+        if key in file_values:
+            return ResolvedValue(file_values[key], f"file {self.path}")
+        return ResolvedValue(setting.default_value(), "default")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.resolve(key).value
+
+    def validate(self) -> None:
+        """Resolve every key once so that a bad value anywhere is reported before work starts."""
+        for key in SETTINGS:
+            self.resolve(key)
+
+
+def set_value(key: str, raw: str) -> Any:
+    """Validate ``raw`` for ``key`` and store it in the config file (comments and layout kept)."""
+    setting = lookup(key)
+    value = parse_value(setting, raw, "config set")
+    path = config_path()
+    document = _read_document(path)
+    document[key] = setting.to_toml(value)
+    _write_document(path, document)
+    return value
+
+
+def unset_value(key: str) -> bool:
+    """Remove ``key`` from the config file; False if it was not set there."""
+    lookup(key)
+    path = config_path()
+    document = _read_document(path)
+    if key not in document:
+        return False
+    del document[key]
+    _write_document(path, document)
+    return True
+
+
+def _write_document(path: Path, document: Any) -> None:
+    import tomlkit
+
+    from flowsr_cli.atomic import atomic_write_bytes
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, tomlkit.dumps(document).encode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"config file {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def format_value(value: Any) -> str:
+    """A value as the user would type it back into ``flowsr config set``."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,40 @@
+"""Shared fixtures: every test runs with its own config file and no FLOWSR_* settings from outside."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from flowsr_cli.cli import app
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private config file path (not created) and a clean FLOWSR_* environment."""
+    for name in list(os.environ):
+        if name.startswith("FLOWSR_"):
+            monkeypatch.delenv(name)
+    config_file = tmp_path_factory.mktemp("config") / "config.toml"
+    monkeypatch.setenv("FLOWSR_CONFIG", str(config_file))
+    return config_file
+
+
+CliInvoker = Callable[..., Result]
+
+
+@pytest.fixture
+def run_cli() -> CliInvoker:
+    """Run the real Typer app in-process: ``run_cli("upscale", "a.png", "--scale", "2")``."""
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> Result:
+        return runner.invoke(app, list(args), env=env, input=input, catch_exceptions=False)
+
+    return invoke
