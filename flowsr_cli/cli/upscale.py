@@ -1,0 +1,190 @@
+"""`flowsr upscale`: parse the request, plan the jobs, run them, report."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from flowsr_cli.cli.console import debug_enabled
+from flowsr_cli.config import Settings
+from flowsr_cli.errors import FlowsrError, UsageError
+
+if TYPE_CHECKING:
+    from flowsr_cli.engine import Upscaler
+    from flowsr_cli.outputs import Job
+    from flowsr_cli.sizing import SizeRequest
+
+_OUTPUT = "Output"
+_MODEL = "Model"
+_BATCH = "Batch"
+
+
+def _prepare_output_folder(output: str | None, single_file: bool) -> None:
+    """Create ``-o DIR`` and make sure it is writable before any work starts."""
+    if output is None or output == "-" or (single_file and not Path(output).is_dir() and not output.endswith("/")):
+        return
+    folder = Path(output)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"-o {output}: cannot create the folder: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"-o {output}: the folder is not writable")
+
+
+def upscale(
+    ctx: typer.Context,
+    inputs: list[str] = typer.Argument(
+        ..., help="Image files, folders, glob patterns, or - for stdin.", show_default=False
+    ),
+    output: str | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Output file (one input), folder (several), or - for stdout.",
+        rich_help_panel=_OUTPUT,
+    ),
+    scale: float | None = typer.Option(None, "--scale", "-s", help="Scale factor, any number >= 1 (e.g. 3.5)."),
+    width: int | None = typer.Option(None, "--width", help="Output width in pixels; keeps the aspect ratio."),
+    height: int | None = typer.Option(None, "--height", help="Output height in pixels; keeps the aspect ratio."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model name or .safetensors path [config: model].", rich_help_panel=_MODEL
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu, cuda or cuda:N [config: device].", rich_help_panel=_MODEL
+    ),
+    precision: str | None = typer.Option(
+        None, "--precision", help="auto, fp32, fp16 or bf16 [config: precision].", rich_help_panel=_MODEL
+    ),
+    output_format: str | None = typer.Option(
+        None, "--format", "-f", help="same, png, jpg, webp, tiff or bmp [config: format].", rich_help_panel=_OUTPUT
+    ),
+    suffix: str | None = typer.Option(
+        None,
+        "--suffix",
+        help="Added to output names; {size} becomes x3.5, w1920 or h1080 [config: suffix].",
+        rich_help_panel=_OUTPUT,
+    ),
+    quality: int | None = typer.Option(
+        None, "--quality", help="JPEG/WebP quality 1-100 [config: quality].", rich_help_panel=_OUTPUT
+    ),
+    strip_metadata: bool | None = typer.Option(
+        None,
+        "--strip-metadata/--keep-metadata",
+        help="Drop or keep ICC, EXIF, DPI and text [config: strip_metadata].",
+        rich_help_panel=_OUTPUT,
+        show_default=False,
+    ),
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r", help="Descend into sub-folders.", rich_help_panel=_BATCH
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite/--skip-existing",
+        help="Replace existing outputs, or skip them (default).",
+        rich_help_panel=_BATCH,
+    ),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="Process only slice I of N of the sorted inputs (I/N, 0 <= I < N).",
+        rich_help_panel=_BATCH,
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress or summary; errors still shown.", rich_help_panel=_BATCH
+    ),
+    json_lines: bool = typer.Option(
+        False, "--json", help="Print one JSON object per image on stdout.", rich_help_panel=_BATCH
+    ),
+) -> None:
+    """Upscale images: [bold]flowsr upscale photo.png --scale 3.5[/]
+
+    Outputs go next to each input as NAME_x3.5.EXT unless -o says otherwise. Existing outputs are
+    skipped, so an interrupted batch resumes by running the same command again. Exit code: 0 all
+    done, 1 some inputs failed (the rest are written), 2 usage or configuration error.
+    """
+    from flowsr_cli.inputs import discover, parse_shard
+    from flowsr_cli.outputs import OutputOptions, plan_jobs, select_shard
+    from flowsr_cli.sizing import SizeRequest
+
+    settings = Settings(
+        {
+            "model": model,
+            "device": device,
+            "precision": precision,
+            "format": output_format,
+            "suffix": suffix,
+            "quality": quality,
+            "strip_metadata": strip_metadata,
+        }
+    )
+    settings.validate()
+    request = SizeRequest.from_options(scale, width, height)
+    shard_slice = parse_shard(shard) if shard is not None else None
+    if json_lines and output == "-":
+        raise UsageError("--json writes to stdout, which -o - already uses for the image")
+    discovery = discover(inputs, recursive)
+    options = OutputOptions(output, settings["format"], settings["suffix"], request.label)
+    jobs = plan_jobs(discovery, options)
+    if shard_slice is not None:
+        jobs = select_shard(jobs, *shard_slice)
+    if any(job.output is None for job in jobs):
+        if json_lines:
+            raise UsageError("--json writes to stdout, which the image output already uses; give -o FILE")
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write image data to a terminal; redirect stdout or give -o FILE")
+    if not jobs and not discovery.problems:
+        raise FlowsrError("no input images found")
+    _prepare_output_folder(output, discovery.single_file)
+    _run(
+        jobs,
+        discovery.problems,
+        settings,
+        request,
+        overwrite=overwrite,
+        quiet=quiet,
+        json_lines=json_lines,
+        debug=debug_enabled(ctx),
+    )
+
+
+def _run(
+    jobs: list[Job],
+    problems: list[tuple[str, str]],
+    settings: Settings,
+    request: SizeRequest,
+    *,
+    overwrite: bool,
+    quiet: bool,
+    json_lines: bool,
+    debug: bool,
+) -> None:
+    from flowsr_cli.batch import FAILED, BatchOptions, BatchRunner
+    from flowsr_cli.cli.report import ConsoleReporter
+
+    batch_options = BatchOptions(
+        request=request,
+        overwrite=overwrite,
+        quality=settings["quality"],
+        strip_metadata=settings["strip_metadata"],
+        max_pixels=settings["max_pixels"],
+        debug=debug,
+    )
+    reporter = ConsoleReporter(len(jobs), quiet=quiet, json_lines=json_lines)
+    for argument, reason in problems:
+        reporter.report_problem(argument, reason)
+
+    def make_upscaler() -> Upscaler:
+        from flowsr_cli.engine import create_upscaler
+
+        return create_upscaler(settings["model"], settings["device"], settings["precision"])
+
+    with reporter:
+        outcomes = BatchRunner(batch_options, make_upscaler, reporter).run(jobs)
+    reporter.summary(outcomes, problems)
+    if problems or any(outcome.status == FAILED for outcome in outcomes):
+        raise typer.Exit(1)

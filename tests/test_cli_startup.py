@@ -1,0 +1,74 @@
+"""The CLI answers help and config commands without importing torch, and offers shell completion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CliInvoker
+
+PROBE = """
+import runpy, sys
+sys.argv = ["flowsr", *sys.argv[1:]]
+try:
+    runpy.run_module("flowsr_cli", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(name for name in ("torch", "numpy", "PIL", "lpips") if name in sys.modules)
+print("HEAVY=" + ",".join(heavy), "CODE=" + str(code), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["upscale", "--help"],
+        ["config", "--help"],
+        ["config", "path"],
+        ["config", "show"],
+        ["config", "get", "device"],
+        ["config", "set", "quality", "90"],
+        ["--version"],
+    ],
+)
+def test_light_commands_do_not_import_torch(args: list[str], isolated_settings: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "CODE=0" in last or "CODE=None" in last, result.stderr
+    assert last.startswith("HEAVY= "), f"{args} imported {last}"
+
+
+def test_upscale_that_only_skips_does_not_import_torch(tmp_path: Path, isolated_settings: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"placeholder")
+    (tmp_path / "a_x2.png").write_bytes(b"already there")
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, "upscale", str(tmp_path / "a.png"), "--scale", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert "torch" not in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_help_lists_the_commands_and_completion(run_cli: CliInvoker) -> None:
+    result = run_cli("--help")
+    assert result.exit_code == 0
+    for word in ("upscale", "config", "--install-completion", "--version"):
+        assert word in result.stdout
+
+
+def test_show_completion_script(run_cli: CliInvoker) -> None:
+    result = run_cli("--show-completion", "bash", env={"SHELL": "/bin/bash"})
+    assert result.exit_code == 0
+    assert "complete" in result.stdout and "_FLOWSR_COMPLETE" in result.stdout.upper()
+
+
+def test_console_script_and_module_entry_points_agree() -> None:
+    module = subprocess.run([sys.executable, "-m", "flowsr_cli", "--version"], capture_output=True, text=True)
+    script = Path(sys.executable).with_name("flowsr")
+    console = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert module.returncode == console.returncode == 0
+    assert module.stdout == console.stdout and module.stdout.startswith("flowsr ")
