@@ -1,0 +1,75 @@
+"""LINF's conditional flow on one D-vector per query: invertible linear layers and condition-given affines."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+AFFINE_EPS = 1e-4
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class InvertibleLinear(nn.Module):
+    """y = x W^T + b with a free square W (initialised orthogonal, so log|det W| starts at 0)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linalg.qr(torch.randn(features, features))[0])
+        self.bias = nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) -> (N, D) and log|det W| (a scalar, the same for every row)."""
+        return nn.functional.linear(x, self.weight, self.bias), torch.linalg.slogdet(self.weight)[1]
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Solve for x; the inverse matrix is formed once in float64 for accuracy."""
+        inverse = torch.linalg.inv(self.weight.double()).to(y.dtype)
+        return (y - self.bias) @ inverse.T
+
+
+class ConditionalLinearFlow(nn.Module):
+    """``layers`` x {invertible linear, affine with scale/shift from the condition}, then a last linear.
+
+    Per layer the condition gives 2*D numbers: raw scale (first D) and shift (last D), with
+    scale = sigmoid(raw + 2) + 1e-4 (LINF's parametrisation and channel order).
+    """
+
+    def __init__(self, features: int, layers: int = 10) -> None:
+        super().__init__()
+        self.features = features
+        self.linears = nn.ModuleList(InvertibleLinear(features) for _ in range(layers))
+        self.last = InvertibleLinear(features)
+
+    @property
+    def condition_size(self) -> int:
+        """How many conditioning numbers one vector needs."""
+        return 2 * self.features * len(self.linears)
+
+    def _affine(self, params: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = 2 * self.features * layer
+        raw_scale = params[:, start : start + self.features]
+        shift = params[:, start + self.features : start + 2 * self.features]
+        return torch.sigmoid(raw_scale + 2.0) + AFFINE_EPS, shift
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (z, log p(x)) with a standard normal base: (N, D), (N, condition_size) -> (N, D), (N,)."""
+        z = x
+        log_det = x.new_zeros(x.shape[0])
+        for layer, linear in enumerate(self.linears):
+            z, linear_log_det = linear(z)
+            scale, shift = self._affine(params, layer)
+            z = z * scale + shift
+            log_det = log_det + linear_log_det + torch.log(scale).sum(dim=1)
+        z, last_log_det = self.last(z)
+        log_base = -0.5 * (z.pow(2) + _LOG_2PI).sum(dim=1)
+        return z, log_det + last_log_det + log_base
+
+    def inverse(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """z -> x: (N, D), (N, condition_size) -> (N, D)."""
+        x = self.last.inverse(z)
+        for layer in reversed(range(len(self.linears))):
+            scale, shift = self._affine(params, layer)
+            x = self.linears[layer].inverse((x - shift) / scale)
+        return x
