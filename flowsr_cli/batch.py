@@ -5,9 +5,10 @@ Imaging and torch are imported only when a job needs them, so a rerun that skips
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -70,11 +71,13 @@ class BatchOptions:
     quality: int
     strip_metadata: bool
     max_pixels: int
+    seed: int = 0
     debug: bool = False
 
 
 class BatchRunner:
-    """Reads, upscales and writes each job, turning per-image errors into failed outcomes."""
+    """Reads, upscales and writes each input once for all its outputs (samples), turning per-image
+    errors into failed outcomes."""
 
     def __init__(self, options: BatchOptions, make_upscaler: Callable[[], Upscaler], observer: BatchObserver) -> None:
         self.options = options
@@ -82,68 +85,90 @@ class BatchRunner:
         self._upscaler: Upscaler | None = None
         self.observer = observer
 
-    def _pending_reason(self, job: Job) -> tuple[str, str] | None:
+    def _settled(self, job: Job) -> Outcome | None:
         if job.problem is not None:
-            return FAILED, job.problem
+            return Outcome(job, FAILED, job.problem)
         if job.skip is not None:
-            return SKIPPED, job.skip
+            return Outcome(job, SKIPPED, job.skip)
         if job.output is not None and job.output.exists() and not self.options.overwrite:
-            return SKIPPED, "output exists (use --overwrite to replace it)"
+            return Outcome(job, SKIPPED, "output exists (use --overwrite to replace it)")
         return None
-
-    def run(self, jobs: list[Job]) -> list[Outcome]:
-        """Process every job in order; the upscaler is built only if some job needs it."""
-        if any(self._pending_reason(job) is None for job in jobs):
-            self._get_upscaler()
-        return [self._run_one(job) for job in jobs]
-
-    def _run_one(self, job: Job) -> Outcome:
-        self.observer.image_started(job)
-        started = time.perf_counter()
-        settled = self._pending_reason(job)
-        if settled is not None:
-            outcome = Outcome(job, settled[0], settled[1])
-        else:
-            outcome = Outcome(job, DONE)
-            try:
-                self._process(job, outcome)
-            except UsageError:
-                raise
-            except FlowsrError as exc:
-                outcome.status, outcome.reason = FAILED, str(exc)
-            except OSError as exc:
-                outcome.status, outcome.reason = FAILED, f"cannot write: {exc.strerror or exc}"
-            except Exception as exc:
-                if self.options.debug:
-                    raise
-                outcome.status, outcome.reason = FAILED, f"unexpected {type(exc).__name__}: {exc}"
-        outcome.seconds = time.perf_counter() - started
-        self.observer.image_finished(outcome)
-        return outcome
 
     def _get_upscaler(self) -> Upscaler:
         if self._upscaler is None:
             self._upscaler = self._make_upscaler()
         return self._upscaler
 
-    def _process(self, job: Job, outcome: Outcome) -> None:
+    def run(self, jobs: list[Job]) -> list[Outcome]:
+        """Process every job in order; the upscaler is built only if some job needs it."""
+        if any(self._settled(job) is None for job in jobs):
+            self._get_upscaler()
+        outcomes: list[Outcome] = []
+        for _, group in itertools.groupby(jobs, key=lambda job: job.input):
+            outcomes.extend(self._run_input(list(group)))
+        return outcomes
+
+    def _finish(self, outcome: Outcome, started: float) -> Outcome:
+        outcome.seconds = time.perf_counter() - started
+        self.observer.image_finished(outcome)
+        return outcome
+
+    def _run_input(self, jobs: list[Job]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        pending: list[Job] = []
+        for job in jobs:
+            settled = self._settled(job)
+            if settled is None:
+                pending.append(job)
+            else:
+                self.observer.image_started(job)
+                outcomes.append(self._finish(settled, time.perf_counter()))
+        if not pending:
+            return outcomes
+        self.observer.image_started(pending[0])
+        started = time.perf_counter()
+        written = 0
+        try:
+            for outcome in self._process(pending):
+                outcomes.append(self._finish(outcome, started))
+                written += 1
+                started = time.perf_counter()
+        except UsageError:
+            raise
+        except Exception as exc:
+            if self.options.debug and not isinstance(exc, (FlowsrError, OSError)):
+                raise
+            reason = _failure_reason(exc)
+            outcomes.extend(self._finish(Outcome(job, FAILED, reason), started) for job in pending[written:])
+        return outcomes
+
+    def _process(self, jobs: list[Job]) -> Iterator[Outcome]:
         from flowsr_cli.imageio import encode_image, read_image
         from flowsr_cli.pipeline import upscale_image
 
-        source = sys.stdin.buffer.read() if job.input.path is None else job.input.path
+        source = sys.stdin.buffer.read() if jobs[0].input.path is None else jobs[0].input.path
         image = read_image(source, max_pixels=self.options.max_pixels)
-        outcome.warnings.extend(image.warnings)
-        outcome.size_in = Size(image.width, image.height)
-        outcome.size_out = self.options.request.target(outcome.size_in)
-        result = upscale_image(image, outcome.size_out, self._get_upscaler(), self.observer.image_progress)
-        output_format = job.format or (image.format if image.format in FORMAT_EXTENSIONS else FALLBACK_FORMAT)
-        data, warnings = encode_image(
-            result, output_format, quality=self.options.quality, strip_metadata=self.options.strip_metadata
-        )
-        outcome.warnings.extend(warnings)
-        if job.output is None:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
-        else:
-            job.output.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(job.output, data)
+        size_in = Size(image.width, image.height)
+        size_out = self.options.request.target(size_in)
+        seeds = [self.options.seed + (job.sample or 0) for job in jobs]
+        results = upscale_image(image, size_out, self._get_upscaler(), seeds, self.observer.image_progress)
+        for job, result in zip(jobs, results):
+            output_format = job.format or (image.format if image.format in FORMAT_EXTENSIONS else FALLBACK_FORMAT)
+            data, warnings = encode_image(
+                result, output_format, quality=self.options.quality, strip_metadata=self.options.strip_metadata
+            )
+            if job.output is None:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            else:
+                job.output.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(job.output, data)
+            yield Outcome(job, DONE, None, size_in, size_out, warnings=[*image.warnings, *warnings])
+
+
+def _failure_reason(exc: Exception) -> str:
+    if isinstance(exc, FlowsrError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot write: {exc.strerror or exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"

@@ -18,12 +18,14 @@ class Job:
     """One input and what to do with it.
 
     ``output`` None means stdout; ``format`` None means the decoded input's own format.
+    ``sample`` numbers the outputs when several samples of one input are written (None for one).
     ``skip`` or ``problem`` say why the input is not processed (skipped, or failed before starting).
     """
 
     input: InputFile
     output: Path | None
     format: str | None
+    sample: int | None = None
     skip: str | None = None
     problem: str | None = None
 
@@ -36,6 +38,7 @@ class OutputOptions:
     format: str
     suffix: str
     label: str
+    samples: int = 1
 
 
 def _writes_to_folder(discovery: Discovery, output: str | None) -> bool:
@@ -91,6 +94,18 @@ def _plan_one(item: InputFile, options: OutputOptions, to_folder: bool) -> Job:
     return Job(item, folder / name, output_format)
 
 
+def _with_samples(job: Job, samples: int) -> list[Job]:
+    if samples == 1:
+        return [job]
+    if job.output is None:
+        raise UsageError("--samples writes several files; it cannot write to stdout (give -o)")
+    output = job.output
+    return [
+        replace(job, output=output.with_name(f"{output.stem}_s{index}{output.suffix}"), sample=index)
+        for index in range(samples)
+    ]
+
+
 def _key(path: Path) -> str:
     return os.path.realpath(path)
 
@@ -126,9 +141,13 @@ def plan_jobs(discovery: Discovery, options: OutputOptions) -> list[Job]:
     to_folder = _writes_to_folder(discovery, options.output)
     if to_folder and options.output not in (None, STDIN_ARGUMENT):
         _check_output_folder(options.output)
-    return _guard_inputs([_plan_one(item, options, to_folder) for item in discovery.inputs])
+    planned = [_plan_one(item, options, to_folder) for item in discovery.inputs]
+    return _guard_inputs([job for one in planned for job in _with_samples(one, options.samples)])
 
 
 def select_shard(jobs: list[Job], index: int, count: int) -> list[Job]:
-    """The ``index``-th of ``count`` interleaved slices of the job list (the same on every machine)."""
-    return jobs[index::count]
+    """The jobs of the ``index``-th of ``count`` interleaved slices of the inputs (the same on every
+    machine); all samples of one input stay in one shard."""
+    inputs = list(dict.fromkeys(job.input for job in jobs))
+    chosen = set(inputs[index::count])
+    return [job for job in jobs if job.input in chosen]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,8 +50,14 @@ def bleed_transparent_colour(colour: torch.Tensor, alpha: torch.Tensor) -> torch
     return torch.where(visible, colour, filled)
 
 
-def upscale_image(image: Image, size: Size, upscaler: Upscaler, progress: ProgressCallback | None = None) -> Image:
-    """Upscale ``image`` to ``size`` keeping its channels, bit depth and metadata.
+def upscale_image(
+    image: Image,
+    size: Size,
+    upscaler: Upscaler,
+    seeds: Sequence[int] = (0,),
+    progress: ProgressCallback | None = None,
+) -> Iterator[Image]:
+    """Upscale ``image`` to ``size`` once per seed, keeping its channels, bit depth and metadata.
 
     Models see RGB: greyscale is replicated and averaged back. Alpha is not shown to the model; it is
     resized with the bicubic resize, after transparent colours were bled in from their neighbours.
@@ -60,15 +68,16 @@ def upscale_image(image: Image, size: Size, upscaler: Upscaler, progress: Progre
     alpha = tensor[:, colour_channels:] if image.has_alpha else None
     if alpha is not None:
         colour = bleed_transparent_colour(colour, alpha)
+        alpha = resize(alpha, (size.height, size.width))
     rgb = colour.expand(-1, 3, -1, -1).contiguous() if colour_channels == 1 else colour
-    upscaled = upscaler.upscale(rgb, size, progress)
-    if colour_channels == 1:
-        upscaled = upscaled.mean(dim=1, keepdim=True)
-    if alpha is not None:
-        upscaled = torch.cat([upscaled, resize(alpha, (size.height, size.width))], dim=1)
-    return Image(
-        pixels=tensor_to_pixels(upscaled, image.pixels.dtype),
-        format=image.format,
-        metadata=image.metadata,
-        warnings=list(image.warnings),
-    )
+    for upscaled in upscaler.upscale(rgb, size, seeds, progress):
+        if colour_channels == 1:
+            upscaled = upscaled.mean(dim=1, keepdim=True)
+        if alpha is not None:
+            upscaled = torch.cat([upscaled, alpha], dim=1)
+        yield Image(
+            pixels=tensor_to_pixels(upscaled, image.pixels.dtype),
+            format=image.format,
+            metadata=image.metadata,
+            warnings=list(image.warnings),
+        )

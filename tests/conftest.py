@@ -17,12 +17,13 @@ SHARED = REPO_ROOT.parent / "shared"
 
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private config file path (not created) and a clean FLOWSR_* environment."""
+    """A private config file path (not created), a private cache dir and no other FLOWSR_* settings."""
     for name in list(os.environ):
         if name.startswith("FLOWSR_"):
             monkeypatch.delenv(name)
     config_file = tmp_path_factory.mktemp("config") / "config.toml"
     monkeypatch.setenv("FLOWSR_CONFIG", str(config_file))
+    monkeypatch.setenv("FLOWSR_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     return config_file
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,9 +15,17 @@ from flowsr_cli.config import Settings
 from flowsr_cli.errors import FlowsrError, UsageError
 
 if TYPE_CHECKING:
-    from flowsr_cli.engine import Upscaler
+    from flowsr_cli.engine import Upscaler, UpscalerRequest
     from flowsr_cli.outputs import Job
     from flowsr_cli.sizing import SizeRequest
+
+
+class Prior(str, Enum):
+    """How the flow's latent is chosen."""
+
+    learned = "learned"
+    gaussian = "gaussian"
+
 
 _OUTPUT = "Output"
 _MODEL = "Model"
@@ -59,6 +68,31 @@ def upscale(
     ),
     precision: str | None = typer.Option(
         None, "--precision", help="auto, fp32, fp16 or bf16 [config: precision].", rich_help_panel=_MODEL
+    ),
+    prior: Prior | None = typer.Option(
+        None,
+        "--prior",
+        help="learned (deterministic; default for models that have one) or gaussian (z = T * N(0, I)).",
+        rich_help_panel=_MODEL,
+        show_default=False,
+    ),
+    temperature: float = typer.Option(
+        0.5,
+        "--temperature",
+        "-t",
+        min=0.0,
+        help="Gaussian prior temperature T; 0 gives the mode-like, sharpest-PSNR output.",
+        rich_help_panel=_MODEL,
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the Gaussian prior (same seed, same image).", rich_help_panel=_MODEL
+    ),
+    samples: int = typer.Option(
+        1,
+        "--samples",
+        min=1,
+        help="Write N different samples per input (NAME_x3.5_s0.png, ...).",
+        rich_help_panel=_MODEL,
     ),
     output_format: str | None = typer.Option(
         None, "--format", "-f", help="same, png, jpg, webp, tiff or bmp [config: format].", rich_help_panel=_OUTPUT
@@ -128,7 +162,7 @@ def upscale(
     if json_lines and output == "-":
         raise UsageError("--json writes to stdout, which -o - already uses for the image")
     discovery = discover(inputs, recursive)
-    options = OutputOptions(output, settings["format"], settings["suffix"], request.label)
+    options = OutputOptions(output, settings["format"], settings["suffix"], request.label, samples)
     jobs = plan_jobs(discovery, options)
     if shard_slice is not None:
         jobs = select_shard(jobs, *shard_slice)
@@ -145,10 +179,27 @@ def upscale(
         discovery.problems,
         settings,
         request,
+        prior=prior,
+        temperature=temperature,
+        seed=seed,
+        samples=samples,
         overwrite=overwrite,
         quiet=quiet,
         json_lines=json_lines,
         debug=debug_enabled(ctx),
+    )
+
+
+def _upscaler_request(settings: Settings, prior: Prior | None, temperature: float) -> UpscalerRequest:
+    from flowsr_cli.engine import UpscalerRequest
+
+    return UpscalerRequest(
+        model=settings["model"],
+        device=settings["device"],
+        precision=settings["precision"],
+        prior=prior.value if prior is not None else None,
+        temperature=temperature,
+        models_dir=settings["cache_dir"] / "models",
     )
 
 
@@ -158,6 +209,10 @@ def _run(
     settings: Settings,
     request: SizeRequest,
     *,
+    prior: Prior | None,
+    temperature: float,
+    seed: int,
+    samples: int,
     overwrite: bool,
     quiet: bool,
     json_lines: bool,
@@ -172,6 +227,7 @@ def _run(
         quality=settings["quality"],
         strip_metadata=settings["strip_metadata"],
         max_pixels=settings["max_pixels"],
+        seed=seed,
         debug=debug,
     )
     reporter = ConsoleReporter(len(jobs), quiet=quiet, json_lines=json_lines)
@@ -181,7 +237,13 @@ def _run(
     def make_upscaler() -> Upscaler:
         from flowsr_cli.engine import create_upscaler
 
-        return create_upscaler(settings["model"], settings["device"], settings["precision"])
+        upscaler = create_upscaler(_upscaler_request(settings, prior, temperature))
+        if samples > 1 and not upscaler.stochastic:
+            raise UsageError(
+                f"--samples {samples}: {upscaler.name} gives one output per input; sampling needs a flow model "
+                "with --prior gaussian and --temperature > 0"
+            )
+        return upscaler
 
     with reporter:
         outcomes = BatchRunner(batch_options, make_upscaler, reporter).run(jobs)
