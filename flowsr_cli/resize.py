@@ -16,10 +16,11 @@ from __future__ import annotations
 import functools
 import math
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["contributions", "cubic", "resize"]
+__all__ = ["contributions", "cubic", "resize", "resize_window"]
 
 _CUBIC_SUPPORT = 4.0
 """Width of the cubic kernel's support, in input pixels, before antialias widening."""
@@ -115,18 +116,60 @@ def resize(
     out_width = _checked_size(size[1], "size[1]")
     scale_y, scale_x = _scale_pair(scale, out_height / in_height, out_width / in_width)
 
-    axes = [(-2, in_height, out_height, scale_y), (-1, in_width, out_width, scale_x)]
+    axes = [
+        _Axis(-2, in_height, out_height, scale_y, range(out_height), 0),
+        _Axis(-1, in_width, out_width, scale_x, range(out_width), 0),
+    ]
+    return _resize_axes(x, axes, antialias)
+
+
+def resize_window(
+    crop: torch.Tensor,
+    full_size: tuple[int, int],
+    size: tuple[int, int],
+    rows: range,
+    columns: range,
+    origin: tuple[int, int],
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Output rows ``rows`` x columns ``columns`` of ``resize(full, size)``, computed from ``crop``, the
+    part of ``full`` (whose size is ``full_size``) with top-left corner ``origin``.
+
+    The sampling grid is the whole image's, so windows tile the full result exactly; the crop must
+    hold every input sample those outputs use (a ValueError says otherwise). Kernel scale is
+    ``size / full_size``.
+    """
+    axes = [
+        _Axis(-2, full_size[0], _checked_size(size[0], "size[0]"), size[0] / full_size[0], rows, origin[0]),
+        _Axis(-1, full_size[1], _checked_size(size[1], "size[1]"), size[1] / full_size[1], columns, origin[1]),
+    ]
+    return _resize_axes(crop, axes, antialias)
+
+
+class _Axis(NamedTuple):
+    dim: int
+    in_size: int
+    out_size: int
+    scale: float
+    window: range
+    origin: int
+
+
+def _resize_axes(x: torch.Tensor, axes: list[_Axis], antialias: bool) -> torch.Tensor:
     # Resizing along different axes commutes in exact arithmetic (out = A·X·Bᵀ), so the order
     # only changes float rounding. MATLAB's order is kept: smallest scale first (stable on ties),
     # which also shrinks before it enlarges and so keeps the intermediate image small.
-    axes.sort(key=lambda axis: axis[3])
-
+    axes = sorted(axes, key=lambda axis: axis.scale)
     result = x
-    for dim, in_size, out_size, axis_scale in axes:
-        if in_size == out_size and axis_scale == 1:
+    for axis in axes:
+        whole = axis.window == range(axis.out_size) and axis.origin == 0 and x.shape[axis.dim] == axis.in_size
+        if whole and axis.in_size == axis.out_size and axis.scale == 1:
             continue
-        indices, weights = _cached_contributions(in_size, out_size, axis_scale, bool(antialias))
-        result = _resize_axis(result, dim, indices, weights)
+        indices, weights = _cached_contributions(axis.in_size, axis.out_size, axis.scale, bool(antialias))
+        indices = indices[axis.window.start : axis.window.stop] - axis.origin
+        if indices.numel() and (indices.min() < 0 or indices.max() >= result.shape[axis.dim]):
+            raise ValueError("the crop does not hold every input sample the requested window uses")
+        result = _resize_axis(result, axis.dim, indices, weights[axis.window.start : axis.window.stop])
     return result.clone() if result is x else result
 
 
