@@ -34,6 +34,8 @@ class Outcome:
     size_in: Size | None = None
     size_out: Size | None = None
     seconds: float = 0.0
+    tiles: int = 0
+    guarded_tiles: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def as_record(self) -> dict[str, Any]:
@@ -48,6 +50,8 @@ class Outcome:
             "size_in": list(self.size_in) if self.size_in else None,
             "size_out": list(self.size_out) if self.size_out else None,
             "seconds": round(self.seconds, 4),
+            "tiles": self.tiles,
+            "guarded_tiles": self.guarded_tiles,
             "warnings": self.warnings,
         }
 
@@ -60,6 +64,8 @@ class BatchObserver(Protocol):
     def image_progress(self, fraction: float) -> None: ...
 
     def image_finished(self, outcome: Outcome) -> None: ...
+
+    def note(self, message: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class BatchRunner:
         self.options = options
         self._make_upscaler = make_upscaler
         self._upscaler: Upscaler | None = None
+        self._notes_shown = 0
         self.observer = observer
 
     def _settled(self, job: Job) -> Outcome | None:
@@ -99,13 +106,22 @@ class BatchRunner:
             self._upscaler = self._make_upscaler()
         return self._upscaler
 
+    def _show_new_notes(self) -> None:
+        """Pass on what the upscaler wants said once (device choice, smaller tiles after OOM)."""
+        if self._upscaler is not None:
+            for message in self._upscaler.notes[self._notes_shown :]:
+                self.observer.note(message)
+            self._notes_shown = len(self._upscaler.notes)
+
     def run(self, jobs: list[Job]) -> list[Outcome]:
         """Process every job in order; the upscaler is built only if some job needs it."""
         if any(self._settled(job) is None for job in jobs):
             self._get_upscaler()
+            self._show_new_notes()
         outcomes: list[Outcome] = []
         for _, group in itertools.groupby(jobs, key=lambda job: job.input):
             outcomes.extend(self._run_input(list(group)))
+            self._show_new_notes()
         return outcomes
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
@@ -151,7 +167,10 @@ class BatchRunner:
         size_in = Size(image.width, image.height)
         size_out = self.options.request.target(size_in)
         seeds = [self.options.seed + (job.sample or 0) for job in jobs]
-        results = upscale_image(image, size_out, self._get_upscaler(), seeds, self.observer.image_progress)
+        results, report = upscale_image(image, size_out, self._get_upscaler(), seeds, self.observer.image_progress)
+        notes = [*image.warnings, *report.notes]
+        if report.guarded_tiles:
+            notes.append(f"{report.guarded_tiles} tile(s) had exploding flow inverses and were re-sampled safely")
         for job, result in zip(jobs, results):
             output_format = job.format or (image.format if image.format in FORMAT_EXTENSIONS else FALLBACK_FORMAT)
             data, warnings = encode_image(
@@ -163,7 +182,16 @@ class BatchRunner:
             else:
                 job.output.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(job.output, data)
-            yield Outcome(job, DONE, None, size_in, size_out, warnings=[*image.warnings, *warnings])
+            yield Outcome(
+                job,
+                DONE,
+                None,
+                size_in,
+                size_out,
+                tiles=report.tiles,
+                guarded_tiles=report.guarded_tiles,
+                warnings=[*notes, *warnings],
+            )
 
 
 def _failure_reason(exc: Exception) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from flowsr_cli.errors import UsageError
@@ -9,10 +11,33 @@ from flowsr_cli.errors import UsageError
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def resolve_device(setting: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; an unavailable CUDA device is a UsageError."""
+@dataclass(frozen=True)
+class DeviceChoice:
+    """The device to use and, when it is not what the user might expect, a note saying why."""
+
+    device: torch.device
+    note: str | None = None
+
+
+def _cuda_usable(device: torch.device) -> str | None:
+    """None if a tensor can be put on ``device``; otherwise the reason."""
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        return " ".join(str(exc).split())[:200] or type(exc).__name__
+    return None
+
+
+def resolve_device(setting: str) -> DeviceChoice:
+    """``auto`` picks a usable CUDA device, else the CPU (saying so); explicit CUDA that is missing
+    or fails to initialise is a UsageError."""
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return DeviceChoice(torch.device("cpu"), "no CUDA device found: running on the CPU")
+        problem = _cuda_usable(torch.device("cuda"))
+        if problem is not None:
+            return DeviceChoice(torch.device("cpu"), f"CUDA failed to initialise ({problem}): running on the CPU")
+        return DeviceChoice(torch.device("cuda"))
     device = torch.device(setting)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -21,9 +46,17 @@ def resolve_device(setting: str) -> torch.device:
             raise UsageError(
                 f"--device {setting}: only {torch.cuda.device_count()} CUDA device(s) present (cuda:0 ...)"
             )
-    return device
+        problem = _cuda_usable(device)
+        if problem is not None:
+            raise UsageError(f"--device {setting}: CUDA failed to initialise ({problem}); use --device cpu or auto")
+    return DeviceChoice(device)
 
 
-def resolve_dtype(precision: str) -> torch.dtype:
-    """The compute dtype for a precision setting; ``auto`` is float32, the safe choice for flows."""
-    return _PRECISIONS.get(precision, torch.float32)
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype of the encoder and conditioning (the flow inverse always runs in float32).
+
+    ``auto`` is float16 on CUDA and float32 on the CPU, where half precision is slower.
+    """
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _PRECISIONS[precision]

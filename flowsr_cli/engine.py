@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -11,22 +11,34 @@ import torch
 
 from flowsr_cli.device import resolve_device, resolve_dtype
 from flowsr_cli.errors import UsageError
-from flowsr_cli.models import load_model
-from flowsr_cli.models.linf import LINF
-from flowsr_cli.resize import resize
-from flowsr_cli.sampling import gaussian_latent
 from flowsr_cli.sizing import Size
 
 ProgressCallback = Callable[[float], None]
-"""Called with the finished fraction (0..1] of one output."""
+"""Called with the finished fraction (0..1] of one image (all its samples)."""
+
+TileSink = Callable[[int, range, range, torch.Tensor], None]
+"""Receives finished output: (sample index, output rows, output columns, (1, C, rows, columns) float
+tile in [0, 1] scale, possibly outside [0, 1])."""
 
 BICUBIC = "bicubic"
 
 
+@dataclass
+class UpscaleReport:
+    """How one image was produced: tiling, and tiles the exploding-inverse guard had to repair."""
+
+    tiles: int = 0
+    tile_size: int = 0
+    guarded_tiles: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
 class Upscaler(Protocol):
-    """Turns a low-resolution RGB tensor into high-resolution ones of a requested size."""
+    """Upscales a low-resolution tensor tile by tile into a sink, once per seed."""
 
     name: str
+    notes: list[str]
+    """Things to tell the user once per run (e.g. running on the CPU)."""
 
     @property
     def stochastic(self) -> bool:
@@ -34,69 +46,27 @@ class Upscaler(Protocol):
         ...
 
     def upscale(
-        self, lr: torch.Tensor, size: Size, seeds: Sequence[int] = (0,), progress: ProgressCallback | None = None
-    ) -> Iterator[torch.Tensor]:
-        """``lr``: (1, 3, h, w) float32 in [0, 1] on the CPU. Yields one (1, 3, size.height, size.width)
-        float32 CPU tensor per seed; values may leave [0, 1] (callers clamp) and may be non-finite."""
+        self,
+        lr: torch.Tensor,
+        size: Size,
+        sink: TileSink,
+        seeds: Sequence[int] = (0,),
+        progress: ProgressCallback | None = None,
+    ) -> UpscaleReport:
+        """``lr``: (1, C, h, w) float32 in [0, 1] on the CPU (C = 3 for models). Every output pixel of
+        every seed reaches ``sink`` exactly once, as finite values."""
         ...
-
-
-@dataclass
-class BicubicUpscaler:
-    """The MATLAB-style bicubic resize: the baseline every model is compared with."""
-
-    device: torch.device
-    dtype: torch.dtype
-    name: str = BICUBIC
-    stochastic: bool = False
-
-    def upscale(
-        self, lr: torch.Tensor, size: Size, seeds: Sequence[int] = (0,), progress: ProgressCallback | None = None
-    ) -> Iterator[torch.Tensor]:
-        """Bicubic interpolation to ``size`` (the same image for every seed)."""
-        with torch.inference_mode():
-            hr = resize(lr.to(self.device, self.dtype), (size.height, size.width)).to("cpu", torch.float32)
-        for _ in seeds:
-            if progress is not None:
-                progress(1.0)
-            yield hr
-
-
-@dataclass
-class FlowUpscaler:
-    """LINF sampled with Gaussian latents z = temperature * N(0, I); encoder features computed once per image."""
-
-    model: LINF
-    device: torch.device
-    temperature: float
-    name: str
-    chunk_queries: int = 16384
-
-    @property
-    def stochastic(self) -> bool:
-        """Sampling is deterministic at temperature 0."""
-        return self.temperature > 0
-
-    def upscale(
-        self, lr: torch.Tensor, size: Size, seeds: Sequence[int] = (0,), progress: ProgressCallback | None = None
-    ) -> Iterator[torch.Tensor]:
-        """One HR image per seed from a single pass of the encoder."""
-        with torch.inference_mode():
-            features = self.model.encode(lr.to(self.device) * 2 - 1)
-        for seed in seeds:
-            latent = gaussian_latent(seed, self.temperature, lr.shape[0], self.model.dim)
-            with torch.inference_mode():
-                hr = self.model.render(features, (size.height, size.width), latent, self.chunk_queries, progress)
-            yield ((hr + 1) / 2).to("cpu", torch.float32)
 
 
 @dataclass(frozen=True)
 class UpscalerRequest:
-    """What the user chose: a model, where to run it, and how to sample it."""
+    """What the user chose: a model, where to run it, how to tile and how to sample it."""
 
     model: str
     device: str = "auto"
     precision: str = "auto"
+    tile: str | int = "auto"
+    tile_pad: str | int = "auto"
     prior: str | None = None
     temperature: float = 0.5
     models_dir: Path | None = None
@@ -119,19 +89,34 @@ def available_models(models_dir: Path | None) -> list[str]:
 
 
 def create_upscaler(request: UpscalerRequest) -> Upscaler:
-    """Build the upscaler a request names on its device."""
-    device = resolve_device(request.device)
+    """Build the upscaler a request names, on its device."""
+    from flowsr_cli.bicubic_engine import BicubicUpscaler
+    from flowsr_cli.flow_engine import FlowUpscaler
+    from flowsr_cli.models import load_model
+    from flowsr_cli.models.linf import LINF
+
+    choice = resolve_device(request.device)
+    notes = [choice.note] if choice.note else []
     if request.model == BICUBIC:
         if request.prior == "learned":
             raise UsageError("--prior learned needs a model with a learned prior; bicubic has none")
-        return BicubicUpscaler(device, resolve_dtype(request.precision))
+        return BicubicUpscaler(choice.device, tile=request.tile, notes=notes)
     path = resolve_model_file(request.model, request.models_dir)
     if path is None:
         known = ", ".join(available_models(request.models_dir))
         raise UsageError(f"unknown model {request.model!r}; available: {known}, or a path to a .safetensors model")
-    model = load_model(path, device)
+    model = load_model(path, choice.device)
     if not isinstance(model, LINF):
         raise UsageError(f"model {request.model!r} is a {model.spec['name']}, which `upscale` cannot run yet")
     if request.prior == "learned":
         raise UsageError(f"model {request.model!r} has no learned prior; use --prior gaussian")
-    return FlowUpscaler(model, device, request.temperature, name=request.model)
+    return FlowUpscaler(
+        model,
+        choice.device,
+        dtype=resolve_dtype(request.precision, choice.device),
+        temperature=request.temperature,
+        name=request.model,
+        tile=request.tile,
+        tile_pad=request.tile_pad,
+        notes=notes,
+    )

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowsr_cli.engine import ProgressCallback, Upscaler
+from flowsr_cli.bicubic_engine import BicubicUpscaler
+from flowsr_cli.engine import ProgressCallback, Upscaler, UpscaleReport
 from flowsr_cli.imageio import Image
-from flowsr_cli.resize import resize
 from flowsr_cli.sizing import Size
 
 
@@ -56,11 +56,12 @@ def upscale_image(
     upscaler: Upscaler,
     seeds: Sequence[int] = (0,),
     progress: ProgressCallback | None = None,
-) -> Iterator[Image]:
+) -> tuple[list[Image], UpscaleReport]:
     """Upscale ``image`` to ``size`` once per seed, keeping its channels, bit depth and metadata.
 
-    Models see RGB: greyscale is replicated and averaged back. Alpha is not shown to the model; it is
-    resized with the bicubic resize, after transparent colours were bled in from their neighbours.
+    Finished tiles go straight into output canvases of the final dtype. Models see RGB: greyscale is
+    replicated and averaged back. Alpha is not shown to the model; it is resized with the bicubic
+    resize, after transparent colours were bled in from their neighbours.
     """
     tensor = pixels_to_tensor(image.pixels)
     colour_channels = 3 if image.channels >= 3 else 1
@@ -68,16 +69,24 @@ def upscale_image(
     alpha = tensor[:, colour_channels:] if image.has_alpha else None
     if alpha is not None:
         colour = bleed_transparent_colour(colour, alpha)
-        alpha = resize(alpha, (size.height, size.width))
-    rgb = colour.expand(-1, 3, -1, -1).contiguous() if colour_channels == 1 else colour
-    for upscaled in upscaler.upscale(rgb, size, seeds, progress):
+    dtype = image.pixels.dtype
+    canvases = [np.empty((size.height, size.width, image.channels), dtype=dtype) for _ in seeds]
+
+    def write_colour(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
         if colour_channels == 1:
-            upscaled = upscaled.mean(dim=1, keepdim=True)
-        if alpha is not None:
-            upscaled = torch.cat([upscaled, alpha], dim=1)
-        yield Image(
-            pixels=tensor_to_pixels(upscaled, image.pixels.dtype),
-            format=image.format,
-            metadata=image.metadata,
-            warnings=list(image.warnings),
+            tile = tile.mean(dim=1, keepdim=True)
+        canvases[sample][rows.start : rows.stop, columns.start : columns.stop, :colour_channels] = tensor_to_pixels(
+            tile, dtype
         )
+
+    def write_alpha(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
+        pixels = tensor_to_pixels(tile, dtype)
+        for canvas in canvases:
+            canvas[rows.start : rows.stop, columns.start : columns.stop, colour_channels:] = pixels
+
+    rgb = colour.expand(-1, 3, -1, -1).contiguous() if colour_channels == 1 else colour
+    report = upscaler.upscale(rgb, size, write_colour, seeds, progress)
+    if alpha is not None:
+        BicubicUpscaler(torch.device("cpu")).upscale(alpha, size, write_alpha)
+    images = [Image(canvas, image.format, image.metadata, list(image.warnings)) for canvas in canvases]
+    return images, report

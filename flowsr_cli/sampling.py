@@ -17,16 +17,19 @@ def row_seed(seed: int, row: int) -> int:
     return (value ^ (value >> 31)) >> 1
 
 
-def gaussian_latent(seed: int, temperature: float, batch: int, dim: int) -> LatentSource:
-    """z = temperature * N(0, I), drawn on the CPU row by row of the latent grid; zeros when temperature is 0."""
+def gaussian_latent(seed: int, temperature: float, batch: int, dim: int, width: int) -> LatentSource:
+    """z = temperature * N(0, I) for a latent grid ``width`` columns wide, drawn on the CPU row by row
+    (each row from its own seed), so any window of the grid gets the same values; zeros at temperature 0."""
 
-    def latent(start: int, end: int, columns: int) -> torch.Tensor:
+    def latent(rows: range, columns: range) -> torch.Tensor:
         if temperature == 0:
-            return torch.zeros(batch, (end - start) * columns, dim)
-        rows = [
-            torch.randn(batch, columns, dim, generator=torch.Generator().manual_seed(row_seed(seed, row)))
-            for row in range(start, end)
+            return torch.zeros(batch, len(rows) * len(columns), dim)
+        bands = [
+            torch.randn(batch, width, dim, generator=torch.Generator().manual_seed(row_seed(seed, row)))[
+                :, columns.start : columns.stop
+            ]
+            for row in rows
         ]
-        return torch.cat(rows, dim=1).mul_(temperature)
+        return torch.cat(bands, dim=1).mul_(temperature)
 
     return latent

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from flowsr_cli.engine import FlowUpscaler
+from flowsr_cli.flow_engine import FlowUpscaler
 from flowsr_cli.models import ModelFileError, ModelSpecError, load_model, make, save_model
 from flowsr_cli.models.coords import fold_patches, patch_centres, unfold_patches
 from flowsr_cli.models.importer import CheckpointImportError, convert_original
@@ -33,9 +33,27 @@ def tiny_linf(patch_size: int = 3, seed: int = 0) -> LINF:
     return model.eval()
 
 
-def render(model: LINF, lr: torch.Tensor, size: Size, seed: int = 0, temperature: float = 0.8, **kwargs: int):
-    upscaler = FlowUpscaler(model, torch.device("cpu"), temperature, name="test", **kwargs)
-    return next(upscaler.upscale(lr, size, seeds=[seed]))
+def render(
+    model: LINF, lr: torch.Tensor, size: Size, seed: int = 0, temperature: float = 0.8, **kwargs: int
+) -> torch.Tensor:
+    """The whole float output of the flow engine (untiled unless ``tile`` is given)."""
+    options = {"tile": 0, **kwargs}
+    upscaler = FlowUpscaler(model, torch.device("cpu"), torch.float32, temperature, name="test", **options)
+    return collect(upscaler, lr, size, [seed])[0]
+
+
+def collect(upscaler: object, lr: torch.Tensor, size: Size, seeds: list[int]) -> list[torch.Tensor]:
+    """Assemble what an upscaler sends to its sink into whole images, checking each pixel arrives once."""
+    images = [torch.full((1, lr.shape[1], size.height, size.width), float("nan")) for _ in seeds]
+    writes = [torch.zeros(size.height, size.width, dtype=torch.int32) for _ in seeds]
+
+    def sink(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
+        images[sample][..., rows.start : rows.stop, columns.start : columns.stop] = tile
+        writes[sample][rows.start : rows.stop, columns.start : columns.stop] += 1
+
+    upscaler.upscale(lr, size, sink, seeds)  # type: ignore[attr-defined]
+    assert all(bool((count == 1).all()) for count in writes), "every output pixel must be written exactly once"
+    return images
 
 
 @pytest.mark.parametrize("patch_size", [1, 3])
@@ -57,7 +75,7 @@ def test_log_determinant_matches_autograd_jacobian(patch_size: int) -> None:
         x = torch.randn(model.dim, generator=generator, dtype=torch.float64)
         condition = torch.randn(1, model.flow.condition_size, generator=generator, dtype=torch.float64)
         log_p, z = model.log_prob(x[None], condition)
-        jacobian = torch.autograd.functional.jacobian(lambda v: model.log_prob(v[None], condition)[1][0], x)
+        jacobian = torch.autograd.functional.jacobian(lambda v, c=condition: model.log_prob(v[None], c)[1][0], x)
         log_base = -0.5 * (z.pow(2).sum() + model.dim * math.log(2 * math.pi))
         assert torch.allclose(log_p[0] - log_base, torch.linalg.slogdet(jacobian)[1], atol=1e-8)
 
@@ -92,9 +110,7 @@ def test_nll_samples_queries_and_rejects_unaligned_crops() -> None:
 
 @pytest.mark.parametrize("patch_size", [1, 3])
 @pytest.mark.parametrize("lr_size", [(9, 12), (10, 7)])
-def test_any_scale_gives_the_exact_size_and_chunking_does_not_matter(
-    patch_size: int, lr_size: tuple[int, int]
-) -> None:
+def test_any_scale_gives_the_exact_size_and_chunking_does_not_matter(patch_size: int, lr_size: tuple[int, int]) -> None:
     model = tiny_linf(patch_size)
     lr = torch.rand(1, 3, *lr_size)
     for scale in (1, 1.37, 2, 3, 3.5, 4, 7.9, 12):

@@ -74,6 +74,11 @@ class ConsoleReporter:
         if self._progress is not None and self._overall is not None:
             self._progress.advance(self._overall)
 
+    def note(self, message: str) -> None:
+        """Something worth saying once per run, e.g. which device runs the model."""
+        if not self.quiet:
+            stderr_console().print(f"[dim]note: {escape(printable(message))}[/]")
+
     def report_problem(self, argument: str, reason: str) -> None:
         """An argument that named no usable image."""
         report_error(f"{argument}: {reason}")

@@ -67,7 +67,22 @@ def upscale(
         None, "--device", help="auto, cpu, cuda or cuda:N [config: device].", rich_help_panel=_MODEL
     ),
     precision: str | None = typer.Option(
-        None, "--precision", help="auto, fp32, fp16 or bf16 [config: precision].", rich_help_panel=_MODEL
+        None,
+        "--precision",
+        help="auto, fp32, fp16 or bf16 for the encoder (the flow inverse stays fp32) [config: precision].",
+        rich_help_panel=_MODEL,
+    ),
+    tile: str | None = typer.Option(
+        None,
+        "--tile",
+        help="Tile side in input pixels: auto fits free memory, 0 = no tiling [config: tile].",
+        rich_help_panel=_MODEL,
+    ),
+    tile_pad: str | None = typer.Option(
+        None,
+        "--tile-pad",
+        help="Context around tiles in input pixels; auto = the model's receptive field [config: tile_pad].",
+        rich_help_panel=_MODEL,
     ),
     prior: Prior | None = typer.Option(
         None,
@@ -150,6 +165,8 @@ def upscale(
             "model": model,
             "device": device,
             "precision": precision,
+            "tile": tile,
+            "tile_pad": tile_pad,
             "format": output_format,
             "suffix": suffix,
             "quality": quality,
@@ -197,6 +214,8 @@ def _upscaler_request(settings: Settings, prior: Prior | None, temperature: floa
         model=settings["model"],
         device=settings["device"],
         precision=settings["precision"],
+        tile=settings["tile"],
+        tile_pad=settings["tile_pad"],
         prior=prior.value if prior is not None else None,
         temperature=temperature,
         models_dir=settings["cache_dir"] / "models",

@@ -19,8 +19,8 @@ from flowsr_cli.models.coords import bilinear_base, cell_size, fold_patches, gri
 from flowsr_cli.models.linear_flow import ConditionalLinearFlow
 from flowsr_cli.models.registry import make, register
 
-LatentSource = Callable[[int, int, int], torch.Tensor]
-"""(first latent row, end row, latent columns) -> latents (B, rows * columns, D) for that band."""
+LatentSource = Callable[[range, range], torch.Tensor]
+"""(latent rows, latent columns) -> latents (B, len(rows) * len(columns), D), row-major."""
 
 ProgressCallback = Callable[[float], None]
 
@@ -30,24 +30,25 @@ _SHIFT_EPS = 1e-6
 
 @dataclass
 class LRFeatures:
-    """What LINF computes once per LR image and reuses for every query, in both directions."""
+    """What LINF computes once per LR image (or LR tile) and reuses for every query, in both directions.
+
+    A tile is a crop of the full LR image: ``origin`` is its top-left corner and ``full_size`` the
+    full image's size, so that coordinates stay those of the whole image.
+    """
 
     lr: torch.Tensor
-    """The LR image, (B, 3, h, w) in [-1, 1] (for the bilinear base)."""
+    """The LR image or crop, (B, 3, h, w) in [-1, 1] (for the bilinear base)."""
     coef: torch.Tensor
-    """Fourier amplitudes per LR pixel, (B, h*w, hidden), rows of the LR grid in row-major order."""
+    """Fourier amplitudes per LR pixel of the crop, (B, h*w, hidden), row-major."""
     freq: torch.Tensor
-    """Fourier frequencies per LR pixel, (B, h*w, hidden)."""
+    """Fourier frequencies per LR pixel of the crop, (B, h*w, hidden)."""
+    origin: tuple[int, int] = (0, 0)
+    full_size: tuple[int, int] | None = None
 
     @property
-    def height(self) -> int:
-        """LR height."""
-        return int(self.lr.shape[-2])
-
-    @property
-    def width(self) -> int:
-        """LR width."""
-        return int(self.lr.shape[-1])
+    def size(self) -> tuple[int, int]:
+        """The full LR image's (height, width)."""
+        return self.full_size or (int(self.lr.shape[-2]), int(self.lr.shape[-1]))
 
 
 @register("linf")
@@ -89,13 +90,23 @@ class LINF(nn.Module):
         """Size of one flow vector: 3 (pixel model) or 27 (3x3 patch model)."""
         return self.flow.features
 
-    def encode(self, lr: torch.Tensor) -> LRFeatures:
-        """Features of an LR image (B, 3, h, w) in [-1, 1], computed once per image."""
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels of context a tile needs on each side for exact features and queries: the
+        encoder's, the coef/freq conv's and the reach of a query to its neighbouring latents."""
+        return int(self.encoder.receptive_radius) + 2
+
+    def encode(
+        self, lr: torch.Tensor, origin: tuple[int, int] = (0, 0), full_size: tuple[int, int] | None = None
+    ) -> LRFeatures:
+        """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin``."""
         features = self.encoder(lr)
         return LRFeatures(
             lr=lr,
             coef=self.coef(features).flatten(2).transpose(1, 2),
             freq=self.freq(features).flatten(2).transpose(1, 2),
+            origin=origin,
+            full_size=full_size,
         )
 
     def condition(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
@@ -103,7 +114,9 @@ class LINF(nn.Module):
 
         The one feature-query function behind both directions (likelihood and sampling).
         """
-        height, width = features.height, features.width
+        height, width = features.size
+        crop_width = int(features.lr.shape[-1])
+        origin_y, origin_x = features.origin
         relative_cell = points.new_tensor([cell[0] * height, cell[1] * width])
         phase = self.phase(relative_cell)
         half = self.hidden // 2
@@ -114,7 +127,7 @@ class LINF(nn.Module):
             column = self._nearest_latent(points[..., 1], offset_x, width)
             relative_y = (points[..., 0] - (-1.0 + (2 * row + 1) / height)) * height
             relative_x = (points[..., 1] - (-1.0 + (2 * column + 1) / width)) * width
-            index = (row * width + column).unsqueeze(-1).expand(-1, -1, self.hidden)
+            index = ((row - origin_y) * crop_width + column - origin_x).unsqueeze(-1).expand(-1, -1, self.hidden)
             coef = torch.gather(features.coef, 1, index)
             freq = torch.gather(features.freq, 1, index)
             angle = math.pi * (
@@ -165,27 +178,58 @@ class LINF(nn.Module):
         features: LRFeatures,
         size: tuple[int, int],
         latent: LatentSource,
+        rows: range | None = None,
+        columns: range | None = None,
         chunk_queries: int = 16384,
         progress: ProgressCallback | None = None,
     ) -> torch.Tensor:
-        """The HR image (B, 3, H, W) in [-1, 1] for latents from ``latent``, in bands of whole latent rows
-        of at most ``chunk_queries`` queries (bounded memory, the same result for any chunk size)."""
+        """HR pixels in [-1, 1] of the latent rows x columns given (default: all), i.e. output pixel rows
+        ``[rows.start * p, min(rows.stop * p, H))`` and likewise columns, for latents from ``latent``.
+
+        Queries run in bands of whole latent rows of at most ``chunk_queries`` (bounded memory; the
+        same result for any chunk size). The flow inverse always runs in float32, outside autocast.
+        """
         height, width = size
         patch = self.patch_size
-        device, dtype = features.lr.device, features.lr.dtype
-        rows, columns = patch_centres(height, patch, device), patch_centres(width, patch, device)
+        device = features.lr.device
+        all_rows, all_columns = patch_centres(height, patch, device), patch_centres(width, patch, device)
+        rows = rows if rows is not None else range(len(all_rows))
+        columns = columns if columns is not None else range(len(all_columns))
         batch = features.lr.shape[0]
         cell = cell_size(height, width)
         band = max(1, chunk_queries // len(columns))
-        canvas = torch.empty(batch, 3, len(rows) * patch, len(columns) * patch, device=device, dtype=dtype)
-        for start in range(0, len(rows), band):
-            end = min(len(rows), start + band)
-            points = grid(rows[start:end], columns).expand(batch, -1, -1)
+        canvas = torch.empty(batch, 3, len(rows) * patch, len(columns) * patch, device=device)
+        column_centres = all_columns[columns.start : columns.stop]
+        for start in range(rows.start, rows.stop, band):
+            end = min(rows.stop, start + band)
+            points = grid(all_rows[start:end], column_centres).expand(batch, -1, -1)
             condition = self.condition(features, points, cell)
-            z = latent(start, end, len(columns)).to(device=device, dtype=dtype)
-            residual = self.sample(condition.flatten(0, 1), z.flatten(0, 1)).view(batch, -1, self.dim)
-            canvas[:, :, start * patch : end * patch] = fold_patches(residual, end - start, len(columns), patch)
+            z = latent(range(start, end), columns).to(device)
+            with torch.autocast(device.type, enabled=False):
+                residual = self.sample(condition.flatten(0, 1).float(), z.flatten(0, 1).float())
+            band_pixels = fold_patches(residual.view(batch, -1, self.dim), end - start, len(columns), patch)
+            canvas[:, :, (start - rows.start) * patch : (end - rows.start) * patch] = band_pixels
             if progress is not None:
-                progress(end / len(rows))
-        base = bilinear_base(features.lr, patch_centres(height, 1, device), patch_centres(width, 1, device))
-        return canvas[..., :height, :width] + base
+                progress((end - rows.start) / len(rows))
+        pixel_rows = range(rows.start * patch, min(rows.stop * patch, height))
+        pixel_columns = range(columns.start * patch, min(columns.stop * patch, width))
+        base = self.bilinear_base(features, size, pixel_rows, pixel_columns)
+        return canvas[..., : len(pixel_rows), : len(pixel_columns)] + base
+
+    @staticmethod
+    def bilinear_base(features: LRFeatures, size: tuple[int, int], rows: range, columns: range) -> torch.Tensor:
+        """Bilinear upsampling of the full LR image at the given output pixels, read from the crop."""
+        device = features.lr.device
+        crop_height, crop_width = features.lr.shape[-2:]
+        full_height, full_width = features.size
+        centres_y = patch_centres(size[0], 1, device)[rows.start : rows.stop]
+        centres_x = patch_centres(size[1], 1, device)[columns.start : columns.stop]
+        local_y = _to_crop(centres_y, full_height, features.origin[0], crop_height)
+        local_x = _to_crop(centres_x, full_width, features.origin[1], crop_width)
+        return bilinear_base(features.lr.float(), local_y, local_x)
+
+
+def _to_crop(coordinates: torch.Tensor, full: int, origin: int, crop: int) -> torch.Tensor:
+    """Coordinates on the full image's [-1, 1] grid as coordinates on a crop's own [-1, 1] grid."""
+    pixels = ((coordinates + 1) * full - 1) / 2 - origin
+    return (2 * pixels + 1) / crop - 1
