@@ -1,0 +1,106 @@
+"""Peak memory of `flowsr upscale` as the input grows: the tiled engine must keep it nearly flat.
+
+Runs the real CLI in a subprocess per input size (CPU, x4 by default) with a paper-size
+EDSR-baseline LINF 3x3 (random weights: memory does not depend on training) and prints the
+peak resident memory of each run next to the ratio to the 512^2 run.
+
+    python scripts/bench_memory.py                       # 256, 512, 1024, 2048
+    python scripts/bench_memory.py --sizes 256 512 --json memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTO = REPO.parent / "shared" / "data" / "train" / "debian_photos"
+
+PEAK_OF_CHILD = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:])\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+    "sys.exit(code)\n"
+)
+
+
+def make_model(path: Path) -> None:
+    """A paper-size EDSR-baseline-LINF 3x3 with seeded random weights."""
+    import torch
+
+    from flowsr_cli.models import make, save_model
+
+    torch.manual_seed(0)
+    spec = {"name": "linf", "args": {"encoder": {"name": "edsr-baseline", "args": {}}, "patch_size": 3}}
+    save_model(make(spec), path)
+
+
+def make_input(path: Path, side: int) -> None:
+    """A natural photo resized to side x side (random pixels if the shared photos are absent)."""
+    photos = sorted(PHOTO.glob("*.jpg")) if PHOTO.is_dir() else []
+    if photos:
+        with Image.open(photos[0]) as photo:
+            photo.convert("RGB").resize((side, side), Image.Resampling.BICUBIC).save(path)
+    else:
+        pixels = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+
+
+def peak_rss(command: list[str]) -> tuple[int, float]:
+    """Peak resident bytes and wall seconds of one command run in its own process."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, *command], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"flowsr failed:\n{result.stderr}")
+    return int(result.stdout.strip().splitlines()[-1]), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--scale", type=float, default=4.0)
+    parser.add_argument("--tile", default="auto")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        make_model(work / "linf.safetensors")
+        for side in args.sizes:
+            make_input(work / f"in{side}.png", side)
+            command = [
+                sys.executable, "-m", "flowsr_cli", "upscale", str(work / f"in{side}.png"),
+                "--model", str(work / "linf.safetensors"), "--scale", str(args.scale), "--device", "cpu",
+                "--tile", args.tile, "--temperature", "0.8", "-o", str(work / f"out{side}.png"), "--quiet",
+            ]  # fmt: skip
+            peak, seconds = peak_rss(command)
+            with Image.open(work / f"out{side}.png") as output:
+                megapixels = output.width * output.height / 1e6
+            rows.append({"input": side, "output_mp": round(megapixels, 2), "seconds": round(seconds, 1), "peak": peak})
+            print(f"{side}^2 done: {peak / 2**20:.0f} MB in {seconds:.0f} s", file=sys.stderr, flush=True)
+
+    reference = next((row["peak"] for row in rows if row["input"] == 512), rows[0]["peak"])
+    print(f"{'input':>8} {'output MP':>10} {'seconds':>8} {'peak RSS MB':>12} {'vs 512^2':>9}")
+    for row in rows:
+        row["peak_mb"] = round(row["peak"] / 2**20)
+        row["ratio_to_512"] = round(row["peak"] / reference, 2)
+        print(
+            f"{row['input']:>7}² {row['output_mp']:>10} {row['seconds']:>8} {row['peak_mb']:>12} "
+            f"{row['ratio_to_512']:>8}x"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
