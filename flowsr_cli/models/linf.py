@@ -38,10 +38,9 @@ class LRFeatures:
 
     lr: torch.Tensor
     """The LR image or crop, (B, 3, h, w) in [-1, 1] (for the bilinear base)."""
-    coef: torch.Tensor
-    """Fourier amplitudes per LR pixel of the crop, (B, h*w, hidden), row-major."""
-    freq: torch.Tensor
-    """Fourier frequencies per LR pixel of the crop, (B, h*w, hidden)."""
+    encoded: torch.Tensor
+    """Encoder features of the crop, (B, C, h, w). The much wider Fourier amplitudes and frequencies
+    are derived from them per band of queries, so memory follows the query chunk, not the tile."""
     origin: tuple[int, int] = (0, 0)
     full_size: tuple[int, int] | None = None
 
@@ -100,14 +99,18 @@ class LINF(nn.Module):
         self, lr: torch.Tensor, origin: tuple[int, int] = (0, 0), full_size: tuple[int, int] | None = None
     ) -> LRFeatures:
         """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin``."""
-        features = self.encoder(lr)
-        return LRFeatures(
-            lr=lr,
-            coef=self.coef(features).flatten(2).transpose(1, 2),
-            freq=self.freq(features).flatten(2).transpose(1, 2),
-            origin=origin,
-            full_size=full_size,
-        )
+        return LRFeatures(lr=lr, encoded=self.encoder(lr), origin=origin, full_size=full_size)
+
+    def _fourier(self, features: LRFeatures, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """Amplitudes and frequencies (B, len(rows) * w, hidden), channels last, of the crop's LR
+        rows ``rows``; the 3x3 convs read one row more on each side, so the values are exact."""
+        height = features.encoded.shape[-2]
+        first, last = max(rows.start - 1, 0), min(rows.stop + 1, height)
+        window = features.encoded[:, :, first:last]
+        keep = slice(rows.start - first, rows.stop - first)
+        coef = self.coef(window)[:, :, keep].flatten(2).transpose(1, 2).contiguous()
+        freq = self.freq(window)[:, :, keep].flatten(2).transpose(1, 2).contiguous()
+        return coef, freq
 
     def condition(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
         """Flow conditioning for query points (B, N, 2) as (y, x) in [-1, 1]: (B, N, condition_size).
@@ -120,16 +123,25 @@ class LINF(nn.Module):
         relative_cell = points.new_tensor([cell[0] * height, cell[1] * width])
         phase = self.phase(relative_cell)
         half = self.hidden // 2
+        neighbours = [
+            (
+                self._nearest_latent(points[..., 0], offset_y, height),
+                self._nearest_latent(points[..., 1], offset_x, width),
+            )
+            for offset_y, offset_x in _NEIGHBOUR_OFFSETS
+        ]
+        first_row = min(int(row.min()) for row, _ in neighbours) - origin_y
+        last_row = max(int(row.max()) for row, _ in neighbours) - origin_y
+        coef_rows, freq_rows = self._fourier(features, range(first_row, last_row + 1))
         terms: list[torch.Tensor] = []
         areas: list[torch.Tensor] = []
-        for offset_y, offset_x in _NEIGHBOUR_OFFSETS:
-            row = self._nearest_latent(points[..., 0], offset_y, height)
-            column = self._nearest_latent(points[..., 1], offset_x, width)
+        for row, column in neighbours:
             relative_y = (points[..., 0] - (-1.0 + (2 * row + 1) / height)) * height
             relative_x = (points[..., 1] - (-1.0 + (2 * column + 1) / width)) * width
-            index = ((row - origin_y) * crop_width + column - origin_x).unsqueeze(-1).expand(-1, -1, self.hidden)
-            coef = torch.gather(features.coef, 1, index)
-            freq = torch.gather(features.freq, 1, index)
+            local = (row - origin_y - first_row) * crop_width + column - origin_x
+            index = local.unsqueeze(-1).expand(-1, -1, self.hidden)
+            coef = torch.gather(coef_rows, 1, index)
+            freq = torch.gather(freq_rows, 1, index)
             angle = math.pi * (
                 freq[..., :half] * relative_y.unsqueeze(-1) + freq[..., half:] * relative_x.unsqueeze(-1) + phase
             )
