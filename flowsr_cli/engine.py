@@ -69,6 +69,7 @@ class UpscalerRequest:
     tile_pad: str | int = "auto"
     prior: str | None = None
     temperature: float = 0.5
+    guard: bool = True
     models_dir: Path | None = None
 
 
@@ -118,5 +119,6 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
         name=request.model,
         tile=request.tile,
         tile_pad=request.tile_pad,
+        guard=request.guard,
         notes=notes,
     )

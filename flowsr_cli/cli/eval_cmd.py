@@ -1,0 +1,194 @@
+"""`flowsr eval`: compare models, priors and temperatures with the literature's protocol."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from flowsr_cli.cli.console import printable, stderr_console
+from flowsr_cli.config import Settings
+from flowsr_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from flowsr_cli.engine import Upscaler
+    from flowsr_cli.evaluation import Dataset, Evaluation, Result, Setting
+
+_OUTPUT = "Output"
+
+
+def _numbers(text: str, option: str, minimum: float) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(value) or value < minimum for value in values):
+        raise UsageError(f"{option} takes comma-separated numbers >= {minimum:g}, got {text!r}")
+    return values
+
+
+def eval_command(
+    datasets: list[Path] = typer.Argument(
+        ..., help="Folders of HR images (e.g. Set5, Set14, B100).", show_default=False
+    ),
+    models: list[str] = typer.Option([], "--model", "-m", help="A model name or .safetensors path (repeatable)."),
+    scales: str = typer.Option("2,3,4", "--scales", help="Comma-separated scales, any number >= 1."),
+    prior: str | None = typer.Option(
+        None, "--prior", help="learned or gaussian (default: learned where a model has one, else gaussian)."
+    ),
+    temperatures: str = typer.Option("0.5", "--temperatures", help="Gaussian-prior temperatures, comma-separated."),
+    runs: int = typer.Option(1, "--runs", min=1, help="Seeds per image for stochastic settings (τ > 0)."),
+    seed: int = typer.Option(0, "--seed", help="First seed; run i uses seed + i."),
+    baseline: str = typer.Option("bicubic", "--baseline", help="bicubic, or none to leave it out."),
+    max_images: int | None = typer.Option(None, "--max-images", min=1, help="Use the first K images per dataset."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [config: device]."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON.", rich_help_panel=_OUTPUT),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Write the results as CSV.", rich_help_panel=_OUTPUT),
+    markdown_path: Path | None = typer.Option(
+        None, "--markdown", help="Write the results as a Markdown table.", rich_help_panel=_OUTPUT
+    ),
+    save_images: Path | None = typer.Option(
+        None, "--save-images", help="Save every output as PNG under this folder.", rich_help_panel=_OUTPUT
+    ),
+) -> None:
+    """Score models on folders of HR images: PSNR-Y, SSIM, LPIPS, LR-PSNR, inf rate, diversity.
+
+    LR inputs are made with the MATLAB-style bicubic; outputs come from the same engine as
+    `flowsr upscale` (with the exploding-inverse guard off, so the inf rate is the model's own).
+    """
+    settings = Settings({"device": device})
+    settings.validate()
+    scale_list = _numbers(scales, "--scales", 1.0)
+    temperature_list = _numbers(temperatures, "--temperatures", 0.0)
+    if prior not in (None, "learned", "gaussian"):
+        raise UsageError(f"--prior takes learned or gaussian, got {prior!r}")
+    if baseline not in ("bicubic", "none"):
+        raise UsageError(f"--baseline takes bicubic or none, got {baseline!r}")
+    if not models and baseline == "none":
+        raise UsageError("nothing to evaluate: give --model or keep --baseline bicubic")
+    for folder in datasets:
+        if not folder.is_dir():
+            raise UsageError(f"{printable(folder)}: not a folder of images")
+
+    from flowsr_cli.evaluation import Evaluation, load_dataset
+    from flowsr_cli.metrics import LPIPS
+
+    loaded = [load_dataset(folder, max_images, settings["max_pixels"]) for folder in datasets]
+    evaluation = Evaluation(
+        settings=_build_settings(models, prior, temperature_list, baseline == "bicubic", settings),
+        scales=scale_list,
+        runs=runs,
+        seed=seed,
+        lpips=LPIPS(),
+        save_images=save_images,
+    )
+    scored = _run_with_progress(evaluation, loaded)
+    results = [result for _, result in scored]
+    row_labels = [setting.label for setting, _ in scored]
+    _print_table(results, row_labels, [setting.label for setting, _ in evaluation.settings])
+    _write_outputs(results, row_labels, json_path, csv_path, markdown_path, {"seed": seed, "runs": runs})
+
+
+def _build_settings(
+    models: list[str], prior: str | None, temperatures: list[float], with_bicubic: bool, settings: Settings
+) -> list[tuple[Setting, Upscaler]]:
+    import dataclasses
+
+    from flowsr_cli.engine import UpscalerRequest, create_upscaler
+    from flowsr_cli.evaluation import Setting
+
+    chosen: list[tuple[Setting, Upscaler]] = []
+    if with_bicubic:
+        bicubic = create_upscaler(UpscalerRequest("bicubic", device=settings["device"], tile=0))
+        chosen.append((Setting("bicubic", "bicubic"), bicubic))
+    for model in models:
+        request = UpscalerRequest(
+            model,
+            device=settings["device"],
+            precision="fp32",
+            tile=settings["tile"],
+            prior=prior,
+            guard=False,
+            models_dir=settings["cache_dir"] / "models",
+        )
+        upscaler = create_upscaler(request)
+        for temperature in temperatures:
+            chosen.append(
+                (Setting(model, "gaussian", temperature), dataclasses.replace(upscaler, temperature=temperature))
+            )
+    return chosen
+
+
+def _run_with_progress(evaluation: Evaluation, datasets: list[Dataset]) -> list[tuple[Setting, Result]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=evaluation.steps(datasets))
+        return evaluation.run(datasets, lambda: progress.advance(task))
+
+
+def _print_table(results: list[Result], row_labels: list[str], setting_labels: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flowsr_cli.eval_report import HIGHER_IS_BETTER
+
+    shown = (("psnr_y", "PSNR-Y", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("lr_psnr", "LR-PSNR", 2))
+    table = Table(title="flowsr eval", title_justify="left")
+    table.add_column("dataset")
+    table.add_column("scale", justify="right")
+    for label in setting_labels:
+        for _, name, _ in shown:
+            table.add_column(f"{label}\n{name}", justify="right")
+        table.add_column(f"{label}\ninf %", justify="right")
+    groups: dict[tuple[str, float], dict[str, Result]] = {}
+    for result, label in zip(results, row_labels):
+        groups.setdefault((result.dataset, result.scale), {})[label] = result
+    for (dataset, scale), by_label in groups.items():
+        best = {
+            key: (max if HIGHER_IS_BETTER[key] else min)(getattr(result, key) for result in by_label.values())
+            for key, _, _ in shown
+        }
+        cells = [dataset, f"×{scale:g}"]
+        for label in setting_labels:
+            result = by_label[label]
+            for key, _, digits in shown:
+                value = getattr(result, key)
+                text = f"{value:.{digits}f}"
+                cells.append(f"[bold green]{text}[/]" if len(by_label) > 1 and value == best[key] else text)
+            cells.append(f"{100 * result.inf_rate:.1f}")
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def _write_outputs(
+    results: list[Result],
+    row_labels: list[str],
+    json_path: Path | None,
+    csv_path: Path | None,
+    markdown_path: Path | None,
+    run_settings: dict[str, object],
+) -> None:
+    from flowsr_cli import eval_report
+    from flowsr_cli.atomic import atomic_write_bytes
+
+    outputs = (
+        (json_path, lambda: eval_report.to_json(results, run_settings)),
+        (csv_path, lambda: eval_report.to_csv(results)),
+        (markdown_path, lambda: eval_report.to_markdown(results, row_labels)),
+    )
+    for path, render in outputs:
+        if path is not None:
+            try:
+                atomic_write_bytes(path, render().encode("utf-8"))
+            except OSError as exc:
+                raise UsageError(f"{printable(path)}: cannot write: {exc.strerror or exc}") from None

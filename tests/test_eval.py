@@ -1,0 +1,101 @@
+"""`flowsr eval` end to end on the shared evaluation sets, offline."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowsr_cli.models import save_model
+from tests.conftest import SHARED, CliInvoker
+from tests.test_linf import tiny_linf
+
+SET5 = SHARED / "data/eval/Set5"
+PUBLISHED_BICUBIC_SET5 = {2.0: 33.66, 3.0: 30.39, 4.0: 28.42}
+"""Bicubic Y-PSNR on Set5 as reported across the SR literature (e.g. EDSR, RCAN tables)."""
+
+
+@pytest.fixture(autouse=True)
+def offline_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
+
+
+def test_bicubic_on_set5_matches_the_published_figures(run_cli: CliInvoker, tmp_path: Path) -> None:
+    out = tmp_path / "set5.json"
+    result = run_cli("eval", str(SET5), "--baseline", "bicubic", "--scales", "2,3,4", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert set(document) == {"flowsr_version", "protocol", "results"}
+    rows = document["results"]
+    assert [row["scale"] for row in rows] == [2.0, 3.0, 4.0]
+    for row in rows:
+        assert row["dataset"] == "Set5" and row["prior"] == "bicubic" and row["temperature"] is None
+        assert row["images"] == 5 and row["runs"] == 1 and row["inf_rate"] == 0.0 and row["diversity"] is None
+        assert abs(row["psnr_y"] - PUBLISHED_BICUBIC_SET5[row["scale"]]) < 0.1, row
+        assert 0 < row["lpips"] < 1 and row["lr_psnr"] > 35 and 0.7 < row["ssim"] < 1
+    assert "Set5" in result.stdout and "PSNR-Y" in result.stdout
+
+
+def test_flow_settings_runs_diversity_and_all_formats(run_cli: CliInvoker, tmp_path: Path) -> None:
+    save_model(tiny_linf(3), tmp_path / "tiny.safetensors")
+    outputs = {kind: tmp_path / f"r.{kind}" for kind in ("json", "csv", "md")}
+    result = run_cli(
+        "eval", str(SET5), "--model", str(tmp_path / "tiny.safetensors"), "--scales", "2,3.5",
+        "--temperatures", "0,0.8", "--runs", "2", "--max-images", "2", "--json", str(outputs["json"]),
+        "--csv", str(outputs["csv"]), "--markdown", str(outputs["md"]), "--save-images", str(tmp_path / "images"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(outputs["json"].read_text())["results"]
+    assert len(rows) == 2 * 3  # scales x (bicubic, tau 0, tau 0.8)
+    by_setting = {(row["scale"], row["prior"], row["temperature"]): row for row in rows}
+    stochastic = by_setting[(2.0, "gaussian", 0.8)]
+    deterministic = by_setting[(2.0, "gaussian", 0.0)]
+    assert stochastic["runs"] == 2 and stochastic["diversity"] > 0
+    assert deterministic["runs"] == 1 and deterministic["diversity"] is None
+    assert all(row["images"] == 2 and row["inf_rate"] == 0.0 for row in rows)
+    with outputs["csv"].open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    assert outputs["md"].read_text().count("\n") == len(rows) + 2
+    saved = sorted(path.relative_to(tmp_path / "images").as_posix() for path in (tmp_path / "images").rglob("*.png"))
+    assert "Set5/tiny_τ=0.8/x3.5/baby_run1.png" in saved and "Set5/bicubic/x2/bird.png" in saved
+
+
+def test_inf_rate_counts_raw_non_finite_outputs(run_cli: CliInvoker, tmp_path: Path) -> None:
+    broken = tiny_linf(3)
+    with torch.no_grad():
+        broken.flow.last.bias.fill_(float("inf"))
+    save_model(broken, tmp_path / "broken.safetensors")
+    out = tmp_path / "r.json"
+    result = run_cli(
+        "eval", str(SET5), "--model", str(tmp_path / "broken.safetensors"), "--scales", "2",
+        "--max-images", "2", "--baseline", "none", "--json", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["inf_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scales", "2,x"], "--scales takes comma-separated numbers"),
+        (["--scales", "0.5"], ">= 1"),
+        (["--baseline", "none"], "nothing to evaluate"),
+        (["--baseline", "lanczos"], "--baseline takes bicubic or none"),
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    ],
+)
+def test_usage_errors(run_cli: CliInvoker, args: list[str], message: str) -> None:
+    result = run_cli("eval", str(SET5), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_missing_or_empty_dataset_folder(run_cli: CliInvoker, tmp_path: Path) -> None:
+    assert run_cli("eval", str(tmp_path / "nope")).exit_code == 2
+    (tmp_path / "empty").mkdir()
+    result = run_cli("eval", str(tmp_path / "empty"))
+    assert result.exit_code == 2 and "no images to evaluate" in result.stderr
