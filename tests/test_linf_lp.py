@@ -1,0 +1,249 @@
+"""LINF-LP: the learned-prior latent module on a frozen LINF (shapes, invertibility, training, files)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flowsr_cli.models import ModelSpecError, load_model, make, save_model
+from flowsr_cli.models.coords import cell_size, grid, patch_centres, unfold_patches
+from flowsr_cli.models.latent import LatentModule, lr_positions
+from flowsr_cli.models.linf_lp import LINFLP
+from flowsr_cli.sizing import Size, SizeRequest
+
+TINY_FLOW = {
+    "name": "linf",
+    "args": {
+        "encoder": {"name": "edsr-baseline", "args": {"channels": 8, "blocks": 1}},
+        "patch_size": 3,
+        "hidden": 16,
+        "mlp_layers": 2,
+        "flow_layers": 4,
+    },
+}
+TINY_LATENT_ARGS = {"branch_channels": 8, "growth": 8, "widths": [16, 32, 32, 32]}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """These tensors are tiny: on a busy machine, synchronising threads costs far more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_linf_lp(patch_size: int = 3, seed: int = 0) -> LINFLP:
+    torch.manual_seed(seed)
+    flow = {"name": "linf", "args": {**TINY_FLOW["args"], "patch_size": patch_size}}
+    latent = {"name": "lp-latent", "args": {"dim": 3 * patch_size**2, **TINY_LATENT_ARGS}}
+    model = make({"name": "linf-lp", "args": {"flow": flow, "latent": latent}})
+    assert isinstance(model, LINFLP)
+    return model.eval()
+
+
+def output_size(lr: torch.Tensor, scale: float) -> tuple[int, int]:
+    size = SizeRequest(scale=scale).target(Size(lr.shape[-1], lr.shape[-2]))
+    return size.height, size.width
+
+
+def random_image(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def patch_conditions(model: LINFLP, features: object, size: tuple[int, int], batch: int) -> torch.Tensor:
+    """The flow conditioning of every latent cell of an output of ``size``, flattened: (B * Hp * Wp, C)."""
+    points = grid(patch_centres(size[0], model.patch_size), patch_centres(size[1], model.patch_size))
+    condition = model.flow.condition(features, points.expand(batch, -1, -1), cell_size(*size))  # type: ignore[arg-type]
+    return condition.flatten(0, 1)
+
+
+def grid_vectors(latents: torch.Tensor) -> torch.Tensor:
+    """(B, D, Hp, Wp) -> (B * Hp * Wp, D), row-major per image."""
+    return latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("patch_size", "lr_size"), [(3, (9, 13)), (3, (10, 7)), (1, (10, 7))])
+def test_latent_grids_and_outputs_have_the_requested_sizes(patch_size: int, lr_size: tuple[int, int]) -> None:
+    model = tiny_linf_lp(patch_size)
+    lr = random_image(2, 3, *lr_size)
+    features = model.encode(lr)
+    for scale in (1.5, 2, 3.5, 4):
+        size = output_size(lr, scale)
+        assert size == (math.floor(lr_size[0] * scale + 0.5), math.floor(lr_size[1] * scale + 0.5))
+        grid_shape = (2, model.dim, math.ceil(size[0] / patch_size), math.ceil(size[1] / patch_size))
+        assert model.initial_prior(features, size).shape == grid_shape
+        assert model.predict_latent(features, size).shape == grid_shape
+        output = model.render(features, size)
+        assert output.shape == (2, 3, *size)
+        assert torch.isfinite(output).all()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("scale", [2, 3.5])
+def test_initial_prior_is_the_flow_forward_of_the_pseudo_residual(scale: float) -> None:
+    model = tiny_linf_lp(3)
+    lr = random_image(2, 3, 9, 13)
+    size = output_size(lr, scale)
+    upsampled = F.interpolate(lr, size=size, mode="bilinear", align_corners=False)
+    shrunk = F.interpolate(upsampled, size=(9, 13), mode="bilinear", align_corners=False, antialias=True)
+    pseudo_residual = upsampled - F.interpolate(shrunk, size=size, mode="bilinear", align_corners=False)
+    rows, columns = model.latent_shape(size)
+    padded = F.pad(pseudo_residual, (0, 3 * columns - size[1], 0, 3 * rows - size[0]), mode="replicate")
+    expected = unfold_patches(padded, 3).flatten(0, 1)
+
+    features = model.encode(lr)
+    z_init = model.initial_prior(features, size)
+    mapped_back = model.flow.sample(patch_conditions(model, features, size, 2), grid_vectors(z_init))
+    assert torch.allclose(mapped_back, expected, atol=1e-4)
+    assert torch.allclose(z_init, model.initial_prior(features, size, chunk_queries=7), atol=1e-5)
+
+
+@torch.no_grad()
+def test_latent_of_is_the_flow_forward_of_the_true_residual() -> None:
+    model = tiny_linf_lp(3)
+    lr, hr = random_image(2, 3, 8, 10, seed=1), random_image(2, 3, 24, 30, seed=2)
+    features = model.encode(lr)
+    z_hr = model.latent_of(features, hr)
+    assert z_hr.shape == (2, 27, 8, 10)
+    residual = hr - F.interpolate(lr, size=(24, 30), mode="bilinear", align_corners=False)
+    mapped_back = model.flow.sample(patch_conditions(model, features, (24, 30), 2), grid_vectors(z_hr))
+    assert torch.allclose(mapped_back, unfold_patches(residual, 3).flatten(0, 1), atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        model.latent_of(features, hr[..., :29])
+
+
+def test_a_training_step_changes_only_the_latent_module() -> None:
+    model = tiny_linf_lp(3).train()
+    lr, target = random_image(2, 3, 10, 12, seed=3), random_image(2, 3, 20, 24, seed=4)
+    frozen_before = {name: value.clone() for name, value in model.flow.state_dict().items()}
+    latent_before = {name: value.clone() for name, value in model.latent.named_parameters()}
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    loss = F.l1_loss(model(lr, (20, 24)), target)
+    loss.backward()
+    optimiser.step()
+
+    assert all(parameter.grad is None for parameter in model.flow.parameters())
+    assert all(parameter.grad is not None for parameter in model.latent.parameters())
+    for name, value in model.flow.state_dict().items():
+        assert torch.equal(value, frozen_before[name]), name
+    assert any(not torch.equal(value, latent_before[name]) for name, value in model.latent.named_parameters())
+
+
+def test_train_mode_keeps_the_flow_in_eval_mode() -> None:
+    model = tiny_linf_lp(3)
+    model.train()
+    assert model.training and model.latent.training
+    assert not any(module.training for module in model.flow.modules())
+    assert not any(parameter.requires_grad for parameter in model.flow.parameters())
+    model.eval()
+    assert not any(module.training for module in model.modules())
+
+
+def test_the_encoder_runs_once_per_forward() -> None:
+    model = tiny_linf_lp(3)
+    calls: list[int] = []
+    model.flow.encoder.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model(random_image(1, 3, 9, 13), (32, 46))
+    assert len(calls) == 1
+
+
+def test_save_then_load_gives_bit_identical_outputs(tmp_path: Path) -> None:
+    model = tiny_linf_lp(3).train()
+    lr = random_image(2, 3, 9, 13, seed=5)
+    with torch.no_grad():
+        model(lr, (18, 26))  # moves the BatchNorm running statistics away from their initial values
+    model.eval()
+    save_model(model, tmp_path / "linf-lp.safetensors")
+    loaded = load_model(tmp_path / "linf-lp.safetensors")
+    assert isinstance(loaded, LINFLP)
+    assert loaded.spec == model.spec
+    assert not any(parameter.requires_grad for parameter in loaded.flow.parameters())
+    with torch.no_grad():
+        assert torch.equal(model(lr, (32, 46)), loaded(lr, (32, 46)))
+
+
+def test_latent_size_must_match_the_flow() -> None:
+    latent = {"name": "lp-latent", "args": {"dim": 3, **TINY_LATENT_ARGS}}
+    with pytest.raises(ModelSpecError, match="does not match the flow's vector size 27"):
+        make({"name": "linf-lp", "args": {"flow": TINY_FLOW, "latent": latent}})
+
+
+def test_paper_size_latent_module() -> None:
+    latent = make({"name": "lp-latent", "args": {}})
+    assert sum(parameter.numel() for parameter in latent.parameters()) == pytest.approx(4.6e6, rel=0.15)
+
+
+def monotone_latent_module() -> LatentModule:
+    """A small float64 latent module with non-negative weights: every feature is non-decreasing in every
+    input, so a raised input cell raises everything it can reach and wins every max-pool on its way
+    (on a constant background), and measured reaches are the structural ones."""
+    torch.manual_seed(0)
+    module = make({"name": "lp-latent", "args": {"dim": 3, "branch_channels": 4, "growth": 4, "widths": [4, 4, 4, 4]}})
+    assert isinstance(module, LatentModule)
+    module.eval().double()
+    for parameter in module.parameters():
+        parameter.abs_()
+    return module
+
+
+def reaches(outputs: torch.Tensor, positions: torch.Tensor, raised: list[int]) -> list[float]:
+    """How far (left, right) each raised input of ``outputs[1:]`` changed the output versus ``outputs[0]``."""
+    found: list[float] = []
+    for index, column in enumerate(raised):
+        changed = positions[(outputs[index + 1] - outputs[0]).abs().flatten(0, 1).amax(dim=0) > 1e-9]
+        found += [column - float(changed.min()), float(changed.max()) - column]
+    return found
+
+
+@torch.no_grad()
+def test_receptive_field_is_the_exact_reach_of_one_latent_cell() -> None:
+    module = monotone_latent_module()
+    assert module.receptive_field == 63
+    width = 300
+    raised = list(range(144, 144 + module.unet.multiple))  # every alignment to the pooling grid
+    z_init = torch.zeros(len(raised) + 1, 3, 8, width, dtype=torch.float64)
+    for index, column in enumerate(raised):
+        z_init[index + 1, :, :, column] = 1e4
+    lr = torch.zeros(len(raised) + 1, 3, 8, width, dtype=torch.float64)
+    outputs = module(z_init, lr, lr_positions(8, 1, 8), lr_positions(width, 1, width))
+    found = reaches(outputs, torch.arange(width, dtype=torch.float64), raised)
+    assert max(found) == module.receptive_field, found
+
+
+@torch.no_grad()
+def test_lr_reach_bounds_the_lr_pixels_an_lr_branch_value_reads() -> None:
+    module = monotone_latent_module()
+    assert module.lr_reach == 19
+    width = 120
+    raised = [60, 61, 62]  # every alignment to the stride-3 cells
+    lr = torch.zeros(len(raised) + 1, 3, 3, width, dtype=torch.float64)
+    for index, column in enumerate(raised):
+        lr[index + 1, :, :, column] = 1e4
+    positions = torch.arange(0, width, 0.125, dtype=torch.float64)
+    outputs = module.encode_lr(lr, torch.ones(1, dtype=torch.float64), positions)
+    found = reaches(outputs, positions, raised)
+    assert module.lr_reach - 0.25 < max(found) < module.lr_reach, found
+
+
+def test_lr_branch_reads_its_cells_at_their_physical_centres() -> None:
+    # At scale 3 the 3x3 patch centres are the LR pixel centres; latent row r sits on LR pixel r.
+    assert torch.allclose(lr_positions(27, 3, 9), torch.arange(9.0), atol=1e-6)
+    module = make({"name": "lp-latent", "args": {"dim": 27, **TINY_LATENT_ARGS}})
+    assert isinstance(module, LatentModule)
+    lr = random_image(1, 3, 9, 12)
+    centres = 3 * torch.arange(3.0) + 1, 3 * torch.arange(4.0) + 1
+    cells = module.lr_branch(F.leaky_relu(module.lr_stem(lr), 0.2))
+    assert torch.allclose(module.encode_lr(lr, *centres), cells, atol=1e-6)
+    # An odd-sized LR is padded to whole cells, and positions past the border are clamped.
+    odd = module.encode_lr(lr[..., :8, :11], torch.tensor([-5.0, 7.0, 20.0]), torch.tensor([10.0]))
+    assert odd.shape == (1, 8, 3, 1)
+    assert torch.isfinite(odd).all()
