@@ -1,0 +1,1 @@
+"""Training: recipes, the training loop, objectives for the flow and the prior, checkpoints, DDP."""

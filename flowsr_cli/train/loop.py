@@ -1,0 +1,225 @@
+"""The training loop shared by `train flow` and `train prior`: schedule, checkpoints, resume, DDP, logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flowsr_cli.atomic import atomic_write_bytes
+from flowsr_cli.errors import FlowsrError
+from flowsr_cli.models import save_model
+from flowsr_cli.sampling import row_seed
+from flowsr_cli.train.distributed import Cluster
+from flowsr_cli.train.recipe import Recipe, learning_rate_at, to_toml
+from flowsr_cli.train.state import TrainingState, load_training_state, save_training_state
+
+MAX_BAD_STEPS = 20
+"""Consecutive non-finite losses after which training stops (the original skipped them forever)."""
+
+TIMING_STEPS = 5
+"""Steps timed before a time budget is turned into a step count."""
+
+Validator = Callable[[], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a training run writes into its output folder."""
+
+    folder: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        """The latest resumable training state."""
+        return self.folder / "checkpoint.safetensors"
+
+    @property
+    def model(self) -> Path:
+        """The exported model for `upscale` and `eval`."""
+        return self.folder / "model.safetensors"
+
+    @property
+    def log(self) -> Path:
+        """Losses and validation metrics, one JSON object per line."""
+        return self.folder / "log.jsonl"
+
+    @property
+    def recipe(self) -> Path:
+        """The effective recipe, to re-run the same training."""
+        return self.folder / "recipe.toml"
+
+
+class ProgressView:
+    """Rich progress with loss, speed and ETA (rank 0 only; silent elsewhere)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from flowsr_cli.cli.console import stderr_console
+
+        self._progress = (
+            Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(),
+                console=stderr_console(),
+            )
+            if enabled
+            else None
+        )
+        self._task = None
+
+    def __enter__(self) -> ProgressView:
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task("", total=None, status="")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, step: int, total: int, status: str) -> None:
+        """Show the step, the planned total and a status line."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=step, total=total or None, status=status)
+
+
+class Trainer:
+    """Optimises ``objective`` (whose forward returns the losses) and exports ``model``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: nn.Module,
+        recipe: Recipe,
+        batches: Callable[[int], Sequence | object],
+        files: RunFiles,
+        cluster: Cluster,
+        device: torch.device,
+        validate: Validator | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.recipe = recipe
+        self.batches = batches
+        self.files = files
+        self.cluster = cluster
+        self.device = device
+        self.validate = validate
+        self.show_progress = show_progress and cluster.is_main
+        parameters = [parameter for parameter in objective.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.Adam(parameters, lr=recipe.learning_rate)
+
+    def _log(self, record: dict[str, object]) -> None:
+        if self.cluster.is_main:
+            with self.files.log.open("a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def _save(self, state: TrainingState) -> None:
+        if self.cluster.is_main:
+            save_training_state(self.files.checkpoint, self.model, self.optimizer, state, asdict(self.recipe))
+
+    def _planned_total(self, state: TrainingState, started: float, deadline: float | None) -> int:
+        """Steps the run will make: --steps, or what fits the time budget (measured, then fixed)."""
+        if deadline is None or state.total_steps:
+            return state.total_steps
+        per_step = (time.monotonic() - started) / TIMING_STEPS
+        fits = state.step + max(1, math.floor(0.95 * (deadline - time.monotonic()) / per_step))
+        total = min(fits, self.recipe.steps) if self.recipe.steps else fits
+        if self.cluster.distributed:
+            shared = torch.tensor([total], device=self.device)
+            torch.distributed.broadcast(shared, src=0)
+            total = int(shared.item())
+        return total
+
+    def run(self, resume: Path | None = None) -> Path:
+        """Train to the planned step count (Ctrl-C writes a checkpoint first); returns the exported model."""
+        self.files.folder.mkdir(parents=True, exist_ok=True)
+        state = TrainingState(step=0, total_steps=self.recipe.steps if not self.recipe.time_budget else 0)
+        if resume is not None:
+            state = load_training_state(resume, self.model, self.optimizer)
+        self.objective.train()
+        if self.cluster.is_main:
+            atomic_write_bytes(self.files.recipe, to_toml(self.recipe).encode("utf-8"))
+        module = self.objective
+        if self.cluster.distributed:
+            module = nn.parallel.DistributedDataParallel(self.objective)
+        budget_deadline = time.monotonic() + 60 * self.recipe.time_budget if self.recipe.time_budget else None
+        try:
+            self._loop(module, state, budget_deadline)
+        except KeyboardInterrupt:
+            self._save(state)
+            raise
+        self._save(state)
+        if self.cluster.is_main:
+            save_model(self.model, self.files.model)
+        return self.files.model
+
+    def _loop(self, module: nn.Module, state: TrainingState, deadline: float | None) -> None:
+        started = time.monotonic()
+        first_step = state.step
+        bad_in_a_row = 0
+        with ProgressView(self.show_progress) as view:
+            for batch in self.batches(state.step):
+                if state.step - first_step == TIMING_STEPS and not state.total_steps:
+                    state.total_steps = self._planned_total(state, started, deadline)
+                if state.total_steps and state.step >= state.total_steps:
+                    break
+                if deadline is not None and not self.cluster.distributed and time.monotonic() > deadline:
+                    break
+                losses = self._step(module, batch, state)
+                if losses is None:
+                    bad_in_a_row += 1
+                    if bad_in_a_row > MAX_BAD_STEPS:
+                        self._save(state)
+                        raise FlowsrError(
+                            f"{bad_in_a_row} non-finite losses in a row at step {state.step}; "
+                            "lower the learning rate or check the data (checkpoint saved)"
+                        )
+                    continue
+                bad_in_a_row = 0
+                self._after_step(state, losses, started, first_step, view)
+
+    def _step(self, module: nn.Module, batch: object, state: TrainingState) -> dict[str, float] | None:
+        learning_rate = learning_rate_at(self.recipe, state.step, state.total_steps or 10**12)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        generator = torch.Generator().manual_seed(row_seed(self.recipe.seed + 1, state.step))
+        lr = batch.lr.to(self.device) * 2 - 1
+        hr = batch.hr.to(self.device) * 2 - 1
+        losses = module(lr, hr, state.step, generator)
+        loss = losses["loss"]
+        state.step += 1
+        if not bool(torch.isfinite(loss)):
+            state.skipped_steps += 1
+            self._log({"step": state.step, "skipped": "non-finite loss"})
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {name: float(value.detach()) for name, value in losses.items()} | {"lr": learning_rate}
+
+    def _after_step(
+        self, state: TrainingState, losses: dict[str, float], started: float, first_step: int, view: ProgressView
+    ) -> None:
+        speed = (state.step - first_step) / max(time.monotonic() - started, 1e-9)
+        view.update(state.step, state.total_steps, f"loss {losses['loss']:.4g}  {speed:.2f} it/s")
+        if state.step % self.recipe.log_every == 0:
+            self._log({"step": state.step, **losses, "seconds": round(time.monotonic() - started, 2)})
+        if state.step % self.recipe.checkpoint_every == 0:
+            self._save(state)
+        if self.validate is not None and self.cluster.is_main and state.step % self.recipe.val_every == 0:
+            self.model.eval()
+            self._log({"step": state.step, "validation": self.validate()})
+            self.model.train()

@@ -1,0 +1,90 @@
+"""What each training command minimises, as modules whose forward() returns the loss (so DDP can wrap them)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowsr_cli.models.linf import LINF
+from flowsr_cli.models.linf_lp import LINFLP
+from flowsr_cli.train.perceptual import VGGPerceptualLoss
+
+
+def zero_latent(batch: int, dim: int):  # type: ignore[no-untyped-def]
+    """A LatentSource of zeros: the flow's mode-like, temperature-0 output."""
+
+    def latent(rows: range, columns: range) -> torch.Tensor:
+        return torch.zeros(batch, len(rows) * len(columns), dim)
+
+    return latent
+
+
+class FlowObjective(nn.Module):
+    """LINF stage 1: NLL (nats per query) of random query patches. Stage 2 (fine-tune) alternates a
+    small-weight NLL step with an L1 (+ optional VGG) step on the temperature-0 output."""
+
+    def __init__(
+        self,
+        model: LINF,
+        queries: int,
+        finetune: bool = False,
+        nll_weight: float = 5e-4,
+        perceptual: VGGPerceptualLoss | None = None,
+        perceptual_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.queries = queries
+        self.finetune = finetune
+        self.nll_weight = nll_weight
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
+
+    def forward(
+        self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Losses for one batch (LR and HR in [-1, 1]); ``loss`` is the one to minimise."""
+        if not self.finetune or step % 2 == 0:
+            nll = self.model.nll(lr, hr, self.queries, generator)
+            return {"loss": nll * (self.nll_weight if self.finetune else 1.0), "nll": nll}
+        output = self.model.render(
+            self.model.encode(lr), tuple(hr.shape[-2:]), zero_latent(lr.shape[0], self.model.dim)
+        )
+        l1 = (output - hr).abs().mean()
+        losses = {"l1": l1, "loss": l1}
+        if self.perceptual is not None and self.perceptual_weight > 0:
+            losses["vgg"] = self.perceptual(output, hr)
+            losses["loss"] = l1 + self.perceptual_weight * losses["vgg"]
+        return losses
+
+
+class PriorObjective(nn.Module):
+    """The learned prior with the flow frozen: VGG perceptual loss of the output plus
+    ``latent_weight`` x L1(z_hat, z_HR), z_HR being the flow forward of the true residual."""
+
+    def __init__(
+        self, model: LINFLP, perceptual: VGGPerceptualLoss, perceptual_weight: float = 1.0, latent_weight: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
+        self.latent_weight = latent_weight
+
+    def forward(
+        self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Losses for one batch (LR and HR in [-1, 1], aligned: the latent grid is the HR crop's)."""
+        size = (int(hr.shape[-2]), int(hr.shape[-1]))
+        with torch.no_grad():
+            features = self.model.encode(lr)
+        z_hat = self.model.predict_latent(features, size)
+        output = self.model.render_latent(features, size, z_hat)
+        vgg = self.perceptual(output, hr)
+        losses = {"vgg": vgg, "l1": (output - hr).abs().mean().detach(), "loss": self.perceptual_weight * vgg}
+        if self.latent_weight > 0:
+            with torch.no_grad():
+                z_hr = self.model.latent_of(features, hr)
+            losses["latent"] = (z_hat - z_hr).abs().mean()
+            losses["loss"] = losses["loss"] + self.latent_weight * losses["latent"]
+        return losses

@@ -1,0 +1,121 @@
+"""Training recipes: a TOML file of flat keys, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from flowsr_cli.errors import UsageError
+
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "linf-edsr": {
+        "name": "linf",
+        "args": {"encoder": {"name": "edsr-baseline", "args": {"channels": 64, "blocks": 16}}, "patch_size": 3},
+    },
+    "linf-rrdb": {
+        "name": "linf",
+        "args": {"encoder": {"name": "rrdb", "args": {"channels": 64, "blocks": 23, "growth": 32}}, "patch_size": 3},
+    },
+    "linf-small": {
+        "name": "linf",
+        "args": {
+            "encoder": {"name": "edsr-baseline", "args": {"channels": 32, "blocks": 8}},
+            "patch_size": 3,
+            "hidden": 128,
+            "mlp_layers": 3,
+            "flow_layers": 10,
+        },
+    },
+}
+"""Named flow architectures: the paper's EDSR-baseline and RRDB LINF (3x3 patches), and a CPU-sized one."""
+
+PRIORS: dict[str, dict[str, Any]] = {
+    "lp": {"name": "lp-latent", "args": {}},
+    "lp-small": {"name": "lp-latent", "args": {"branch_channels": 16, "growth": 16, "widths": [32, 64, 128, 128]}},
+}
+"""Named latent-module sizes: the paper's (~4.6 M parameters) and a CPU-sized one."""
+
+
+@dataclass
+class Recipe:
+    """Everything that defines a training run besides the data and the output folder."""
+
+    arch: str = "linf-small"
+    """A name in ARCHITECTURES (train flow) or PRIORS (train prior)."""
+    lr_size: int = 48
+    scale_min: float = 1.0
+    scale_max: float = 4.0
+    batch_size: int = 16
+    queries: int = 2304
+    learning_rate: float = 1e-4
+    milestones: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
+    gamma: float = 0.5
+    steps: int = 1000
+    time_budget: float = 0.0
+    checkpoint_every: int = 200
+    val_every: int = 200
+    val_images: int = 3
+    val_scale: float = 4.0
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 2
+    finetune: bool = False
+    finetune_nll_weight: float = 5e-4
+    vgg_weight: float = 0.0
+    latent_weight: float = 0.0
+
+    def validate(self) -> None:
+        """A UsageError naming the first bad value."""
+        checks = (
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.steps >= 0, "steps must be >= 0"),
+            (self.time_budget >= 0, "time_budget must be >= 0 minutes"),
+            (self.steps > 0 or self.time_budget > 0, "give steps or a time budget"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (all(0 < value < 1 for value in self.milestones), "milestones are fractions of the run, in (0, 1)"),
+            (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
+            (self.queries >= 1, "queries must be >= 1"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(f"recipe: {message}")
+
+
+def load_recipe(path: Path | None, overrides: dict[str, Any]) -> Recipe:
+    """The recipe from ``path`` (TOML, flat keys) with non-None ``overrides`` applied, validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"recipe {path}: cannot read: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"recipe {path}: invalid TOML: {exc}") from None
+    known = {item.name for item in dataclasses.fields(Recipe)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"recipe {path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        recipe = Recipe(**values)
+    except TypeError as exc:
+        raise UsageError(f"recipe: {exc}") from None
+    recipe.validate()
+    return recipe
+
+
+def to_toml(recipe: Recipe) -> str:
+    """The recipe as the TOML file that reproduces it."""
+    import tomlkit
+
+    return tomlkit.dumps(dataclasses.asdict(recipe))
+
+
+def learning_rate_at(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The paper's multi-step schedule scaled to the run: ``gamma`` at each milestone fraction."""
+    passed = sum(1 for fraction in recipe.milestones if step >= fraction * total_steps)
+    return recipe.learning_rate * recipe.gamma**passed

@@ -1,0 +1,221 @@
+"""`flowsr train`: real (tiny) training steps on real photos, resume, DDP, recipes, failure modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images
+from flowsr_cli.errors import FlowsrError, UsageError
+from flowsr_cli.models import load_model, save_model
+from flowsr_cli.train.distributed import Cluster
+from flowsr_cli.train.loop import RunFiles, Trainer
+from flowsr_cli.train.objectives import FlowObjective
+from flowsr_cli.train.recipe import Recipe, learning_rate_at, load_recipe
+from tests.conftest import SHARED, CliInvoker
+from tests.test_linf import tiny_linf
+
+RECIPE = "lr_size = 24\nqueries = 256\nlearning_rate = 0.002\nlog_every = 1\ncheckpoint_every = 5\nval_images = 1\n"
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    for path in sorted((SHARED / "data/train/bsds500_train").iterdir())[:3]:
+        shutil.copy(path, folder / path.name)
+    return folder.parent
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    save_model(tiny_linf(3), tmp_path / "tiny.safetensors")
+    return tmp_path / "tiny.safetensors"
+
+
+def losses(log: Path, key: str = "loss") -> list[float]:
+    return [record[key] for line in log.read_text().splitlines() if key in (record := json.loads(line))]
+
+
+def test_train_flow_lowers_the_loss_and_exports_a_usable_model(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
+    (tmp_path / "recipe.toml").write_text(RECIPE + "val_every = 20\n")
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", "flow", str(photos), "--out", str(out), "--init", str(tiny_model), "--recipe",
+        str(tmp_path / "recipe.toml"), "--steps", "40", "--batch-size", "4", "--workers", "0",
+        "--val", str(SHARED / "data/eval/Set5"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    values = losses(out / "log.jsonl")
+    assert len(values) == 40
+    assert sum(values[-5:]) / 5 < sum(values[:5]) / 5 - 3, values
+    validations = [
+        json.loads(line)["validation"] for line in (out / "log.jsonl").read_text().splitlines() if "validation" in line
+    ]
+    assert len(validations) == 2 and all(entry["psnr_y"] > 15 for entry in validations)
+    assert (out / "recipe.toml").read_text().count("steps = 40") == 1
+
+    PILImage.open(sorted(photos.rglob("*.jpg"))[0]).crop((0, 0, 40, 30)).save(tmp_path / "x.png")
+    upscaled = run_cli("upscale", str(tmp_path / "x.png"), "-s", "2.5", "--model", str(out / "model.safetensors"))
+    assert upscaled.exit_code == 0, upscaled.output
+    assert PILImage.open(tmp_path / "x_x2.5.png").size == (100, 75)
+    evaluated = run_cli(
+        "eval", str(SHARED / "data/eval/Set5"), "--model", str(out / "model.safetensors"), "--scales", "3",
+        "--max-images", "1", "--baseline", "none", "--json", str(tmp_path / "e.json"),
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((tmp_path / "e.json").read_text())["results"][0]["inf_rate"] == 0.0
+
+
+def make_trainer(model_path: Path, photos: Path, out: Path, interrupt_after: int | None = None) -> Trainer:
+    torch.manual_seed(0)
+    model = load_model(model_path).train()
+    recipe = load_recipe(None, {"lr_size": 24, "queries": 128, "learning_rate": 2e-3, "steps": 8, "batch_size": 2})
+    crop = CropRecipe(recipe.lr_size, recipe.scale_min, recipe.scale_max, multiple=3)
+    images = TrainingImages(find_training_images([photos]), crop)
+
+    def batches(start: int):  # type: ignore[no-untyped-def]
+        for index, batch in enumerate(BatchStream(images, crop, recipe.batch_size, recipe.seed, start)):
+            if interrupt_after is not None and index == interrupt_after:
+                raise KeyboardInterrupt
+            yield batch
+
+    objective = FlowObjective(model, recipe.queries)
+    return Trainer(
+        model, objective, recipe, batches, RunFiles(out), Cluster(), torch.device("cpu"), show_progress=False
+    )
+
+
+def test_interrupt_and_resume_gives_the_same_parameters(tmp_path: Path, photos: Path, tiny_model: Path) -> None:
+    straight = make_trainer(tiny_model, photos, tmp_path / "straight")
+    straight.run()
+    interrupted = make_trainer(tiny_model, photos, tmp_path / "halves", interrupt_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    assert (tmp_path / "halves" / "checkpoint.safetensors").is_file()
+    assert not (tmp_path / "halves" / "model.safetensors").exists()
+    resumed = make_trainer(tiny_model, photos, tmp_path / "halves")
+    resumed.run(resume=tmp_path / "halves" / "checkpoint.safetensors")
+    expected, actual = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(expected[name], actual[name], atol=1e-6) for name in expected)
+    assert not all(torch.equal(expected[name], load_model(tiny_model).state_dict()[name]) for name in expected)
+
+
+def test_non_finite_losses_stop_training_with_a_clear_error(tmp_path: Path, photos: Path) -> None:
+    broken = tiny_linf(3)
+    with torch.no_grad():
+        broken.flow.last.bias.fill_(float("nan"))
+    save_model(broken, tmp_path / "broken.safetensors")
+    trainer = make_trainer(tmp_path / "broken.safetensors", photos, tmp_path / "run")
+    trainer.recipe.steps = 100
+    with pytest.raises(FlowsrError, match="non-finite losses in a row"):
+        trainer.run()
+    skipped = [line for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if "skipped" in line]
+    assert len(skipped) == 21
+
+
+def test_time_budget_fixes_the_step_count(run_cli: CliInvoker, tmp_path: Path, photos: Path, tiny_model: Path) -> None:
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", "flow", str(photos), "--out", str(out), "--init", str(tiny_model), "--recipe",
+        str(tmp_path / "recipe.toml"), "--time-budget", "0.1", "--batch-size", "2", "--workers", "0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps and max(steps) > 5
+
+
+def test_recipes_flags_and_schedule(tmp_path: Path) -> None:
+    (tmp_path / "r.toml").write_text("steps = 500\nbatch_size = 8\n")
+    recipe = load_recipe(tmp_path / "r.toml", {"batch_size": 4, "seed": None})
+    assert (recipe.steps, recipe.batch_size) == (500, 4)
+    (tmp_path / "bad.toml").write_text("stepz = 3\n")
+    with pytest.raises(UsageError, match="unknown keys stepz"):
+        load_recipe(tmp_path / "bad.toml", {})
+    with pytest.raises(UsageError, match="give steps or a time budget"):
+        load_recipe(None, {"steps": 0})
+    schedule = Recipe(learning_rate=1.0, milestones=[0.5], gamma=0.1)
+    assert learning_rate_at(schedule, 49, 100) == 1.0 and learning_rate_at(schedule, 50, 100) == pytest.approx(0.1)
+
+
+def test_torchrun_with_gloo_on_two_processes(tmp_path: Path, photos: Path, tiny_model: Path) -> None:
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "flowsr_cli", "train", "flow",
+            str(photos), "--out", str(out), "--init", str(tiny_model), "--recipe", str(tmp_path / "recipe.toml"),
+            "--steps", "6", "--batch-size", "2", "--workers", "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "checkpoint.safetensors", "log.jsonl", "model.safetensors", "recipe.toml"
+    ]  # fmt: skip
+    assert len(losses(out / "log.jsonl")) == 6, "only rank 0 logs"
+    assert result.stdout.count("model:") == 1
+
+
+PRIOR_RECIPE = "lr_size = 24\nscale_min = 2.0\nscale_max = 2.0\nlearning_rate = 0.002\nlog_every = 1\n"
+
+
+def test_train_prior_lowers_the_loss_and_the_model_upscales_deterministically(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
+    (tmp_path / "recipe.toml").write_text(PRIOR_RECIPE)
+    out = tmp_path / "prior"
+    result = run_cli(
+        "train", "prior", str(photos), "--flow", str(tiny_model), "--out", str(out), "--recipe",
+        str(tmp_path / "recipe.toml"), "--steps", "30", "--batch-size", "4", "--workers", "0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    values = losses(out / "log.jsonl", "vgg")
+    assert len(values) == 30 and sum(values[-5:]) < 0.8 * sum(values[:5]), values
+
+    exported = load_model(out / "model.safetensors")
+    frozen = load_model(tiny_model)
+    assert exported.spec["name"] == "linf-lp"
+    assert all(torch.equal(value, exported.flow.state_dict()[name]) for name, value in frozen.state_dict().items())
+
+    PILImage.open(sorted(photos.rglob("*.jpg"))[0]).crop((0, 0, 40, 30)).save(tmp_path / "x.png")
+    model = str(out / "model.safetensors")
+    for name, extra in (("a.png", []), ("b.png", ["--seed", "9", "--temperature", "0.9"])):
+        upscaled = run_cli(
+            "upscale", str(tmp_path / "x.png"), "-s", "2", "--model", model, "-o", str(tmp_path / name), *extra
+        )
+        assert upscaled.exit_code == 0, upscaled.output
+    first, second = (np.asarray(PILImage.open(tmp_path / name)) for name in ("a.png", "b.png"))
+    assert first.shape == (60, 80, 3) and np.array_equal(first, second), "the learned prior is deterministic"
+    gaussian = run_cli(
+        "upscale", str(tmp_path / "x.png"), "-s", "2", "--model", model, "--prior", "gaussian",
+        "-o", str(tmp_path / "c.png"),
+    )  # fmt: skip
+    assert gaussian.exit_code == 0 and not np.array_equal(np.asarray(PILImage.open(tmp_path / "c.png")), first)
+
+    evaluated = run_cli(
+        "eval", str(SHARED / "data/eval/Set5"), "--model", model, "--scales", "2", "--max-images", "1",
+        "--json", str(tmp_path / "e.json"),
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    priors = [row["prior"] for row in json.loads((tmp_path / "e.json").read_text())["results"]]
+    assert priors == ["bicubic", "learned"]
