@@ -95,6 +95,8 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
     from flowsr_cli.flow_engine import FlowUpscaler
     from flowsr_cli.models import load_model
     from flowsr_cli.models.linf import LINF
+    from flowsr_cli.models.linf_lp import LINFLP
+    from flowsr_cli.prior_engine import LearnedPriorUpscaler
 
     choice = resolve_device(request.device)
     notes = [choice.note] if choice.note else []
@@ -107,9 +109,15 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
         known = ", ".join(available_models(request.models_dir))
         raise UsageError(f"unknown model {request.model!r}; available: {known}, or a path to a .safetensors model")
     model = load_model(path, choice.device)
-    if not isinstance(model, LINF):
+    if isinstance(model, LINFLP):
+        if request.prior in (None, "learned"):
+            if request.tile not in ("auto", 0, "0"):
+                notes.append("the learned prior runs on whole images for now; --tile is ignored")
+            return LearnedPriorUpscaler(model, choice.device, name=request.model, notes=notes)
+        model = model.flow
+    elif not isinstance(model, LINF):
         raise UsageError(f"model {request.model!r} is a {model.spec['name']}, which `upscale` cannot run yet")
-    if request.prior == "learned":
+    elif request.prior == "learned":
         raise UsageError(f"model {request.model!r} has no learned prior; use --prior gaussian")
     return FlowUpscaler(
         model,

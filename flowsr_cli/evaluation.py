@@ -49,7 +49,10 @@ class Setting:
         """How the setting is named in tables."""
         if self.prior == "bicubic":
             return "bicubic"
-        name = Path(self.model).stem if self.model.endswith(".safetensors") else self.model
+        name = self.model
+        if name.endswith(".safetensors"):
+            path = Path(name)
+            name = path.parent.name if path.stem == "model" and path.parent.name else path.stem
         if self.prior == "gaussian":
             return f"{name} τ={format_scale(self.temperature or 0.0)}"
         return f"{name} ({self.prior})"
@@ -69,7 +72,7 @@ class Result:
     psnr_y: float
     psnr_rgb: float
     ssim: float
-    lpips: float
+    lpips: float | None
     lr_psnr: float
     inf_rate: float
     diversity: float | None
@@ -120,7 +123,8 @@ class Evaluation:
     scales: list[float]
     runs: int
     seed: int
-    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    """None leaves LPIPS out (e.g. validation during training without the AlexNet backbone)."""
     save_images: Path | None = None
 
     def steps(self, datasets: Sequence[Dataset]) -> int:
@@ -164,7 +168,8 @@ class Evaluation:
                 scores["psnr_y"].append(metrics.psnr_y(sr, hr, scale).item())
                 scores["psnr_rgb"].append(metrics.psnr_rgb(sr, hr, scale).item())
                 scores["ssim"].append(metrics.ssim_y(sr, hr, scale).item())
-                scores["lpips"].append(self.lpips(sr, hr).item())
+                if self.lpips is not None:
+                    scores["lpips"].append(self.lpips(sr, hr).item())
                 scores["lr_psnr"].append(metrics.lr_psnr(sr, lr, scale).item())
                 outputs.append(sr)
                 if self.save_images is not None:
@@ -180,7 +185,7 @@ class Evaluation:
             temperature=setting.temperature,
             runs=runs,
             images=len(pairs),
-            **{key: float(np.mean(values)) for key, values in scores.items()},
+            **{key: float(np.mean(values)) if values else None for key, values in scores.items()},
             inf_rate=1.0 - float(np.mean(finite)),
             diversity=float(np.mean(diversities)) if diversities else None,
             seconds=round(time.perf_counter() - started, 3),

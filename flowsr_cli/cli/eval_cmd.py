@@ -98,6 +98,7 @@ def _build_settings(
 
     from flowsr_cli.engine import UpscalerRequest, create_upscaler
     from flowsr_cli.evaluation import Setting
+    from flowsr_cli.flow_engine import FlowUpscaler
 
     chosen: list[tuple[Setting, Upscaler]] = []
     if with_bicubic:
@@ -114,6 +115,9 @@ def _build_settings(
             models_dir=settings["cache_dir"] / "models",
         )
         upscaler = create_upscaler(request)
+        if not isinstance(upscaler, FlowUpscaler):
+            chosen.append((Setting(model, "learned"), upscaler))
+            continue
         for temperature in temperatures:
             chosen.append(
                 (Setting(model, "gaussian", temperature), dataclasses.replace(upscaler, temperature=temperature))
@@ -144,7 +148,7 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
 
     shown = (("psnr_y", "PSNR-Y", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("lr_psnr", "LR-PSNR", 2))
     table = Table(title="flowsr eval", title_justify="left")
-    table.add_column("dataset")
+    table.add_column("dataset", no_wrap=True)
     table.add_column("scale", justify="right")
     for label in setting_labels:
         for _, name, _ in shown:
@@ -167,7 +171,9 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
                 cells.append(f"[bold green]{text}[/]" if len(by_label) > 1 and value == best[key] else text)
             cells.append(f"{100 * result.inf_rate:.1f}")
         table.add_row(*cells)
-    Console().print(table)
+    console = Console()
+    needed = 20 + len(setting_labels) * (len(shown) + 1) * 11
+    Console(width=max(console.width, needed)).print(table)
 
 
 def _write_outputs(
