@@ -31,6 +31,11 @@ def report_warning(message: str) -> None:
     stderr_console().print(f"[yellow]warning:[/] {escape(printable(message))}", markup=True, soft_wrap=True)
 
 
+def report_note(message: str) -> None:
+    """One dim line on stderr starting with ``note:`` (information, not a problem)."""
+    stderr_console().print(f"[dim]note: {escape(printable(message))}[/]", markup=True, soft_wrap=True)
+
+
 def debug_enabled(context: typer.Context) -> bool:
     """True when ``--debug`` was given or FLOWSR_DEBUG is set: errors then show their traceback."""
     flag = bool(context.find_root().params.get("debug"))

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flowsr_cli.batch import DONE, FAILED, SKIPPED, Outcome
-from flowsr_cli.cli.console import printable, report_error, report_warning, stderr_console
+from flowsr_cli.cli.console import printable, report_error, report_note, report_warning, stderr_console
 from flowsr_cli.outputs import Job
 
 
@@ -77,7 +77,7 @@ class ConsoleReporter:
     def note(self, message: str) -> None:
         """Something worth saying once per run, e.g. which device runs the model."""
         if not self.quiet:
-            stderr_console().print(f"[dim]note: {escape(printable(message))}[/]")
+            report_note(message)
 
     def report_problem(self, argument: str, reason: str) -> None:
         """An argument that named no usable image."""

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from flowsr_cli.cli.console import printable, report_warning
+from flowsr_cli.cli.console import printable, report_note, report_warning
 from flowsr_cli.config import Settings
 from flowsr_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from flowsr_cli.data import Batch
+    from flowsr_cli.train.distributed import Cluster
+    from flowsr_cli.train.recipe import Recipe
 
 train_app = typer.Typer(
     help="Train the flow, then its learned prior, on folders of your own images.",
@@ -38,7 +47,7 @@ def _overrides(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _device_and_cluster(device_setting: str | None):  # type: ignore[no-untyped-def]
+def _device_and_cluster(device_setting: str | None) -> tuple[Settings, torch.device, Cluster]:
     from flowsr_cli.device import resolve_device
     from flowsr_cli.train.distributed import join_cluster, local_device
 
@@ -47,11 +56,11 @@ def _device_and_cluster(device_setting: str | None):  # type: ignore[no-untyped-
     cluster = join_cluster(choice.device)
     device = local_device(choice.device, cluster)
     if choice.note and cluster.is_main:
-        report_warning(choice.note)
+        report_note(choice.note)
     return settings, device, cluster
 
 
-def _batches(data: list[Path], recipe: Any, multiple: int, cluster: Any):  # type: ignore[no-untyped-def]
+def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) -> Callable[[int], Iterable[Batch]]:
     from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images, make_loader
 
     crop = CropRecipe(recipe.lr_size, recipe.scale_min, recipe.scale_max, multiple=multiple)
@@ -62,7 +71,7 @@ def _batches(data: list[Path], recipe: Any, multiple: int, cluster: Any):  # typ
     if len(images) == 0:
         raise UsageError("no training image is large enough for the recipe's crops")
 
-    def stream(start_step: int):  # type: ignore[no-untyped-def]
+    def stream(start_step: int) -> Iterable[Batch]:
         return make_loader(
             BatchStream(images, crop, recipe.batch_size, recipe.seed, start_step, cluster.rank, cluster.world_size),
             recipe.workers,
@@ -71,7 +80,9 @@ def _batches(data: list[Path], recipe: Any, multiple: int, cluster: Any):  # typ
     return stream
 
 
-def _validator(model: Any, folder: Path | None, recipe: Any, device: Any, settings: Settings):  # type: ignore[no-untyped-def]
+def _validator(
+    model: nn.Module, folder: Path | None, recipe: Recipe, device: torch.device, settings: Settings
+) -> Callable[[], dict[str, float]] | None:
     if folder is None:
         return None
     import torch

@@ -182,7 +182,8 @@ class LINF(nn.Module):
             chosen = torch.randperm(points.shape[0], generator=generator)[:queries].to(lr.device)
             residual, points = residual[:, chosen], points[chosen]
         condition = self.condition(features, points.expand(hr.shape[0], -1, -1), cell_size(height, width))
-        log_p, _ = self.log_prob(residual.flatten(0, 1), condition.flatten(0, 1))
+        with torch.autocast(lr.device.type, enabled=False):
+            log_p, _ = self.log_prob(residual.flatten(0, 1).float(), condition.flatten(0, 1).float())
         return -log_p.mean()
 
     def render(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ MAX_BAD_STEPS = 20
 
 TIMING_STEPS = 5
 """Steps timed before a time budget is turned into a step count."""
+
+if TYPE_CHECKING:
+    from flowsr_cli.data import Batch
 
 Validator = Callable[[], dict[str, float]]
 
@@ -102,7 +106,7 @@ class Trainer:
         model: nn.Module,
         objective: nn.Module,
         recipe: Recipe,
-        batches: Callable[[int], Sequence | object],
+        batches: Callable[[int], Iterable[Batch]],
         files: RunFiles,
         cluster: Cluster,
         device: torch.device,
@@ -120,6 +124,8 @@ class Trainer:
         self.show_progress = show_progress and cluster.is_main
         parameters = [parameter for parameter in objective.parameters() if parameter.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=recipe.learning_rate)
+        self.mixed_precision = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision)
 
     def _log(self, record: dict[str, object]) -> None:
         if self.cluster.is_main:
@@ -191,14 +197,15 @@ class Trainer:
                 bad_in_a_row = 0
                 self._after_step(state, losses, started, first_step, view)
 
-    def _step(self, module: nn.Module, batch: object, state: TrainingState) -> dict[str, float] | None:
+    def _step(self, module: nn.Module, batch: Batch, state: TrainingState) -> dict[str, float] | None:
         learning_rate = learning_rate_at(self.recipe, state.step, state.total_steps or 10**12)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         generator = torch.Generator().manual_seed(row_seed(self.recipe.seed + 1, state.step))
         lr = batch.lr.to(self.device) * 2 - 1
         hr = batch.hr.to(self.device) * 2 - 1
-        losses = module(lr, hr, state.step, generator)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.mixed_precision):
+            losses = module(lr, hr, state.step, generator)
         loss = losses["loss"]
         state.step += 1
         if not bool(torch.isfinite(loss)):
@@ -206,8 +213,9 @@ class Trainer:
             self._log({"step": state.step, "skipped": "non-finite loss"})
             return None
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {name: float(value.detach()) for name, value in losses.items()} | {"lr": learning_rate}
 
     def _after_step(

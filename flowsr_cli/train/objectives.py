@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowsr_cli.models.linf import LINF
+from flowsr_cli.models.linf import LINF, LatentSource
 from flowsr_cli.models.linf_lp import LINFLP
 from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
 
-def zero_latent(batch: int, dim: int):  # type: ignore[no-untyped-def]
+def zero_latent(batch: int, dim: int) -> LatentSource:
     """A LatentSource of zeros: the flow's mode-like, temperature-0 output."""
 
     def latent(rows: range, columns: range) -> torch.Tensor:
