@@ -111,9 +111,7 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
     model = load_model(path, choice.device)
     if isinstance(model, LINFLP):
         if request.prior in (None, "learned"):
-            if request.tile not in ("auto", 0, "0"):
-                notes.append("the learned prior runs on whole images for now; --tile is ignored")
-            return LearnedPriorUpscaler(model, choice.device, name=request.model, notes=notes)
+            return LearnedPriorUpscaler(model, choice.device, name=request.model, tile=request.tile, notes=notes)
         model = model.flow
     elif not isinstance(model, LINF):
         raise UsageError(f"model {request.model!r} is a {model.spec['name']}, which `upscale` cannot run yet")

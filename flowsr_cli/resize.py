@@ -22,8 +22,14 @@ import torch
 
 __all__ = ["contributions", "cubic", "resize", "resize_window"]
 
-_CUBIC_SUPPORT = 4.0
-"""Width of the cubic kernel's support, in input pixels, before antialias widening."""
+
+def triangle(x: torch.Tensor) -> torch.Tensor:
+    """The triangle kernel of MATLAB ``imresize`` 'bilinear'."""
+    return (1 - x.abs()).clamp_min(0)
+
+
+_KERNELS = {"cubic": (None, 4.0), "linear": (triangle, 2.0)}
+"""Kernel name -> (function, support width in input pixels before antialias widening)."""
 
 _CHUNK_ELEMENTS = 1 << 24
 """Upper bound on the elements of the temporary gathered for one tap while resizing one axis."""
@@ -40,7 +46,7 @@ def cubic(x: torch.Tensor) -> torch.Tensor:
 
 
 def contributions(
-    in_size: int, out_size: int, scale: float, antialias: bool = True
+    in_size: int, out_size: int, scale: float, antialias: bool = True, kernel: str = "cubic"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse resampling matrix of one axis, as MATLAB ``imresize`` computes it.
 
@@ -54,17 +60,20 @@ def contributions(
         _checked_size(out_size, "out_size"),
         _checked_scale(scale),
         bool(antialias),
+        kernel,
     )
     return indices.clone(), weights.clone()
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_contributions(
-    in_size: int, out_size: int, scale: float, antialias: bool
+    in_size: int, out_size: int, scale: float, antialias: bool, kernel: str = "cubic"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Contributions on the CPU, shared between calls; callers must not modify them in place."""
+    function, support = _KERNELS[kernel]
+    function = function or cubic
     kernel_scale = scale if antialias and scale < 1 else 1.0
-    kernel_width = _CUBIC_SUPPORT / kernel_scale
+    kernel_width = support / kernel_scale
     taps = math.ceil(kernel_width) + 2
 
     # 1-based positions, operations in MATLAB's order so that floor() rounds the same way.
@@ -73,7 +82,7 @@ def _cached_contributions(
     left = torch.floor(centres - kernel_width / 2)
     in_positions = left[:, None] + torch.arange(taps, dtype=torch.float64)
 
-    weights = kernel_scale * cubic(kernel_scale * (centres[:, None] - in_positions))
+    weights = kernel_scale * function(kernel_scale * (centres[:, None] - in_positions))
     weights = weights / weights.sum(dim=1, keepdim=True)
     indices = _mirror(in_positions.to(torch.int64) - 1, in_size)
 
@@ -93,12 +102,13 @@ def resize(
     size: tuple[int, int],
     scale: float | tuple[float, float] | None = None,
     antialias: bool = True,
+    kernel: str = "cubic",
 ) -> torch.Tensor:
     """Resize the last two dims ``(..., H, W)`` of a float tensor to ``size = (H_out, W_out)``.
 
-    Follows MATLAB ``imresize(..., 'bicubic')``. ``scale`` is the kernel's scale factor (output
-    over input): one number for both axes, a pair ``(sy, sx)``, or None for ``size / input size``
-    per axis. Weights are computed in float64 and applied in ``x``'s dtype on ``x``'s device.
+    Follows MATLAB ``imresize(..., 'bicubic')`` (``kernel="linear"``: 'bilinear'). ``scale`` is the
+    kernel's scale factor (output over input): one number for both axes, a pair ``(sy, sx)``, or None
+    for ``size / input size`` per axis. Weights are computed in float64 and applied in ``x``'s dtype on ``x``'s device.
     Returns a new tensor; values are not clamped.
     """
     if not isinstance(x, torch.Tensor):
@@ -120,7 +130,7 @@ def resize(
         _Axis(-2, in_height, out_height, scale_y, range(out_height), 0),
         _Axis(-1, in_width, out_width, scale_x, range(out_width), 0),
     ]
-    return _resize_axes(x, axes, antialias)
+    return _resize_axes(x, axes, antialias, kernel)
 
 
 def resize_window(
@@ -131,6 +141,7 @@ def resize_window(
     columns: range,
     origin: tuple[int, int],
     antialias: bool = True,
+    kernel: str = "cubic",
 ) -> torch.Tensor:
     """Output rows ``rows`` x columns ``columns`` of ``resize(full, size)``, computed from ``crop``, the
     part of ``full`` (whose size is ``full_size``) with top-left corner ``origin``.
@@ -143,7 +154,7 @@ def resize_window(
         _Axis(-2, full_size[0], _checked_size(size[0], "size[0]"), size[0] / full_size[0], rows, origin[0]),
         _Axis(-1, full_size[1], _checked_size(size[1], "size[1]"), size[1] / full_size[1], columns, origin[1]),
     ]
-    return _resize_axes(crop, axes, antialias)
+    return _resize_axes(crop, axes, antialias, kernel)
 
 
 class _Axis(NamedTuple):
@@ -155,7 +166,9 @@ class _Axis(NamedTuple):
     origin: int
 
 
-def _resize_axes(x: torch.Tensor, axes: list[_Axis], antialias: bool) -> torch.Tensor:
+def _resize_axes(x: torch.Tensor, axes: list[_Axis], antialias: bool, kernel: str) -> torch.Tensor:
+    if kernel not in _KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(_KERNELS)}, got {kernel!r}")
     # Resizing along different axes commutes in exact arithmetic (out = A·X·Bᵀ), so the order
     # only changes float rounding. MATLAB's order is kept: smallest scale first (stable on ties),
     # which also shrinks before it enlarges and so keeps the intermediate image small.
@@ -165,7 +178,7 @@ def _resize_axes(x: torch.Tensor, axes: list[_Axis], antialias: bool) -> torch.T
         whole = axis.window == range(axis.out_size) and axis.origin == 0 and x.shape[axis.dim] == axis.in_size
         if whole and axis.in_size == axis.out_size and axis.scale == 1:
             continue
-        indices, weights = _cached_contributions(axis.in_size, axis.out_size, axis.scale, bool(antialias))
+        indices, weights = _cached_contributions(axis.in_size, axis.out_size, axis.scale, bool(antialias), kernel)
         indices = indices[axis.window.start : axis.window.stop] - axis.origin
         if indices.numel() and (indices.min() < 0 or indices.max() >= result.shape[axis.dim]):
             raise ValueError("the crop does not hold every input sample the requested window uses")

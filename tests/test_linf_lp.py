@@ -14,6 +14,7 @@ from flowsr_cli.models import ModelSpecError, load_model, make, save_model
 from flowsr_cli.models.coords import cell_size, grid, patch_centres, unfold_patches
 from flowsr_cli.models.latent import LatentModule, lr_positions
 from flowsr_cli.models.linf_lp import LINFLP
+from flowsr_cli.resize import resize
 from flowsr_cli.sizing import Size, SizeRequest
 
 TINY_FLOW = {
@@ -92,7 +93,7 @@ def test_initial_prior_is_the_flow_forward_of_the_pseudo_residual(scale: float) 
     lr = random_image(2, 3, 9, 13)
     size = output_size(lr, scale)
     upsampled = F.interpolate(lr, size=size, mode="bilinear", align_corners=False)
-    shrunk = F.interpolate(upsampled, size=(9, 13), mode="bilinear", align_corners=False, antialias=True)
+    shrunk = resize(upsampled, (9, 13), kernel="linear")  # MATLAB imresize 'bilinear', antialiased
     pseudo_residual = upsampled - F.interpolate(shrunk, size=size, mode="bilinear", align_corners=False)
     rows, columns = model.latent_shape(size)
     padded = F.pad(pseudo_residual, (0, 3 * columns - size[1], 0, 3 * rows - size[0]), mode="replicate")

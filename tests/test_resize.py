@@ -333,3 +333,16 @@ def test_contributions_properties(
     image = torch.full((2, in_size, max(1, in_size // 2)), value, dtype=torch.float64)
     out = resize(image, (out_size, out_size), scale=scale, antialias=antialias)
     assert torch.allclose(out, torch.full_like(out, value), rtol=0, atol=1e-10)
+
+
+def test_linear_kernel_matches_matlab_bilinear_via_resize_right() -> None:
+    image = torch.rand(2, 37, 53, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for size in [(13, 19), (74, 106), (20, 60)]:
+        ours = resize(image, size, kernel="linear")
+        reference = resize_right.resize(
+            image.numpy(), out_shape=(2, *size), interp_method=interp_methods.linear, antialiasing=True,
+            pad_mode="symmetric",
+        )  # fmt: skip
+        assert np.abs(ours.numpy() - reference).max() < 1e-10
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        resize(image, (10, 10), kernel="lanczos")

@@ -207,3 +207,30 @@ def test_cli_tile_option_gives_the_same_file_and_reports_tiles(run_cli: CliInvok
     )
     assert difference.max() <= 1, "tiles may only differ by float rounding at a quantisation boundary"
     assert (difference > 0).mean() < 1e-3
+
+
+def linf_lp(widths: list[int]) -> torch.nn.Module:
+    """A tiny LINF-LP with non-trivial BatchNorm statistics (eval mode)."""
+    torch.manual_seed(7)
+    flow = linf(3).spec
+    latent = {"name": "lp-latent", "args": {"dim": 27, "branch_channels": 8, "growth": 8, "widths": widths}}
+    model = make({"name": "linf-lp", "args": {"flow": flow, "latent": latent}}).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize(("widths", "scale"), [([8, 16], 2), ([8, 16], 3.5), ([8, 16], 4), ([8, 16, 16], 4)])
+def test_tiled_learned_prior_equals_untiled(lr: torch.Tensor, widths: list[int], scale: float) -> None:
+    from flowsr_cli.prior_engine import LearnedPriorUpscaler, plan_prior_axis
+
+    model = linf_lp(widths)
+    size = SizeRequest(scale=scale).target(LR_SIZE)
+    whole = collect(LearnedPriorUpscaler(model, CPU, "t", tile=0), lr, size, [0])[0]
+    for tile in (16, 32):
+        plan = plan_prior_axis(model, size.height, LR_SIZE.height, int(tile * scale / 3))
+        assert len(plan) > 1 and any(len(part.window) < plan[-1].window.stop for part in plan), "windows must be cut"
+        tiled = collect(LearnedPriorUpscaler(model, CPU, "t", tile=tile), lr, size, [0])[0]
+        assert torch.allclose(tiled, whole, atol=1e-4), (tile, (tiled - whole).abs().max())

@@ -13,13 +13,13 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from flowsr_cli.models.coords import bilinear_base, cell_size, grid, patch_centres, unfold_patches
+from flowsr_cli.models.coords import cell_size, grid, patch_centres, unfold_patches
 from flowsr_cli.models.latent import LatentModule, lr_positions
 from flowsr_cli.models.linf import LINF, LRFeatures
 from flowsr_cli.models.registry import make, register
+from flowsr_cli.resize import contributions, resize_window
 
 CHUNK_QUERIES = 16384
 """Default bound on the queries the flow handles at once (the result does not depend on it)."""
@@ -34,7 +34,7 @@ class LINFLP(nn.Module):
     :meth:`train` is asked; gradients still pass through its inverse into the latent module. No
     method disables autograd: callers choose ``torch.no_grad``/``inference_mode`` for inference.
     ``chunk_queries`` bounds how many queries the flow handles at once (memory), not the result.
-    Works on whole images only (LR features of a crop are rejected).
+    Features may be those of an LR crop (tiles): every coordinate is the whole image's.
     """
 
     def __init__(self, flow: dict[str, Any], latent: dict[str, Any]) -> None:
@@ -77,48 +77,98 @@ class LINFLP(nn.Module):
         return self.flow.encode(lr_n)
 
     def initial_prior(
-        self, features: LRFeatures, size: tuple[int, int], chunk_queries: int = CHUNK_QUERIES
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        rows: range | None = None,
+        columns: range | None = None,
+        chunk_queries: int = CHUNK_QUERIES,
     ) -> torch.Tensor:
-        """z_init (B, D, Hp, Wp): the flow forward of the pseudo-residual ``u - up(down(u))``, u the
-        bilinear upsampling of the LR to ``size``; the pseudo-residual is replicate-padded at the
-        bottom/right to whole patches."""
-        _require_whole_image(features)
-        lr = features.lr.float()
-        height, width = size
-        rows, columns = patch_centres(height, 1, lr.device), patch_centres(width, 1, lr.device)
-        upsampled = bilinear_base(lr, rows, columns)
-        shrunk = F.interpolate(upsampled, size=lr.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
-        pseudo_residual = upsampled - bilinear_base(shrunk, rows, columns)
+        """z_init (B, D, len(rows), len(columns)) for the latent rows x columns given (default: all):
+        the flow forward of the pseudo-residual ``u - up(down(u))``, u the bilinear upsampling of the
+        LR to ``size``, down MATLAB's antialiased bilinear shrink to the LR size. Past the image's
+        bottom/right the pseudo-residual repeats its last row/column (whole patches).
+
+        ``features`` may be those of an LR crop holding every LR pixel the window needs; all
+        coordinates are the whole image's, so any window of z_init equals that window of the whole."""
         latent_rows, latent_columns = self.latent_shape(size)
+        rows = rows if rows is not None else range(latent_rows)
+        columns = columns if columns is not None else range(latent_columns)
         patch = self.patch_size
-        padded = F.pad(
-            pseudo_residual, (0, latent_columns * patch - width, 0, latent_rows * patch - height), mode="replicate"
+        pixel_rows = range(rows.start * patch, rows.stop * patch)
+        pixel_columns = range(columns.start * patch, columns.stop * patch)
+        pseudo_residual = torch.cat(
+            [
+                torch.cat([self._pseudo_residual(features, size, row_part, column_part) for column_part in
+                           _inside_and_beyond(pixel_columns, size[1])], dim=-1)
+                for row_part in _inside_and_beyond(pixel_rows, size[0])
+            ],
+            dim=-2,
+        )  # fmt: skip
+        return self._flow_forward(features, pseudo_residual, size, rows, columns, chunk_queries)
+
+    def _pseudo_residual(
+        self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range
+    ) -> torch.Tensor:
+        """``u - up(down(u))`` at output pixels rows x columns (each inside the image)."""
+        full_height, full_width = features.size
+        lr_rows = _lr_span(rows, size[0], full_height)
+        lr_columns = _lr_span(columns, size[1], full_width)
+        u_rows = _support(lr_rows, size[0], full_height)
+        u_columns = _support(lr_columns, size[1], full_width)
+        upsampled = LINF.bilinear_base(features, size, u_rows, u_columns)
+        shrunk = resize_window(
+            upsampled, size, (full_height, full_width), lr_rows, lr_columns, (u_rows.start, u_columns.start),
+            kernel="linear",
+        )  # fmt: skip
+        window_features = LRFeatures(
+            lr=shrunk, encoded=shrunk, origin=(lr_rows.start, lr_columns.start), full_size=(full_height, full_width)
         )
-        return self._flow_forward(features, padded, size, chunk_queries)
+        base_of_shrunk = LINF.bilinear_base(window_features, size, rows, columns)
+        top, left = rows.start - u_rows.start, columns.start - u_columns.start
+        inside = upsampled[..., top : top + len(rows), left : left + len(columns)]
+        return inside - base_of_shrunk
 
     def latent_of(self, features: LRFeatures, hr_n: torch.Tensor, chunk_queries: int = CHUNK_QUERIES) -> torch.Tensor:
         """z_HR (B, D, H/p, W/p): the flow forward of the true residual ``hr - bilinear(LR)`` of HR images
         (B, 3, H, W) in [-1, 1]. H and W must be multiples of the patch size (as for training crops)."""
-        _require_whole_image(features)
         height, width = hr_n.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"HR size {height}x{width} is not a multiple of the patch size {self.patch_size}")
         base = LINF.bilinear_base(features, (height, width), range(height), range(width))
-        return self._flow_forward(features, hr_n.float() - base, (height, width), chunk_queries)
+        rows, columns = self.latent_shape((height, width))
+        return self._flow_forward(
+            features, hr_n.float() - base, (height, width), range(rows), range(columns), chunk_queries
+        )
 
     def predict_latent(
-        self, features: LRFeatures, size: tuple[int, int], chunk_queries: int = CHUNK_QUERIES
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        rows: range | None = None,
+        columns: range | None = None,
+        chunk_queries: int = CHUNK_QUERIES,
     ) -> torch.Tensor:
-        """z_hat (B, D, Hp, Wp) = G(z_init, LR) for an output of ``size`` (H, W)."""
-        z_init = self.initial_prior(features, size, chunk_queries)
+        """z_hat = G(z_init, LR) on the latent rows x columns given (default: the whole grid) of an
+        output of ``size``. For a window to equal that window of the whole image, it must start on a
+        multiple of the UNet's pooling factor, reach :attr:`LatentModule.receptive_field` cells past
+        the cells wanted, and end on such a multiple or at the grid's edge."""
+        latent_rows, latent_columns = self.latent_shape(size)
+        rows = rows if rows is not None else range(latent_rows)
+        columns = columns if columns is not None else range(latent_columns)
+        z_init = self.initial_prior(features, size, rows, columns, chunk_queries)
         lr = features.lr
-        rows = lr_positions(size[0], self.patch_size, lr.shape[-2], lr.device)
-        columns = lr_positions(size[1], self.patch_size, lr.shape[-1], lr.device)
-        return self.latent(z_init, lr, rows, columns)
+        full_height, full_width = features.size
+        row_positions = lr_positions(size[0], self.patch_size, full_height, lr.device)[rows.start : rows.stop]
+        column_positions = lr_positions(size[1], self.patch_size, full_width, lr.device)[columns.start : columns.stop]
+        origin_y, origin_x = features.origin
+        return self.latent(z_init, lr, row_positions - origin_y, column_positions - origin_x)
 
     def render(self, features: LRFeatures, size: tuple[int, int], chunk_queries: int = CHUNK_QUERIES) -> torch.Tensor:
         """The output (B, 3, H, W) in [-1, 1]: flow inverse of z_hat plus the bilinear base."""
-        return self.render_latent(features, size, self.predict_latent(features, size, chunk_queries), chunk_queries)
+        return self.render_latent(
+            features, size, self.predict_latent(features, size, chunk_queries=chunk_queries), chunk_queries
+        )
 
     def render_latent(
         self, features: LRFeatures, size: tuple[int, int], z_hat: torch.Tensor, chunk_queries: int = CHUNK_QUERIES
@@ -136,30 +186,52 @@ class LINFLP(nn.Module):
         return self.render(self.encode(lr_n), size)
 
     def _flow_forward(
-        self, features: LRFeatures, residual: torch.Tensor, size: tuple[int, int], chunk_queries: int
+        self,
+        features: LRFeatures,
+        residual: torch.Tensor,
+        size: tuple[int, int],
+        rows: range,
+        columns: range,
+        chunk_queries: int,
     ) -> torch.Tensor:
-        """Latents (B, D, Hp, Wp) of residual images (B, 3, Hp p, Wp p) of an output of ``size``, in bands
-        of whole latent rows of at most ``chunk_queries`` queries, in float32 outside autocast."""
+        """Latents (B, D, len(rows), len(columns)) of the residual (B, 3, len(rows) p, len(columns) p) of
+        those latent cells of an output of ``size``, in bands of whole latent rows of at most
+        ``chunk_queries`` queries, in float32 outside autocast."""
         device = residual.device
         batch = residual.shape[0]
         patch = self.patch_size
-        all_rows = patch_centres(size[0], patch, device)
-        all_columns = patch_centres(size[1], patch, device)
+        row_centres = patch_centres(size[0], patch, device)[rows.start : rows.stop]
+        column_centres = patch_centres(size[1], patch, device)[columns.start : columns.stop]
         cell = cell_size(*size)
-        band = max(1, chunk_queries // len(all_columns))
+        band = max(1, chunk_queries // len(column_centres))
         bands: list[torch.Tensor] = []
-        for start in range(0, len(all_rows), band):
-            end = min(len(all_rows), start + band)
-            points = grid(all_rows[start:end], all_columns).expand(batch, -1, -1)
+        for start in range(0, len(row_centres), band):
+            end = min(len(row_centres), start + band)
+            points = grid(row_centres[start:end], column_centres).expand(batch, -1, -1)
             condition = self.flow.condition(features, points, cell)
             vectors = unfold_patches(residual[:, :, start * patch : end * patch], patch)
             with torch.autocast(device.type, enabled=False):
                 _, z = self.flow.log_prob(vectors.flatten(0, 1).float(), condition.flatten(0, 1).float())
-            bands.append(z.view(batch, end - start, len(all_columns), self.dim))
+            bands.append(z.view(batch, end - start, len(column_centres), self.dim))
         return torch.cat(bands, dim=1).permute(0, 3, 1, 2).contiguous()
 
 
-def _require_whole_image(features: LRFeatures) -> None:
-    """Reject features of an LR crop: the pseudo-residual and the LR branch need the whole image."""
-    if features.origin != (0, 0) or features.size != tuple(features.lr.shape[-2:]):
-        raise ValueError("LINF-LP works on whole LR images; features of a crop are not supported yet")
+def _inside_and_beyond(pixels: range, length: int) -> list[range]:
+    """A window of output pixels split into the part inside the image and, past its end, copies of
+    the last pixel (whole patches at the bottom/right edge)."""
+    inside = range(pixels.start, min(pixels.stop, length))
+    return [inside] + [range(length - 1, length)] * max(0, pixels.stop - length)
+
+
+def _lr_span(pixels: range, out_length: int, lr_length: int) -> range:
+    """The LR pixels that bilinear upsampling reads for these output pixels."""
+    first = math.floor((pixels.start + 0.5) * lr_length / out_length - 0.5)
+    last = math.floor((pixels.stop - 0.5) * lr_length / out_length - 0.5) + 1
+    return range(max(first, 0), min(last + 1, lr_length))
+
+
+def _support(lr_pixels: range, out_length: int, lr_length: int) -> range:
+    """The output pixels MATLAB's antialiased bilinear shrink reads for these LR pixels."""
+    indices, _ = contributions(out_length, lr_length, lr_length / out_length, kernel="linear")
+    used = indices[lr_pixels.start : lr_pixels.stop]
+    return range(int(used.min()), int(used.max()) + 1)
