@@ -22,10 +22,19 @@ from flowsr_cli.errors import FlowsrError
 if TYPE_CHECKING:
     import lpips
 
-__all__ = ["ALEXNET_FILE", "VGG16_FILE", "load_lpips_alex", "load_state_dict", "load_vgg16_features"]
+__all__ = [
+    "ALEXNET_FILE",
+    "VGG16_FILE",
+    "VGG19_FILE",
+    "load_lpips_alex",
+    "load_perceptual_features",
+    "load_state_dict",
+    "load_vgg16_features",
+]
 
 ALEXNET_FILE = "alexnet_features.pth"
 VGG16_FILE = "vgg16_features.pth"
+VGG19_FILE = "vgg19_features.pth"
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,12 @@ class _Backbone:
 
 _ALEXNET = _Backbone(ALEXNET_FILE, "alexnet-owt-7be5be79.pth", "torchvision AlexNet `features.*` state dict")
 _VGG16 = _Backbone(VGG16_FILE, "vgg16-397923af.pth", "torchvision VGG16 `features.*` state dict")
+_VGG19 = _Backbone(VGG19_FILE, "vgg19-dcbb9e9d.pth", "torchvision VGG19 `features.*` state dict")
+
+VGG16_CONV5_3 = 29
+"""features[:29] ends at VGG16's conv5_3 before its ReLU."""
+VGG19_CONV5_4 = 35
+"""features[:35] ends at VGG19's conv5_4 before its ReLU, the layer of the paper's perceptual loss."""
 
 
 def load_lpips_alex(device: torch.device | str = "cpu") -> lpips.LPIPS:
@@ -66,12 +81,26 @@ def load_lpips_alex(device: torch.device | str = "cpu") -> lpips.LPIPS:
 
 def load_vgg16_features(device: torch.device | str = "cpu") -> nn.Sequential:
     """torchvision's ``vgg16().features`` with ImageNet weights from local files; eval mode, frozen."""
-    from torchvision.models import vgg16
+    return _load_vgg(_VGG16, device)
 
-    state, path = _read_features(_VGG16)
+
+def load_perceptual_features(device: torch.device | str = "cpu") -> tuple[nn.Sequential, str]:
+    """The perceptual-loss network and its name: VGG19 up to conv5_4 (the paper's) when its weights
+    are available, else VGG16 up to conv5_3."""
+    try:
+        _locate(_VGG19)
+    except FlowsrError:
+        return load_vgg16_features(device)[:VGG16_CONV5_3], "vgg16 conv5_3"
+    return _load_vgg(_VGG19, device)[:VGG19_CONV5_4], "vgg19 conv5_4"
+
+
+def _load_vgg(backbone: _Backbone, device: torch.device | str) -> nn.Sequential:
+    from torchvision.models import vgg16, vgg19
+
+    state, path = _read_features(backbone)
     # Built on the meta device: the classifier is never allocated, every features tensor is loaded below.
     with torch.device("meta"):
-        layers = vgg16().features
+        layers = (vgg19 if backbone is _VGG19 else vgg16)().features
     expected = {f"features.{key}": tensor for key, tensor in layers.state_dict().items()}
     features = load_state_dict(state, expected, path)
     layers.load_state_dict({key.removeprefix("features."): tensor for key, tensor in features.items()}, assign=True)

@@ -198,3 +198,21 @@ def test_vgg16_file_in_place_of_alexnet(tmp_path: Path, monkeypatch: pytest.Monk
     message = load_error(lambda: load_lpips_alex("cpu"))
     assert str(tmp_path / ALEXNET_FILE) in message
     assert "wrong network" in message
+
+
+def test_perceptual_features_prefer_vgg19_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import vgg19
+
+    from flowsr_cli.backbones import load_perceptual_features
+
+    for name in ("alexnet_features.pth", "vgg16_features.pth"):
+        (tmp_path / name).symlink_to(SHARED / "weights" / name)
+    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(tmp_path))
+    layers, network = load_perceptual_features("cpu")
+    assert network == "vgg16 conv5_3" and len(layers) == 29
+    torch.manual_seed(0)
+    fake = {f"features.{key}": value for key, value in vgg19().features.state_dict().items()}
+    torch.save(fake, tmp_path / "vgg19_features.pth")
+    layers, network = load_perceptual_features("cpu")
+    assert network == "vgg19 conv5_4" and len(layers) == 35
+    assert torch.equal(layers[34].weight, fake["features.34.weight"])

@@ -1,22 +1,20 @@
-"""VGG perceptual loss: L1 between deep VGG16 features of prediction and target (ImageNet-normalised)."""
+"""VGG perceptual loss: L1 between deep VGG features of prediction and target (ImageNet-normalised)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-CONV5_3 = 29
-"""features[:29] ends at VGG16's conv5_3 before its ReLU, the counterpart of the paper's VGG19 conv5_4."""
-
 
 class VGGPerceptualLoss(nn.Module):
-    """Frozen VGG16 features from the offline backbone folder (or torchvision's cache)."""
+    """Frozen VGG19 conv5_4 features (the paper's) if the user has VGG19's weights, else VGG16 conv5_3,
+    from the offline backbone folder (or torchvision's cache)."""
 
     def __init__(self, device: torch.device) -> None:
         super().__init__()
-        from flowsr_cli.backbones import load_vgg16_features
+        from flowsr_cli.backbones import load_perceptual_features
 
-        self.features = load_vgg16_features(device)[:CONV5_3]
+        self.features, self.network = load_perceptual_features(device)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1))
 
