@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from flowsr_cli.data import Batch
+    from flowsr_cli.models.linf import LINF
+    from flowsr_cli.models.linf_lp import LINFLP
     from flowsr_cli.train.distributed import Cluster
     from flowsr_cli.train.recipe import Recipe
 
@@ -107,6 +109,40 @@ def _validator(
     return validate
 
 
+def _train(
+    model: LINF | LINFLP,
+    objective: nn.Module,
+    recipe: Recipe,
+    data: list[Path],
+    out: Path,
+    cluster: Cluster,
+    device: torch.device,
+    val: Path | None,
+    settings: Settings,
+    resume: Path | None,
+) -> None:
+    """Run the training loop, leave the process group however it ends, and say where the model is."""
+    from flowsr_cli.train.distributed import leave_cluster
+    from flowsr_cli.train.loop import RunFiles, Trainer
+
+    trainer = Trainer(
+        model,
+        objective,
+        recipe,
+        _batches(data, recipe, model.patch_size, cluster),
+        RunFiles(out),
+        cluster,
+        device,
+        validate=_validator(model, val, recipe, device, settings),
+    )
+    try:
+        exported = trainer.run(resume)
+    finally:
+        leave_cluster(cluster)
+    if cluster.is_main:
+        typer.echo(f"model: {printable(exported)}  (use: flowsr upscale IMAGE -s 3.5 --model {printable(exported)})")
+
+
 @train_app.command("flow")
 def train_flow(
     data: list[Path] = DATA_ARGUMENT,
@@ -145,7 +181,6 @@ def train_flow(
 
     from flowsr_cli.models import load_model, make
     from flowsr_cli.models.linf import LINF
-    from flowsr_cli.train.loop import RunFiles, Trainer
     from flowsr_cli.train.objectives import FlowObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
@@ -157,24 +192,7 @@ def train_flow(
     objective = FlowObjective(
         model.train(), recipe.queries, recipe.finetune, recipe.finetune_nll_weight, perceptual, recipe.vgg_weight
     )
-    trainer = Trainer(
-        model,
-        objective,
-        recipe,
-        _batches(data, recipe, model.patch_size, cluster),
-        RunFiles(out),
-        cluster,
-        device_,
-        validate=_validator(model, val, recipe, device_, settings),
-    )
-    try:
-        exported = trainer.run(resume)
-    finally:
-        from flowsr_cli.train.distributed import leave_cluster
-
-        leave_cluster(cluster)
-    if cluster.is_main:
-        typer.echo(f"model: {printable(exported)}  (use: flowsr upscale IMAGE -s 3.5 --model {printable(exported)})")
+    _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)
 
 
 @train_app.command("prior")
@@ -216,7 +234,6 @@ def train_prior(
     from flowsr_cli.engine import resolve_model_file
     from flowsr_cli.models import load_model, make
     from flowsr_cli.models.linf import LINF
-    from flowsr_cli.train.loop import RunFiles, Trainer
     from flowsr_cli.train.objectives import PriorObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
@@ -230,21 +247,4 @@ def train_prior(
     model = make({"name": "linf-lp", "args": {"flow": frozen.spec, "latent": PRIORS[recipe.arch]}}).to(device_)
     model.flow.load_state_dict(frozen.state_dict())
     objective = PriorObjective(model, VGGPerceptualLoss(device_), recipe.vgg_weight or 1.0, recipe.latent_weight)
-    trainer = Trainer(
-        model,
-        objective,
-        recipe,
-        _batches(data, recipe, model.patch_size, cluster),
-        RunFiles(out),
-        cluster,
-        device_,
-        validate=_validator(model, val, recipe, device_, settings),
-    )
-    try:
-        exported = trainer.run(resume)
-    finally:
-        from flowsr_cli.train.distributed import leave_cluster
-
-        leave_cluster(cluster)
-    if cluster.is_main:
-        typer.echo(f"model: {printable(exported)}  (use: flowsr upscale IMAGE -s 3.5 --model {printable(exported)})")
+    _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)

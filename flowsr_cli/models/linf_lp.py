@@ -76,6 +76,14 @@ class LINFLP(nn.Module):
         """The flow's features of whole LR images (B, 3, h, w) in [-1, 1], shared by every later step."""
         return self.flow.encode(lr_n)
 
+    def _window(self, size: tuple[int, int], rows: range | None, columns: range | None) -> tuple[range, range]:
+        """The latent rows and columns asked for, the whole grid by default."""
+        latent_rows, latent_columns = self.latent_shape(size)
+        return (
+            range(latent_rows) if rows is None else rows,
+            range(latent_columns) if columns is None else columns,
+        )
+
     def initial_prior(
         self,
         features: LRFeatures,
@@ -91,9 +99,7 @@ class LINFLP(nn.Module):
 
         ``features`` may be those of an LR crop holding every LR pixel the window needs; all
         coordinates are the whole image's, so any window of z_init equals that window of the whole."""
-        latent_rows, latent_columns = self.latent_shape(size)
-        rows = rows if rows is not None else range(latent_rows)
-        columns = columns if columns is not None else range(latent_columns)
+        rows, columns = self._window(size, rows, columns)
         patch = self.patch_size
         pixel_rows = range(rows.start * patch, rows.stop * patch)
         pixel_columns = range(columns.start * patch, columns.stop * patch)
@@ -153,9 +159,7 @@ class LINFLP(nn.Module):
         output of ``size``. For a window to equal that window of the whole image, it must start on a
         multiple of the UNet's pooling factor, reach :attr:`LatentModule.receptive_field` cells past
         the cells wanted, and end on such a multiple or at the grid's edge."""
-        latent_rows, latent_columns = self.latent_shape(size)
-        rows = rows if rows is not None else range(latent_rows)
-        columns = columns if columns is not None else range(latent_columns)
+        rows, columns = self._window(size, rows, columns)
         z_init = self.initial_prior(features, size, rows, columns, chunk_queries)
         lr = features.lr
         full_height, full_width = features.size
