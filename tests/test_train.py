@@ -219,3 +219,37 @@ def test_train_prior_lowers_the_loss_and_the_model_upscales_deterministically(
     assert evaluated.exit_code == 0, evaluated.output
     priors = [row["prior"] for row in json.loads((tmp_path / "e.json").read_text())["results"]]
     assert priors == ["bicubic", "learned"]
+
+
+def test_finetune_alternates_nll_and_l1_steps(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, tiny_model: Path
+) -> None:
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    out = tmp_path / "ft"
+    result = run_cli(
+        "train", "flow", str(photos), "--out", str(out), "--init", str(tiny_model), "--recipe",
+        str(tmp_path / "recipe.toml"), "--steps", "6", "--batch-size", "2", "--workers", "0", "--finetune",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [("nll" in record, "l1" in record) for record in records] == [(True, False), (False, True)] * 3
+    nll_record = records[0]
+    assert nll_record["loss"] == pytest.approx(5e-4 * nll_record["nll"], rel=1e-5)
+
+
+def test_prior_objective_adds_the_latent_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowsr_cli.models import make
+    from flowsr_cli.train.objectives import PriorObjective
+    from flowsr_cli.train.perceptual import VGGPerceptualLoss
+
+    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
+    torch.manual_seed(0)
+    latent = {"name": "lp-latent", "args": {"branch_channels": 8, "growth": 8, "widths": [8, 16]}}
+    model = make({"name": "linf-lp", "args": {"flow": tiny_linf(3).spec, "latent": latent}}).train()
+    perceptual = VGGPerceptualLoss(torch.device("cpu"))
+    lr, hr = torch.rand(2, 3, 12, 12) * 2 - 1, torch.rand(2, 3, 24, 24) * 2 - 1
+    generator = torch.Generator()
+    plain = PriorObjective(model, perceptual, 1.0, 0.0)(lr, hr, 0, generator)
+    with_latent = PriorObjective(model, perceptual, 1.0, 0.1)(lr, hr, 0, generator)
+    assert "latent" not in plain and with_latent["latent"] > 0
+    assert with_latent["loss"].item() == pytest.approx((with_latent["vgg"] + 0.1 * with_latent["latent"]).item())
