@@ -129,6 +129,10 @@ def _optional_path(raw: Any) -> Path | None:
     return _path(raw) if str(raw).strip() else None
 
 
+def _text(raw: Any) -> str:
+    return str(raw).strip()
+
+
 def _default_cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
@@ -202,6 +206,13 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "offline", _boolean, False, "Never use the network; missing files are reported instead.", "true or false"
+        ),
+        Setting(
+            "model_base_url",
+            _text,
+            "",
+            "Replaces the base of every registry download URL (a mirror); also FLOWSR_MODEL_BASE_URL.",
+            "a URL, or empty for the registry's own",
         ),
     )
 }

@@ -70,23 +70,10 @@ class UpscalerRequest:
     prior: str | None = None
     temperature: float = 0.5
     guard: bool = True
-    models_dir: Path | None = None
-
-
-def resolve_model_file(model: str, models_dir: Path | None) -> Path | None:
-    """The model file ``model`` names: a path to a file, or a name in ``models_dir`` (imported models)."""
-    path = Path(model).expanduser()
-    if path.suffix == ".safetensors" or path.is_file():
-        return path
-    if models_dir is not None and (models_dir / f"{model}.safetensors").is_file():
-        return models_dir / f"{model}.safetensors"
-    return None
-
-
-def available_models(models_dir: Path | None) -> list[str]:
-    """Names ``--model`` accepts besides paths."""
-    local = sorted(path.stem for path in models_dir.glob("*.safetensors")) if models_dir and models_dir.is_dir() else []
-    return [BICUBIC, *local]
+    locate: Callable[[str], Path | None] | None = None
+    """Turns a model name into its file (the hub: registry, cache, downloads); None takes paths only."""
+    known_models: tuple[str, ...] = ()
+    """Names to suggest when ``model`` is unknown."""
 
 
 def create_upscaler(request: UpscalerRequest) -> Upscaler:
@@ -104,9 +91,9 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
         if request.prior == "learned":
             raise UsageError("--prior learned needs a model with a learned prior; bicubic has none")
         return BicubicUpscaler(choice.device, tile=request.tile, notes=notes)
-    path = resolve_model_file(request.model, request.models_dir)
+    path = request.locate(request.model) if request.locate is not None else Path(request.model)
     if path is None:
-        known = ", ".join(available_models(request.models_dir))
+        known = ", ".join([BICUBIC, *request.known_models])
         raise UsageError(f"unknown model {request.model!r}; available: {known}, or a path to a .safetensors model")
     model = load_model(path, choice.device)
     if isinstance(model, LINFLP):

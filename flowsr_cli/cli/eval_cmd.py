@@ -44,6 +44,9 @@ def eval_command(
     baseline: str = typer.Option("bicubic", "--baseline", help="bicubic, or none to leave it out."),
     max_images: int | None = typer.Option(None, "--max-images", min=1, help="Use the first K images per dataset."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [config: device]."),
+    offline: bool | None = typer.Option(
+        None, "--offline/--online", help="Never download models [config: offline].", show_default=False
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON.", rich_help_panel=_OUTPUT),
     csv_path: Path | None = typer.Option(None, "--csv", help="Write the results as CSV.", rich_help_panel=_OUTPUT),
     markdown_path: Path | None = typer.Option(
@@ -58,7 +61,7 @@ def eval_command(
     LR inputs are made with the MATLAB-style bicubic; outputs come from the same engine as
     `flowsr upscale` (with the exploding-inverse guard off, so the inf rate is the model's own).
     """
-    settings = Settings({"device": device})
+    settings = Settings({"device": device, "offline": offline})
     settings.validate()
     scale_list = _numbers(scales, "--scales", 1.0)
     temperature_list = _numbers(temperatures, "--temperatures", 0.0)
@@ -99,7 +102,9 @@ def _build_settings(
     from flowsr_cli.engine import UpscalerRequest, create_upscaler
     from flowsr_cli.evaluation import Setting
     from flowsr_cli.flow_engine import FlowUpscaler
+    from flowsr_cli.hub import Hub
 
+    hub = Hub(settings)
     chosen: list[tuple[Setting, Upscaler]] = []
     if with_bicubic:
         bicubic = create_upscaler(UpscalerRequest("bicubic", device=settings["device"], tile=0))
@@ -112,7 +117,8 @@ def _build_settings(
             tile=settings["tile"],
             prior=prior,
             guard=False,
-            models_dir=settings["cache_dir"] / "models",
+            locate=hub.resolve,
+            known_models=tuple(hub.entries()),
         )
         upscaler = create_upscaler(request)
         if not isinstance(upscaler, FlowUpscaler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -11,7 +12,14 @@ from flowsr_cli.cli.console import printable
 from flowsr_cli.config import Settings
 from flowsr_cli.errors import UsageError
 
-models_app = typer.Typer(help="Manage model files.", no_args_is_help=True, rich_markup_mode="rich")
+if TYPE_CHECKING:
+    from flowsr_cli.hub import Hub, ModelEntry
+
+models_app = typer.Typer(
+    help="Named models: list, download (checked by sha256), verify, locate, remove, add, import.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -28,7 +36,7 @@ def import_command(
 
     if _NAME.fullmatch(name) is None:
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
-    target = Settings()["cache_dir"] / "models" / f"{name}.safetensors"
+    target = _hub().cached_path(name)
     if target.exists() and not force:
         raise UsageError(f"a model named {name!r} exists ({printable(target)}); use --force to replace it")
     model = convert_original(checkpoint)
@@ -37,3 +45,129 @@ def import_command(
     parameters = sum(parameter.numel() for parameter in model.parameters())
     typer.echo(f"imported {name}: {parameters / 1e6:.2f} M parameters -> {printable(target)}")
     typer.echo(f"use it with: flowsr upscale IMAGE --scale 3.5 --model {name}")
+
+
+def _hub() -> Hub:
+    from flowsr_cli.hub import Hub
+
+    return Hub(Settings())
+
+
+def _entry(hub: Hub, name: str) -> ModelEntry:
+    entry = hub.entries().get(name)
+    if entry is None:
+        known = ", ".join(hub.entries()) or "none yet"
+        raise UsageError(f"no model named {name!r}; known: {known}")
+    return entry
+
+
+@models_app.command("list")
+def list_command() -> None:
+    """Every named model: where it comes from, its size, whether it is on this machine."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    hub = _hub()
+    table = Table(title=f"flowsr models (cache: {printable(hub.models_dir)})", title_justify="left")
+    for column in ("name", "source", "size", "here", "description"):
+        table.add_column(column)
+    for entry in hub.entries().values():
+        path = hub.local_path(entry)
+        size = path.stat().st_size if path.is_file() else entry.size
+        cells = (
+            entry.name,
+            "bundled" if entry.bundled else entry.source,
+            f"{size / 1e6:.1f} MB" if size else "?",
+            "yes" if path.is_file() else "no",
+            entry.description,
+        )
+        table.add_row(*(Text(cell) for cell in cells))
+    if not table.rows:
+        typer.echo("no named models yet: add one with `flowsr models add` or `flowsr models import`")
+        return
+    Console().print(table)
+
+
+@models_app.command("download")
+def download_command(
+    name: str | None = typer.Argument(None, help="The model to fetch.", show_default=False),
+    all_models: bool = typer.Option(False, "--all", help="Fetch every registry model."),
+) -> None:
+    """Download models into the cache (resumable, checked by sha256)."""
+    hub = _hub()
+    if (name is None) == (not all_models):
+        raise UsageError("give a model name or --all")
+    names = [entry.name for entry in hub.registry.values()] if all_models else [name]
+    for model in names:
+        path = hub.fetch(_entry(hub, model))
+        typer.echo(f"{model}: {printable(path)}")
+
+
+@models_app.command("verify")
+def verify_command(name: str | None = typer.Argument(None, help="One model (default: all that are here).")) -> None:
+    """Re-hash model files on disk against their published sha256 (exit 1 on any mismatch)."""
+    from flowsr_cli.download import sha256_of
+
+    hub = _hub()
+    entries = [_entry(hub, name)] if name else list(hub.entries().values())
+    bad = 0
+    for entry in entries:
+        path = hub.local_path(entry)
+        if not path.is_file():
+            if name:
+                raise UsageError(f"{entry.name}: not downloaded ({printable(path)})")
+            continue
+        if not entry.sha256:
+            typer.echo(f"{entry.name}: no published checksum ({entry.source})")
+            continue
+        actual = sha256_of(path)
+        if actual == entry.sha256.lower():
+            typer.echo(f"{entry.name}: ok")
+        else:
+            bad += 1
+            typer.echo(f"{entry.name}: CORRUPT {printable(path)} (expected {entry.sha256}, got {actual})")
+    if bad:
+        raise typer.Exit(1)
+
+
+@models_app.command("path")
+def path_command(name: str | None = typer.Argument(None, help="A model (default: print the models folder).")) -> None:
+    """Print where a model's file is (or would be downloaded to)."""
+    hub = _hub()
+    typer.echo(printable(hub.local_path(_entry(hub, name)) if name else hub.models_dir))
+
+
+@models_app.command("remove")
+def remove_command(name: str = typer.Argument(..., help="The model to delete from the cache.")) -> None:
+    """Delete a downloaded or imported model from the cache."""
+    hub = _hub()
+    entry = _entry(hub, name)
+    if entry.bundled:
+        raise UsageError(f"{name} ships inside flowsr and cannot be removed")
+    path = hub.cached_path(name)
+    if not path.is_file():
+        raise UsageError(f"{name} is not in the cache")
+    path.unlink()
+    typer.echo(f"removed {printable(path)}")
+
+
+@models_app.command("add")
+def add_command(
+    name: str = typer.Argument(..., help="The name to use with --model."),
+    url: str = typer.Argument(..., help="Where the .safetensors file is served."),
+    sha256: str = typer.Option(..., "--sha256", help="The file's SHA-256 (hex)."),
+    size: int | None = typer.Option(None, "--size", min=1, help="The file's size in bytes."),
+    description: str = typer.Option("", "--description", help="A line for `flowsr models list`."),
+) -> None:
+    """Register a model served elsewhere (e.g. a team's server); it downloads on first use."""
+    from flowsr_cli.hub import ModelEntry
+
+    if _NAME.fullmatch(name) is None:
+        raise UsageError(f"{name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    if re.fullmatch(r"[0-9a-fA-F]{64}", sha256) is None:
+        raise UsageError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
+    if not url.startswith(("https://", "http://")):
+        raise UsageError(f"{url!r}: expected an http(s) URL")
+    manifest = _hub().add(ModelEntry(name, description, sha256.lower(), size, url=url, source="user"))
+    typer.echo(f"added {name} to {printable(manifest)}; it downloads on first use")

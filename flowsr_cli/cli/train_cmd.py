@@ -231,13 +231,13 @@ def train_prior(
 
     import torch
 
-    from flowsr_cli.engine import resolve_model_file
+    from flowsr_cli.hub import Hub
     from flowsr_cli.models import load_model, make
     from flowsr_cli.models.linf import LINF
     from flowsr_cli.train.objectives import PriorObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
-    flow_path = resolve_model_file(flow, settings["cache_dir"] / "models")
+    flow_path = Hub(settings).resolve(flow)
     if flow_path is None:
         raise UsageError(f"--flow {flow!r}: no such model file or imported model")
     frozen = load_model(flow_path, device_)

@@ -143,6 +143,13 @@ def upscale(
         help="Process only slice I of N of the sorted inputs (I/N, 0 <= I < N).",
         rich_help_panel=_BATCH,
     ),
+    offline: bool | None = typer.Option(
+        None,
+        "--offline/--online",
+        help="Never use the network (a missing model is reported, not downloaded) [config: offline].",
+        rich_help_panel=_MODEL,
+        show_default=False,
+    ),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress or summary; errors still shown.", rich_help_panel=_BATCH
     ),
@@ -167,6 +174,7 @@ def upscale(
             "precision": precision,
             "tile": tile,
             "tile_pad": tile_pad,
+            "offline": offline,
             "format": output_format,
             "suffix": suffix,
             "quality": quality,
@@ -209,7 +217,9 @@ def upscale(
 
 def _upscaler_request(settings: Settings, prior: Prior | None, temperature: float) -> UpscalerRequest:
     from flowsr_cli.engine import UpscalerRequest
+    from flowsr_cli.hub import Hub
 
+    hub = Hub(settings)
     return UpscalerRequest(
         model=settings["model"],
         device=settings["device"],
@@ -218,7 +228,8 @@ def _upscaler_request(settings: Settings, prior: Prior | None, temperature: floa
         tile_pad=settings["tile_pad"],
         prior=prior.value if prior is not None else None,
         temperature=temperature,
-        models_dir=settings["cache_dir"] / "models",
+        locate=hub.resolve,
+        known_models=tuple(hub.entries()),
     )
 
 
