@@ -43,9 +43,9 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", help="First seed; run i uses seed + i."),
     baseline: str = typer.Option("bicubic", "--baseline", help="bicubic, or none to leave it out."),
     max_images: int | None = typer.Option(None, "--max-images", min=1, help="Use the first K images per dataset."),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [config: device]."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (config: device)."),
     offline: bool | None = typer.Option(
-        None, "--offline/--online", help="Never download models [config: offline].", show_default=False
+        None, "--offline/--online", help="Never download models (config: offline).", show_default=False
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON.", rich_help_panel=_OUTPUT),
     csv_path: Path | None = typer.Option(None, "--csv", help="Write the results as CSV.", rich_help_panel=_OUTPUT),

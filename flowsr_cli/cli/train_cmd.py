@@ -42,7 +42,7 @@ SEED_OPTION = typer.Option(None, "--seed", help="Seed of data sampling and initi
 WORKERS_OPTION = typer.Option(None, "--workers", min=0, help="Data-loading processes.", rich_help_panel=_RUN)
 RESUME_OPTION = typer.Option(None, "--resume", help="A checkpoint.safetensors to continue exactly.")
 VAL_OPTION = typer.Option(None, "--val", help="Folder of HR images for PSNR/SSIM checks every val_every steps.")
-DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [config: device].")
+DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (config: device).")
 
 
 def _overrides(**values: Any) -> dict[str, Any]:

@@ -61,27 +61,27 @@ def upscale(
     width: int | None = typer.Option(None, "--width", help="Output width in pixels; keeps the aspect ratio."),
     height: int | None = typer.Option(None, "--height", help="Output height in pixels; keeps the aspect ratio."),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Model name or .safetensors path [config: model].", rich_help_panel=_MODEL
+        None, "--model", "-m", help="Model name or .safetensors path (config: model).", rich_help_panel=_MODEL
     ),
     device: str | None = typer.Option(
-        None, "--device", help="auto, cpu, cuda or cuda:N [config: device].", rich_help_panel=_MODEL
+        None, "--device", help="auto, cpu, cuda or cuda:N (config: device).", rich_help_panel=_MODEL
     ),
     precision: str | None = typer.Option(
         None,
         "--precision",
-        help="auto, fp32, fp16 or bf16 for the encoder (the flow inverse stays fp32) [config: precision].",
+        help="auto, fp32, fp16 or bf16 for the encoder (the flow inverse stays fp32) (config: precision).",
         rich_help_panel=_MODEL,
     ),
     tile: str | None = typer.Option(
         None,
         "--tile",
-        help="Tile side in input pixels: auto fits free memory, 0 = no tiling [config: tile].",
+        help="Tile side in input pixels: auto fits free memory, 0 = no tiling (config: tile).",
         rich_help_panel=_MODEL,
     ),
     tile_pad: str | None = typer.Option(
         None,
         "--tile-pad",
-        help="Context around tiles in input pixels; auto = the model's receptive field [config: tile_pad].",
+        help="Context around tiles in input pixels; auto = the model's receptive field (config: tile_pad).",
         rich_help_panel=_MODEL,
     ),
     prior: Prior | None = typer.Option(
@@ -110,21 +110,21 @@ def upscale(
         rich_help_panel=_MODEL,
     ),
     output_format: str | None = typer.Option(
-        None, "--format", "-f", help="same, png, jpg, webp, tiff or bmp [config: format].", rich_help_panel=_OUTPUT
+        None, "--format", "-f", help="same, png, jpg, webp, tiff or bmp (config: format).", rich_help_panel=_OUTPUT
     ),
     suffix: str | None = typer.Option(
         None,
         "--suffix",
-        help="Added to output names; {size} becomes x3.5, w1920 or h1080 [config: suffix].",
+        help="Added to output names; {size} becomes x3.5, w1920 or h1080 (config: suffix).",
         rich_help_panel=_OUTPUT,
     ),
     quality: int | None = typer.Option(
-        None, "--quality", help="JPEG/WebP quality 1-100 [config: quality].", rich_help_panel=_OUTPUT
+        None, "--quality", help="JPEG/WebP quality 1-100 (config: quality).", rich_help_panel=_OUTPUT
     ),
     strip_metadata: bool | None = typer.Option(
         None,
         "--strip-metadata/--keep-metadata",
-        help="Drop or keep ICC, EXIF, DPI and text [config: strip_metadata].",
+        help="Drop or keep ICC, EXIF, DPI and text (config: strip_metadata).",
         rich_help_panel=_OUTPUT,
         show_default=False,
     ),
@@ -146,7 +146,7 @@ def upscale(
     offline: bool | None = typer.Option(
         None,
         "--offline/--online",
-        help="Never use the network (a missing model is reported, not downloaded) [config: offline].",
+        help="Never use the network (a missing model is reported, not downloaded) (config: offline).",
         rich_help_panel=_MODEL,
         show_default=False,
     ),
