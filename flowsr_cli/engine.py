@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from flowsr_cli.device import resolve_device, resolve_dtype
 from flowsr_cli.errors import UsageError
 from flowsr_cli.sizing import Size
+
+if TYPE_CHECKING:
+    from flowsr_cli.hub import Hub
 
 ProgressCallback = Callable[[float], None]
 """Called with the finished fraction (0..1] of one image (all its samples)."""
@@ -70,10 +73,8 @@ class UpscalerRequest:
     prior: str | None = None
     temperature: float = 0.5
     guard: bool = True
-    locate: Callable[[str], Path | None] | None = None
-    """Turns a model name into its file (the hub: registry, cache, downloads); None takes paths only."""
-    known_models: tuple[str, ...] = ()
-    """Names to suggest when ``model`` is unknown."""
+    hub: Hub | None = None
+    """Turns model names into files (registry, cache, downloads); None accepts paths only."""
 
 
 def create_upscaler(request: UpscalerRequest) -> Upscaler:
@@ -91,9 +92,9 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
         if request.prior == "learned":
             raise UsageError("--prior learned needs a model with a learned prior; bicubic has none")
         return BicubicUpscaler(choice.device, tile=request.tile, notes=notes)
-    path = request.locate(request.model) if request.locate is not None else Path(request.model)
+    path = request.hub.resolve(request.model) if request.hub is not None else Path(request.model)
     if path is None:
-        known = ", ".join([BICUBIC, *request.known_models])
+        known = ", ".join([BICUBIC, *(request.hub.entries() if request.hub is not None else ())])
         raise UsageError(f"unknown model {request.model!r}; available: {known}, or a path to a .safetensors model")
     model = load_model(path, choice.device)
     if isinstance(model, LINFLP):

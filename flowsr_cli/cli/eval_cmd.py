@@ -104,7 +104,7 @@ def _build_settings(
     from flowsr_cli.flow_engine import FlowUpscaler
     from flowsr_cli.hub import Hub
 
-    hub = Hub(settings)
+    hub = Hub(settings) if models else None
     chosen: list[tuple[Setting, Upscaler]] = []
     if with_bicubic:
         bicubic = create_upscaler(UpscalerRequest("bicubic", device=settings["device"], tile=0))
@@ -117,8 +117,7 @@ def _build_settings(
             tile=settings["tile"],
             prior=prior,
             guard=False,
-            locate=hub.resolve,
-            known_models=tuple(hub.entries()),
+            hub=hub,
         )
         upscaler = create_upscaler(request)
         if not isinstance(upscaler, FlowUpscaler):

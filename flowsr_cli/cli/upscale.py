@@ -216,10 +216,9 @@ def upscale(
 
 
 def _upscaler_request(settings: Settings, prior: Prior | None, temperature: float) -> UpscalerRequest:
-    from flowsr_cli.engine import UpscalerRequest
+    from flowsr_cli.engine import BICUBIC, UpscalerRequest
     from flowsr_cli.hub import Hub
 
-    hub = Hub(settings)
     return UpscalerRequest(
         model=settings["model"],
         device=settings["device"],
@@ -228,8 +227,7 @@ def _upscaler_request(settings: Settings, prior: Prior | None, temperature: floa
         tile_pad=settings["tile_pad"],
         prior=prior.value if prior is not None else None,
         temperature=temperature,
-        locate=hub.resolve,
-        known_models=tuple(hub.entries()),
+        hub=Hub(settings) if settings["model"] != BICUBIC else None,
     )
 
 
