@@ -24,8 +24,10 @@ from flowsr_cli.train.state import TrainingState, load_training_state, save_trai
 MAX_BAD_STEPS = 20
 """Consecutive non-finite losses after which training stops (the original skipped them forever)."""
 
-TIMING_STEPS = 5
-"""Steps timed before a time budget is turned into a step count."""
+WARMUP_STEPS = 3
+"""Steps left out of the timing (data workers starting, first allocations)."""
+TIMING_STEPS = 10
+"""Steps timed, after the warm-up, before a time budget is turned into a step count."""
 
 if TYPE_CHECKING:
     from flowsr_cli.data import Batch
@@ -136,11 +138,11 @@ class Trainer:
         if self.cluster.is_main:
             save_training_state(self.files.checkpoint, self.model, self.optimizer, state, asdict(self.recipe))
 
-    def _planned_total(self, state: TrainingState, started: float, deadline: float | None) -> int:
+    def _planned_total(self, state: TrainingState, timing_started: float, deadline: float | None) -> int:
         """Steps the run will make: --steps, or what fits the time budget (measured, then fixed)."""
         if deadline is None or state.total_steps:
             return state.total_steps
-        per_step = (time.monotonic() - started) / TIMING_STEPS
+        per_step = (time.monotonic() - timing_started) / TIMING_STEPS
         fits = state.step + max(1, math.floor(0.95 * (deadline - time.monotonic()) / per_step))
         total = min(fits, self.recipe.steps) if self.recipe.steps else fits
         if self.cluster.distributed:
@@ -173,13 +175,15 @@ class Trainer:
         return self.files.model
 
     def _loop(self, module: nn.Module, state: TrainingState, deadline: float | None) -> None:
-        started = time.monotonic()
+        started = timing_started = time.monotonic()
         first_step = state.step
         bad_in_a_row = 0
         with ProgressView(self.show_progress) as view:
             for batch in self.batches(state.step):
-                if state.step - first_step == TIMING_STEPS and not state.total_steps:
-                    state.total_steps = self._planned_total(state, started, deadline)
+                if state.step - first_step == WARMUP_STEPS:
+                    timing_started = time.monotonic()
+                if state.step - first_step == WARMUP_STEPS + TIMING_STEPS and not state.total_steps:
+                    state.total_steps = self._planned_total(state, timing_started, deadline)
                 if state.total_steps and state.step >= state.total_steps:
                     break
                 if deadline is not None and not self.cluster.distributed and time.monotonic() > deadline:
