@@ -179,13 +179,20 @@ def train_flow(
 
     import torch
 
+    from flowsr_cli.hub import Hub
     from flowsr_cli.models import load_model, make
     from flowsr_cli.models.linf import LINF
     from flowsr_cli.train.objectives import FlowObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
     torch.manual_seed(recipe.seed)
-    model = load_model(init, device_) if init is not None else make(ARCHITECTURES[recipe.arch]).to(device_)
+    if init is not None:
+        init_path = Hub(settings).resolve(init)
+        if init_path is None:
+            raise UsageError(f"--init {init!r}: no such model file or named model")
+        model = load_model(init_path, device_)
+    else:
+        model = make(ARCHITECTURES[recipe.arch]).to(device_)
     if not isinstance(model, LINF):
         raise UsageError(f"--init {init}: not a LINF flow model")
     perceptual = VGGPerceptualLoss(device_) if recipe.finetune and recipe.vgg_weight > 0 else None
