@@ -47,6 +47,13 @@ def _writes_to_folder(discovery: Discovery, output: str | None) -> bool:
     return Path(output).is_dir() or output.endswith(("/", os.sep))
 
 
+def output_folder(discovery: Discovery, output: str | None) -> Path | None:
+    """The ``-o`` folder outputs go to; None when they go next to inputs, to one file, or to stdout."""
+    if output in (None, STDIN_ARGUMENT) or not _writes_to_folder(discovery, output):
+        return None
+    return Path(output)
+
+
 def _check_output_folder(output: str) -> None:
     path = Path(output)
     if path.exists() and not path.is_dir():

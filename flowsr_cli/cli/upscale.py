@@ -32,17 +32,16 @@ _MODEL = "Model"
 _BATCH = "Batch"
 
 
-def _prepare_output_folder(output: str | None, single_file: bool) -> None:
+def _prepare_output_folder(folder: Path | None) -> None:
     """Create ``-o DIR`` and make sure it is writable before any work starts."""
-    if output is None or output == "-" or (single_file and not Path(output).is_dir() and not output.endswith("/")):
+    if folder is None:
         return
-    folder = Path(output)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"-o {output}: cannot create the folder: {exc.strerror or exc}") from None
+        raise UsageError(f"-o {folder}: cannot create the folder: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"-o {output}: the folder is not writable")
+        raise UsageError(f"-o {folder}: the folder is not writable")
 
 
 def upscale(
@@ -164,7 +163,7 @@ def upscale(
     done, 1 some inputs failed (the rest are written), 2 usage or configuration error.
     """
     from flowsr_cli.inputs import discover, parse_shard
-    from flowsr_cli.outputs import OutputOptions, plan_jobs, select_shard
+    from flowsr_cli.outputs import OutputOptions, output_folder, plan_jobs, select_shard
     from flowsr_cli.sizing import SizeRequest
 
     settings = Settings(
@@ -198,7 +197,7 @@ def upscale(
             raise UsageError("refusing to write image data to a terminal; redirect stdout or give -o FILE")
     if not jobs and not discovery.problems:
         raise FlowsrError("no input images found")
-    _prepare_output_folder(output, discovery.single_file)
+    _prepare_output_folder(output_folder(discovery, output))
     _run(
         jobs,
         discovery.problems,
