@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,7 @@ TINY_FLOW = {
 TINY_LATENT_ARGS = {"branch_channels": 8, "growth": 8, "widths": [16, 32, 32, 32]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: on a busy machine, synchronising threads costs far more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_linf_lp(patch_size: int = 3, seed: int = 0) -> LINFLP:
