@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Re-trains the bundled `linf` and `linf-lp` models from ../shared/data/train (never data/eval) and
+# exports them in fp16 into flowsr_cli/weights/. About 105 minutes on a 2-core CPU.
+# Usage: scripts/train_default_models.sh [RUNS_DIR]   (needs FLOWSR_BACKBONE_DIR for VGG16 weights)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-runs}
+data=../shared/data/train
+val=../shared/data/eval/Set5
+
+if [[ ! -f $runs/flow/model.safetensors ]]; then
+  flowsr train flow "$data" --out "$runs/flow" --recipe scripts/recipes/linf-flow.toml --val "$val"
+fi
+if [[ ! -f $runs/finetune/model.safetensors ]]; then
+  flowsr train flow "$data" --out "$runs/finetune" --recipe scripts/recipes/linf-finetune.toml \
+    --init "$runs/flow/model.safetensors" --val "$val"
+fi
+if [[ ! -f $runs/prior/model.safetensors ]]; then
+  flowsr train prior "$data" --out "$runs/prior" --recipe scripts/recipes/linf-lp.toml \
+    --flow "$runs/finetune/model.safetensors" --val "$val"
+fi
+python scripts/export_bundled.py linf "$runs/finetune/model.safetensors" \
+  --description "LINF, 3x3 patches, small EDSR encoder; trained on a CPU (scales 1-4)"
+python scripts/export_bundled.py linf-lp "$runs/prior/model.safetensors" \
+  --description "LINF with the learned prior (Tsao et al., CVPR 2024); the default model"
