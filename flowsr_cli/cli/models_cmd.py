@@ -26,11 +26,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @models_app.command("import")
 def import_command(
-    checkpoint: Path = typer.Argument(..., help="An original LINF checkpoint (.pth).", show_default=False),
+    checkpoint: Path = typer.Argument(..., help="An original LINF or SRFlow checkpoint (.pth).", show_default=False),
     name: str = typer.Option(..., "--name", help="The name to use with --model.", show_default=False),
     force: bool = typer.Option(False, "--force", help="Replace an existing model of that name."),
 ) -> None:
-    """Convert an original LINF checkpoint into a flowsr model (weights only; no pickled code is run)."""
+    """Convert an original LINF or SRFlow checkpoint into a flowsr model (weights only; no pickled code is run)."""
     from flowsr_cli.models import save_model
     from flowsr_cli.models.importer import convert_original
 
@@ -44,7 +44,8 @@ def import_command(
     save_model(model, target, source=checkpoint.name)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     typer.echo(f"imported {name}: {parameters / 1e6:.2f} M parameters -> {printable(target)}")
-    typer.echo(f"use it with: flowsr upscale IMAGE --scale 3.5 --model {name}")
+    scale = getattr(model, "scale", 3.5)  # fixed-scale models (SRFlow: 4) say which scale they do
+    typer.echo(f"use it with: flowsr upscale IMAGE --scale {scale} --model {name}")
 
 
 def _hub() -> Hub:

@@ -7,7 +7,9 @@ Every layer except :class:`Split` has the same interface:
 
 ``cond`` is a (B, cond_channels, H, W) tensor at the resolution of ``x``; unconditional layers ignore it.
 Affine scales use ``sigmoid(raw + 2) + 1e-4`` and networks output (shift, raw scale) interleaved
-channel by channel (SRFlow's "cross" order: shift = h[:, 0::2], raw scale = h[:, 1::2]).
+channel by channel (SRFlow's "cross" order: shift = h[:, 0::2], raw scale = h[:, 1::2]). The networks
+are Glow's: hidden convs without bias followed by an actnorm, and a zero-initialised output conv whose
+output is multiplied by ``exp(3 * logs)`` per channel (as in SRFlow's code, so its weights map one to one).
 """
 
 from __future__ import annotations
@@ -104,55 +106,69 @@ class ActNorm(nn.Module):
 
 
 class InvertibleConv1x1(nn.Module):
-    """Glow's invertible 1x1 convolution, LU-parametrised: W = P (L + I) (U + diag(sign_s * exp(log_s))).
+    """Glow's invertible 1x1 convolution with a full (C, C) weight W, as SRFlow trains it (``LU_decomposed=False``).
 
-    P and sign_s are fixed buffers, L (strictly lower) and U (strictly upper) and log_s are learned;
-    W starts as a random orthogonal matrix, so log|det W| = sum(log_s) starts near 0.
+    W starts as a random orthogonal matrix (log|det W| = 0); log|det W| comes from ``torch.slogdet``.
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        permutation, lower, upper = torch.linalg.lu(torch.linalg.qr(torch.randn(channels, channels))[0])
-        diagonal = torch.diagonal(upper)
-        self.register_buffer("permutation", permutation)
-        self.register_buffer("sign_s", torch.sign(diagonal))
-        self.lower = nn.Parameter(torch.tril(lower, -1))
-        self.upper = nn.Parameter(torch.triu(upper, 1))
-        self.log_s = nn.Parameter(torch.log(diagonal.abs()))
-
-    def matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The (C, C) weight W, optionally computed in another dtype (e.g. float64)."""
-        dtype = dtype or self.log_s.dtype
-        eye = torch.eye(self.log_s.shape[0], dtype=dtype, device=self.log_s.device)
-        lower = torch.tril(self.lower.to(dtype), -1) + eye
-        diagonal = self.sign_s.to(dtype) * torch.exp(self.log_s.to(dtype))
-        upper = torch.triu(self.upper.to(dtype), 1) + torch.diag(diagonal)
-        return self.permutation.to(dtype) @ lower @ upper
+        self.weight = nn.Parameter(torch.linalg.qr(torch.randn(channels, channels))[0])
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x -> (W x per pixel, H*W*sum(log_s)) per sample."""
+        """x -> (W x per pixel, H*W*log|det W|) per sample."""
         channels = x.shape[1]
-        y = F.conv2d(x, self.matrix(x.dtype).view(channels, channels, 1, 1))
-        return y, (x.shape[2] * x.shape[3] * self.log_s.sum()).expand(x.shape[0])
+        y = F.conv2d(x, self.weight.view(channels, channels, 1, 1))
+        return y, (torch.linalg.slogdet(self.weight)[1] * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """y -> W^-1 y per pixel; the inverse matrix is formed in float64 for accuracy."""
         channels = y.shape[1]
-        inverse = torch.linalg.inv(self.matrix(torch.float64)).to(y.dtype)
+        inverse = torch.linalg.inv(self.weight.double()).to(y.dtype)
         return F.conv2d(y, inverse.view(channels, channels, 1, 1))
 
 
+ZERO_CONV_LOGSCALE = 3.0
+"""Glow's ``Conv2dZeros`` scales its output by ``exp(logs * 3)``."""
+HIDDEN_CONV_STD = 0.05
+"""Glow's hidden convs start with N(0, 0.05^2) weights."""
+
+
+class ActNormConv2d(nn.Conv2d):
+    """Glow's hidden conv: a bias-free conv ("same" padding) followed by an :class:`ActNorm`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        nn.init.normal_(self.weight, 0.0, HIDDEN_CONV_STD)
+        self.actnorm = ActNorm(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """conv, then actnorm (initialised from the first training batch, like every actnorm)."""
+        return self.actnorm(super().forward(x))[0]
+
+
+class ZeroConv2d(nn.Conv2d):
+    """Glow's output conv: 3x3 with bias, output times ``exp(3 * logs)`` per channel; all zero, so it starts at 0."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+        self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(conv(x) + bias) * exp(3 * logs)."""
+        return super().forward(x) * torch.exp(self.logs * ZERO_CONV_LOGSCALE)
+
+
 def coupling_network(in_channels: int, out_channels: int, hidden: int) -> nn.Sequential:
-    """SRFlow's affine network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> conv3x3 initialised to zero."""
-    last = nn.Conv2d(hidden, out_channels, 3, padding=1)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
+    """SRFlow's affine network: conv3x3+actnorm -> ReLU -> conv1x1+actnorm -> ReLU -> zero conv3x3."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, 3, padding=1),
+        ActNormConv2d(in_channels, hidden, 3),
         nn.ReLU(),
-        nn.Conv2d(hidden, hidden, 1),
+        ActNormConv2d(hidden, hidden, 1),
         nn.ReLU(),
-        last,
+        ZeroConv2d(hidden, out_channels),
     )
 
 
@@ -249,7 +265,7 @@ class FlowStep(nn.Module):
 class Split(nn.Module):
     """Factor out the last ``channels // 2`` channels as a latent level with a learned Gaussian prior.
 
-    The prior's mean and log-std come from one zero-initialised 3x3 conv on the kept channels
+    The prior's mean and log-std come from one :class:`ZeroConv2d` on the kept channels
     (concatenated with the condition when ``cond_channels > 0``; SRFlow's models use the kept half
     only), so it starts as N(0, I). The level's latent is the split-off part *standardised by its
     prior*, ``eps = (z_split - mean) / std``: every latent of the flow is then N(0, I) under the model,
@@ -265,9 +281,7 @@ class Split(nn.Module):
         self.split = channels // 2
         self.kept = channels - self.split
         self.cond_channels = cond_channels
-        self.prior_net = nn.Conv2d(self.kept + cond_channels, 2 * self.split, 3, padding=1)
-        nn.init.zeros_(self.prior_net.weight)
-        nn.init.zeros_(self.prior_net.bias)
+        self.prior_net = ZeroConv2d(self.kept + cond_channels, 2 * self.split)
 
     def prior(self, kept: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std) of the split-off channels, each (B, channels // 2, H, W)."""

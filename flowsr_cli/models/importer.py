@@ -1,8 +1,10 @@
-"""Converting original LINF checkpoints (``torch.save`` pickles) into flowsr model files.
+"""Converting original LINF and SRFlow checkpoints (``torch.save`` pickles) into flowsr models.
 
-The original layout is ``{'model': {'name': 'linf' | 'linf-patch', 'args': {...}, 'sd': state_dict}}``
-with keys ``encoder.*``, ``coef.*``, ``freq.*``, ``phase.weight``, ``layers.{0,2,4,6}.*`` (1x1 convs)
-and ``imnet.linears.{i}._weight/bias``, ``imnet.last._weight/bias``. Pickles are opened only with
+SRFlow state dicts are recognised by their ``RRDB.*`` and ``flowUpsamplerNet.*`` keys and converted by
+:mod:`flowsr_cli.models.srflow_import`. The original LINF layout is
+``{'model': {'name': 'linf' | 'linf-patch', 'args': {...}, 'sd': state_dict}}`` with keys ``encoder.*``,
+``coef.*``, ``freq.*``, ``phase.weight``, ``layers.{0,2,4,6}.*`` (1x1 convs) and
+``imnet.linears.{i}._weight/bias``, ``imnet.last._weight/bias``. Pickles are opened only with
 ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
 """
 
@@ -19,6 +21,7 @@ from torch import nn
 
 from flowsr_cli.errors import FlowsrError
 from flowsr_cli.models.registry import make
+from flowsr_cli.models.srflow_import import convert_srflow, find_srflow_state
 
 _ORIGINAL_NAMES = {"linf": 1, "linf-patch": None}
 _IGNORED_ENCODER_PREFIXES = ("encoder.sub_mean.", "encoder.add_mean.")
@@ -27,26 +30,36 @@ _RRDB_NEW = re.compile(r"^encoder\.body\.(\d+)\.rdb([123])\.conv([1-5])\.(weight
 
 
 class CheckpointImportError(FlowsrError):
-    """A checkpoint cannot be converted; the message says what is unrecognised."""
+    """A checkpoint cannot be converted; the message says what is unrecognised (a usage problem: exit 2)."""
+
+    exit_code = 2
 
 
 def _fail(path: Path, problem: str) -> CheckpointImportError:
     return CheckpointImportError(f"{path}: {problem}")
 
 
-def read_original_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``model`` entry of an original checkpoint, loaded without running any pickled code."""
+def load_weights_only(path: str | os.PathLike[str]) -> Any:
+    """A checkpoint's contents, loaded without running any pickled code."""
     location = Path(path)
     try:
-        checkpoint = torch.load(location, map_location="cpu", weights_only=True)
+        return torch.load(location, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise _fail(location, "not found") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
         reason = " ".join(str(exc).split())[:300]
         raise _fail(location, f"cannot be loaded safely as a weights-only checkpoint ({reason})") from None
+
+
+def _linf_entry(path: Path, checkpoint: Any) -> dict[str, Any]:
+    """The ``model`` entry of an original LINF checkpoint."""
     model = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
     if not isinstance(model, Mapping) or not {"name", "sd"} <= set(model):
-        raise _fail(location, "not an original LINF checkpoint (expected {'model': {'name', 'args', 'sd'}})")
+        raise _fail(
+            path,
+            "not an original LINF checkpoint (expected {'model': {'name', 'args', 'sd'}}) "
+            "nor an SRFlow state dict (RRDB.*, flowUpsamplerNet.*)",
+        )
     return dict(model)
 
 
@@ -107,9 +120,16 @@ def _rename(key: str) -> str | None:
 
 
 def convert_original(path: str | os.PathLike[str]) -> nn.Module:
-    """Build a flowsr LINF holding the weights of an original LINF checkpoint."""
+    """Build a flowsr LINF or SRFlow holding the weights of an original LINF or SRFlow checkpoint."""
     location = Path(path)
-    original = read_original_checkpoint(location)
+    checkpoint = load_weights_only(location)
+    srflow_state = find_srflow_state(checkpoint)
+    if srflow_state is not None:
+        try:
+            return convert_srflow(srflow_state)
+        except ValueError as exc:
+            raise _fail(location, f"not an SRFlow checkpoint this flowsr can convert: {exc}") from None
+    original = _linf_entry(location, checkpoint)
     name = original["name"]
     if name not in _ORIGINAL_NAMES:
         raise _fail(location, f"model {name!r} is not LINF ('linf' or 'linf-patch')")

@@ -2,8 +2,8 @@
 
 Conventions (all methods follow them):
 
-* Images are float in [0, 1]. The RRDB conditioner sees the LR unchanged (as in the original code, so
-  ESRGAN/SRFlow RRDB weights keep their meaning); the flow models ``x = HR - 0.5`` (a shift, log-det 0).
+* Images are float in [0, 1], and both the RRDB conditioner and the flow see them unchanged, as in the
+  original code (so SRFlow's weights keep their meaning: ``flowsr models import`` converts them exactly).
 * Levels are numbered from 1 (finest). Level l squeezes to HR / 2^l = LR * 2^(2-l): for the paper's 3
   levels that is 2xLR, LR and LR/2. Each level: squeeze, ``unconditional_steps`` x {actnorm, 1x1 conv},
   ``steps`` x {actnorm, 1x1 conv, affine injector, affine coupling}, then a split if it is in ``split_levels``.
@@ -39,8 +39,6 @@ from flowsr_cli.models.registry import register
 SCALE = 4
 DEQUANTISATION_BINS = 32
 """Uniform dequantisation noise has width 1/32 (SRFlow's ``quant: 32``)."""
-IMAGE_OFFSET = 0.5
-"""The flow models ``HR - 0.5``."""
 
 
 @dataclass
@@ -236,7 +234,7 @@ class SRFlow(nn.Module):
 
     def log_prob(self, hr: torch.Tensor, features: SRFlowFeatures) -> SRFlowLogProb:
         """HR (B, 3, 4h, 4w) in [0, 1] -> log p(HR | LR) in nats per image (continuous density) and its latents."""
-        x = self._padded_hr(hr, features) - IMAGE_OFFSET
+        x = self._padded_hr(hr, features)
         logdet = x.new_zeros(x.shape[0])
         latents = []
         for flow_level, cond in zip(self.flow_levels, features.conditions):
@@ -288,7 +286,7 @@ class SRFlow(nn.Module):
         for flow_level, cond in zip(reversed(self.flow_levels), reversed(features.conditions)):
             x = flow_level.inverse(x, cond, split_latents.pop() if flow_level.split is not None else None)
         height, width = features.lr_size
-        return x[..., : SCALE * height, : SCALE * width] + IMAGE_OFFSET
+        return x[..., : SCALE * height, : SCALE * width]
 
     def forward(
         self, lr: torch.Tensor, temperature: float = 0.9, generator: torch.Generator | None = None
