@@ -253,3 +253,12 @@ def test_prior_objective_adds_the_latent_term(monkeypatch: pytest.MonkeyPatch) -
     with_latent = PriorObjective(model, perceptual, 1.0, 0.1)(lr, hr, 0, generator)
     assert "latent" not in plain and with_latent["latent"] > 0
     assert with_latent["loss"].item() == pytest.approx((with_latent["vgg"] + 0.1 * with_latent["latent"]).item())
+
+
+def test_a_time_budget_alone_is_not_capped_by_the_default_step_count(tmp_path: Path) -> None:
+    assert load_recipe(None, {}).steps == 1000
+    assert load_recipe(None, {"time_budget": 30.0}).steps == 0
+    assert load_recipe(None, {"time_budget": 30.0, "steps": 300}).steps == 300
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text("time_budget = 30.0\n")
+    assert load_recipe(recipe_file, {}).steps == 0

@@ -55,6 +55,7 @@ class Recipe:
     milestones: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     gamma: float = 0.5
     steps: int = 1000
+    """Optimizer steps; with a time budget they only cap it if given explicitly (0: no cap)."""
     time_budget: float = 0.0
     checkpoint_every: int = 200
     val_every: int = 200
@@ -100,6 +101,8 @@ def load_recipe(path: Path | None, overrides: dict[str, Any]) -> Recipe:
     if unknown:
         raise UsageError(f"recipe {path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values.update({key: value for key, value in overrides.items() if value is not None})
+    if values.get("time_budget") and "steps" not in values:
+        values["steps"] = 0
     try:
         recipe = Recipe(**values)
     except TypeError as exc:
