@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Re-trains the bundled `linf` and `linf-lp` models from ../shared/data/train (never data/eval) and
-# exports them in fp16 into flowsr_cli/weights/. About 105 minutes on a 2-core CPU.
+# exports them in fp16 into flowsr_cli/weights/. About 100 minutes on a 2-core CPU.
 # Usage: scripts/train_default_models.sh [RUNS_DIR]   (needs FLOWSR_BACKBONE_DIR for VGG16 weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 runs=${1:-runs}
 data=../shared/data/train
 val=../shared/data/eval/Set5
