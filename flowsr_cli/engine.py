@@ -77,6 +77,63 @@ class UpscalerRequest:
     """Turns model names into files (registry, cache, downloads); None accepts paths only."""
 
 
+def fixed_scale(upscaler: Upscaler) -> int | None:
+    """The one scale a fixed-scale model (SRFlow: 4) produces, or None for any scale."""
+    return getattr(upscaler, "fixed_scale", None)
+
+
+def fixed_scale_error(name: str, scale: int) -> UsageError:
+    """What to tell someone who asks a fixed-scale model for another size."""
+    return UsageError(
+        f"{name} is a fixed ×{scale} model: use --scale {scale}, --model linf-lp for any scale, "
+        f"or --allow-resample to resample its ×{scale} output"
+    )
+
+
+@dataclass
+class ResampledUpscaler:
+    """A fixed-scale upscaler whose output is resized to any size with the MATLAB bicubic (antialiased when
+    shrinking): ``--allow-resample``. Each seed's native output is held in memory as float32."""
+
+    inner: Upscaler
+    scale: int
+    name: str = field(init=False)
+    notes: list[str] = field(init=False)
+    """The wrapped upscaler's name and notes (the same list)."""
+
+    def __post_init__(self) -> None:
+        self.name, self.notes = self.inner.name, self.inner.notes
+
+    @property
+    def stochastic(self) -> bool:
+        """As the wrapped upscaler."""
+        return self.inner.stochastic
+
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        size: Size,
+        sink: TileSink,
+        seeds: Sequence[int] = (0,),
+        progress: ProgressCallback | None = None,
+    ) -> UpscaleReport:
+        """The native ``scale`` x output of every seed, resampled to ``size`` (passed through if it is native)."""
+        from flowsr_cli.resize import resize
+
+        native = Size(self.scale * lr.shape[-1], self.scale * lr.shape[-2])
+        if size == native:
+            return self.inner.upscale(lr, size, sink, seeds, progress)
+        outputs = [torch.empty(1, lr.shape[1], native.height, native.width) for _ in seeds]
+
+        def collect(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
+            outputs[sample][..., rows.start : rows.stop, columns.start : columns.stop] = tile
+
+        report = self.inner.upscale(lr, native, collect, seeds, progress)
+        for sample, output in enumerate(outputs):
+            sink(sample, range(size.height), range(size.width), resize(output, (size.height, size.width)))
+        return report
+
+
 def create_upscaler(request: UpscalerRequest) -> Upscaler:
     """Build the upscaler a request names, on its device."""
     from flowsr_cli.bicubic_engine import BicubicUpscaler
@@ -84,6 +141,7 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
     from flowsr_cli.models import load_model
     from flowsr_cli.models.linf import LINF
     from flowsr_cli.models.linf_lp import LINFLP
+    from flowsr_cli.models.srflow import SRFlow
     from flowsr_cli.prior_engine import LearnedPriorUpscaler
 
     choice = resolve_device(request.device)
@@ -97,14 +155,31 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
         known = ", ".join([BICUBIC, *(request.hub.entries() if request.hub is not None else ())])
         raise UsageError(f"unknown model {request.model!r}; available: {known}, or a path to a .safetensors model")
     model = load_model(path, choice.device)
+    predicts_latents = hasattr(model, "predict_latents")
+    if request.prior == "learned" and not (predicts_latents or isinstance(model, LINFLP)):
+        raise UsageError(f"model {request.model!r} has no learned prior; use --prior gaussian")
+    flow = getattr(model, "flow", model)
+    if isinstance(flow, SRFlow):
+        from flowsr_cli.srflow_engine import SRFlowUpscaler
+
+        return SRFlowUpscaler(
+            flow,
+            choice.device,
+            dtype=resolve_dtype(request.precision, choice.device),
+            temperature=request.temperature,
+            name=request.model,
+            tile=request.tile,
+            tile_pad=request.tile_pad,
+            guard=request.guard,
+            notes=notes,
+            predictor=model if predicts_latents and request.prior != "gaussian" else None,
+        )
     if isinstance(model, LINFLP):
         if request.prior in (None, "learned"):
             return LearnedPriorUpscaler(model, choice.device, name=request.model, tile=request.tile, notes=notes)
         model = model.flow
     elif not isinstance(model, LINF):
         raise UsageError(f"model {request.model!r} is a {model.spec['name']}, which `upscale` cannot run yet")
-    elif request.prior == "learned":
-        raise UsageError(f"model {request.model!r} has no learned prior; use --prior gaussian")
     return FlowUpscaler(
         model,
         choice.device,

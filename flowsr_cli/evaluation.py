@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from flowsr_cli import metrics
-from flowsr_cli.engine import Upscaler
+from flowsr_cli.engine import Upscaler, fixed_scale
 from flowsr_cli.errors import UsageError
 from flowsr_cli.imageio import Image, read_image, write_image
 from flowsr_cli.inputs import walk_images
@@ -104,6 +104,12 @@ def load_dataset(folder: Path, max_images: int | None, max_pixels: int) -> Datas
     return Dataset(folder.name, images)
 
 
+def supports(upscaler: Upscaler, scale: float) -> bool:
+    """Whether ``upscaler`` can produce ``scale`` (a fixed-scale model only its own)."""
+    native = fixed_scale(upscaler)
+    return native is None or scale == native
+
+
 def super_resolve(upscaler: Upscaler, lr: torch.Tensor, size: Size, seed: int) -> torch.Tensor:
     """The raw float output of the engine (not clamped, non-finite values kept)."""
     output = torch.empty(1, 3, size.height, size.width)
@@ -129,20 +135,26 @@ class Evaluation:
 
     def steps(self, datasets: Sequence[Dataset]) -> int:
         """Upscales the whole evaluation performs (for a progress bar)."""
-        per_dataset = sum(self._runs(setting) for setting, _ in self.settings) * len(self.scales)
+        per_dataset = sum(
+            self._runs(setting)
+            for setting, upscaler in self.settings
+            for scale in self.scales
+            if supports(upscaler, scale)
+        )
         return per_dataset * sum(len(dataset.images) for dataset in datasets)
 
     def _runs(self, setting: Setting) -> int:
         return self.runs if setting.stochastic else 1
 
     def run(self, datasets: Sequence[Dataset], advance: Callable[[], None]) -> list[tuple[Setting, Result]]:
-        """Score every setting on every dataset and scale; ``advance`` is called once per upscale."""
+        """Score every setting on every dataset and scale it supports; ``advance`` is called once per upscale."""
         results = []
         for dataset in datasets:
             for scale in self.scales:
                 pairs = [metrics.make_lr(hr, scale) for _, hr in dataset.images]
                 for setting, upscaler in self.settings:
-                    results.append((setting, self._score(dataset, scale, pairs, setting, upscaler, advance)))
+                    if supports(upscaler, scale):
+                        results.append((setting, self._score(dataset, scale, pairs, setting, upscaler, advance)))
         return results
 
     def _score(

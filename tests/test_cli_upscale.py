@@ -270,3 +270,55 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path: Path) -> None:
     assert os.listdir(out) == ["a_small_x2.png"]
     assert image_size(out / "a_small_x2.png") == (16, 16)
     assert b"b_big.png" in result.stderr and b"cannot write" in result.stderr
+
+
+@pytest.fixture
+def srflow_file(tmp_path: Path) -> Path:
+    """A tiny SRFlow model file (fixed ×4)."""
+    from flowsr_cli.models import save_model
+    from tests.test_srflow_engine import sensible_tiny_srflow
+
+    path = tmp_path / "srflow.safetensors"
+    save_model(sensible_tiny_srflow(), path)
+    return path
+
+
+def test_srflow_is_fixed_x4_unless_resampling(run_cli: CliInvoker, tmp_path: Path, srflow_file: Path) -> None:
+    source = make_photo(tmp_path / "a.png", (21, 13))
+    model = ["--model", str(srflow_file), "--temperature", "0"]
+    for size in (["--scale", "3.5"], ["--width", "80"]):
+        refused = run_cli("upscale", str(source), *size, *model)
+        assert refused.exit_code == 2, refused.output
+        message = (
+            f"{srflow_file} is a fixed ×4 model: use --scale 4, --model linf-lp for any scale, or --allow-resample"
+        )
+        assert message in refused.stderr and refused.stderr.count("error:") == 1
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "srflow.safetensors"]
+
+    assert run_cli("upscale", str(source), "--scale", "4", *model).exit_code == 0
+    assert image_size(tmp_path / "a_x4.png") == (84, 52)
+    assert run_cli("upscale", str(source), "--width", "84", *model).exit_code == 0
+    assert image_size(tmp_path / "a_w84.png") == (84, 52)
+
+    resampled = run_cli("upscale", str(source), "--scale", "3.5", *model, "--allow-resample", "--json")
+    assert resampled.exit_code == 0, resampled.output
+    assert json.loads(resampled.stdout)["size_out"] == [74, 46]
+    assert run_cli("upscale", str(source), "--width", "100", *model, "--allow-resample").exit_code == 0
+    assert image_size(tmp_path / "a_w100.png") == (100, 62)
+
+    import torch
+
+    from flowsr_cli.engine import UpscalerRequest, create_upscaler
+    from flowsr_cli.pipeline import pixels_to_tensor, tensor_to_pixels
+    from flowsr_cli.resize import resize
+    from flowsr_cli.sizing import Size
+
+    native = torch.empty(1, 3, 52, 84)
+
+    def sink(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
+        native[..., rows.start : rows.stop, columns.start : columns.stop] = tile
+
+    lr = pixels_to_tensor(np.asarray(PILImage.open(source)))
+    create_upscaler(UpscalerRequest(str(srflow_file), device="cpu", temperature=0.0)).upscale(lr, Size(84, 52), sink)
+    expected = tensor_to_pixels(resize(native, (46, 74)), np.dtype(np.uint8))
+    assert np.array_equal(np.asarray(PILImage.open(tmp_path / "a_x3.5.png")), expected), "the float ×4 output, resized"

@@ -78,6 +78,39 @@ def test_inf_rate_counts_raw_non_finite_outputs(run_cli: CliInvoker, tmp_path: P
     assert row["inf_rate"] == 1.0
 
 
+def test_srflow_is_scored_at_x4_only_per_temperature_with_its_inf_rate(run_cli: CliInvoker, tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    from tests.test_srflow_engine import sensible_tiny_srflow
+
+    model = str(tmp_path / "srflow.safetensors")
+    save_model(sensible_tiny_srflow(), model)
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for name in ("baby", "bird"):
+        PILImage.open(SET5 / f"{name}.png").crop((40, 40, 112, 104)).save(folder / f"{name}.png")
+    out = tmp_path / "r.json"
+    result = run_cli(
+        "eval", str(folder), "--model", model, "--scales", "2,4", "--temperatures", "0,0.8", "--runs", "2",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "srflow.safetensors is a fixed ×4 model: skipped at ×2" in result.stderr.replace("\n", "")
+    rows = json.loads(out.read_text())["results"]
+    assert [(row["scale"], row["prior"], row["temperature"]) for row in rows] == [
+        (2.0, "bicubic", None), (4.0, "bicubic", None), (4.0, "gaussian", 0.0), (4.0, "gaussian", 0.8),
+    ]  # fmt: skip
+    mode, sampled = rows[2], rows[3]
+    assert mode["runs"] == 1 and mode["diversity"] is None
+    assert sampled["runs"] == 2 and sampled["diversity"] > 0
+    assert all(row["images"] == 2 and row["inf_rate"] == 0.0 and row["model"] == model for row in rows[2:])
+    assert "τ=0.8" in result.stdout and "–" in result.stdout  # no srflow cells at ×2
+
+    refused = run_cli("eval", str(folder), "--model", model, "--scales", "2,3")
+    assert refused.exit_code == 2
+    assert "srflow.safetensors is a fixed ×4 model: include 4 in --scales" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

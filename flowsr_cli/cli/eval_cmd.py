@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flowsr_cli.cli.console import printable, stderr_console
+from flowsr_cli.cli.console import printable, report_note, stderr_console
 from flowsr_cli.config import Settings
 from flowsr_cli.errors import UsageError
 
@@ -78,9 +78,11 @@ def eval_command(
     from flowsr_cli.evaluation import Evaluation, load_dataset
     from flowsr_cli.metrics import LPIPS
 
+    chosen = _build_settings(models, prior, temperature_list, baseline == "bicubic", settings)
+    _check_fixed_scales(chosen, scale_list)
     loaded = [load_dataset(folder, max_images, settings["max_pixels"]) for folder in datasets]
     evaluation = Evaluation(
-        settings=_build_settings(models, prior, temperature_list, baseline == "bicubic", settings),
+        settings=chosen,
         scales=scale_list,
         runs=runs,
         seed=seed,
@@ -103,6 +105,7 @@ def _build_settings(
     from flowsr_cli.evaluation import Setting
     from flowsr_cli.flow_engine import FlowUpscaler
     from flowsr_cli.hub import Hub
+    from flowsr_cli.srflow_engine import SRFlowUpscaler
 
     hub = Hub(settings) if models else None
     chosen: list[tuple[Setting, Upscaler]] = []
@@ -120,7 +123,10 @@ def _build_settings(
             hub=hub,
         )
         upscaler = create_upscaler(request)
-        if not isinstance(upscaler, FlowUpscaler):
+        gaussian = isinstance(upscaler, FlowUpscaler) or (
+            isinstance(upscaler, SRFlowUpscaler) and upscaler.predictor is None
+        )
+        if not gaussian:
             chosen.append((Setting(model, "learned"), upscaler))
             continue
         for temperature in temperatures:
@@ -128,6 +134,23 @@ def _build_settings(
                 (Setting(model, "gaussian", temperature), dataclasses.replace(upscaler, temperature=temperature))
             )
     return chosen
+
+
+def _check_fixed_scales(chosen: list[tuple[Setting, Upscaler]], scales: list[float]) -> None:
+    """A fixed-scale model (SRFlow: x4) is scored at its own scale only: the others are skipped with a note,
+    so one run still compares it with any-scale models; with its scale missing from --scales, a usage error."""
+    from flowsr_cli.engine import fixed_scale
+    from flowsr_cli.sizing import format_scale
+
+    natives = {setting.model: fixed_scale(upscaler) for setting, upscaler in chosen}
+    for model, native in natives.items():
+        if native is None:
+            continue
+        if native not in scales:
+            raise UsageError(f"{model} is a fixed ×{native} model: include {native} in --scales")
+        skipped = [f"×{format_scale(scale)}" for scale in scales if scale != native]
+        if skipped:
+            report_note(f"{model} is a fixed ×{native} model: skipped at {', '.join(skipped)}")
 
 
 def _run_with_progress(evaluation: Evaluation, datasets: list[Dataset]) -> list[tuple[Setting, Result]]:
@@ -169,7 +192,10 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
         }
         cells = [dataset, f"×{scale:g}"]
         for label in setting_labels:
-            result = by_label[label]
+            result = by_label.get(label)
+            if result is None:  # a fixed-scale model at another scale
+                cells.extend(["–"] * (len(shown) + 1))
+                continue
             for key, _, digits in shown:
                 value = getattr(result, key)
                 text = f"{value:.{digits}f}"

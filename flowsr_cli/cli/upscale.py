@@ -80,7 +80,7 @@ def upscale(
     tile_pad: str | None = typer.Option(
         None,
         "--tile-pad",
-        help="Context around tiles in input pixels; auto = the model's receptive field (config: tile_pad).",
+        help="Context around tiles in input pixels; auto = the model's reach, 16 for SRFlow (config: tile_pad).",
         rich_help_panel=_MODEL,
     ),
     prior: Prior | None = typer.Option(
@@ -96,6 +96,12 @@ def upscale(
         "-t",
         min=0.0,
         help="Gaussian prior temperature T; 0 gives the mode-like, sharpest-PSNR output.",
+        rich_help_panel=_MODEL,
+    ),
+    allow_resample: bool = typer.Option(
+        False,
+        "--allow-resample",
+        help="Let a fixed-scale model (SRFlow: ×4) give any size: its own output, resized with bicubic.",
         rich_help_panel=_MODEL,
     ),
     seed: int = typer.Option(
@@ -205,6 +211,7 @@ def upscale(
         request,
         prior=prior,
         temperature=temperature,
+        allow_resample=allow_resample,
         seed=seed,
         samples=samples,
         overwrite=overwrite,
@@ -238,6 +245,7 @@ def _run(
     *,
     prior: Prior | None,
     temperature: float,
+    allow_resample: bool,
     seed: int,
     samples: int,
     overwrite: bool,
@@ -262,9 +270,14 @@ def _run(
         reporter.report_problem(argument, reason)
 
     def make_upscaler() -> Upscaler:
-        from flowsr_cli.engine import create_upscaler
+        from flowsr_cli.engine import ResampledUpscaler, create_upscaler, fixed_scale, fixed_scale_error
 
         upscaler = create_upscaler(_upscaler_request(settings, prior, temperature))
+        native = fixed_scale(upscaler)
+        if native is not None and allow_resample:
+            upscaler = ResampledUpscaler(upscaler, native)
+        elif native is not None and request.scale not in (None, native):
+            raise fixed_scale_error(upscaler.name, native)
         if samples > 1 and not upscaler.stochastic:
             raise UsageError(
                 f"--samples {samples}: {upscaler.name} gives one output per input; sampling needs a flow model "
