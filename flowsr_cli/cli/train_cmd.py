@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from flowsr_cli.data import Batch
-    from flowsr_cli.models.linf import LINF
-    from flowsr_cli.models.linf_lp import LINFLP
     from flowsr_cli.train.distributed import Cluster
     from flowsr_cli.train.recipe import Recipe
 
@@ -49,17 +47,27 @@ def _overrides(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _device_and_cluster(device_setting: str | None) -> tuple[Settings, torch.device, Cluster]:
+def _device_and_cluster(settings: Settings) -> tuple[torch.device, Cluster]:
     from flowsr_cli.device import resolve_device
     from flowsr_cli.train.distributed import join_cluster, local_device
 
-    settings = Settings({"device": device_setting})
     choice = resolve_device(settings["device"])
     cluster = join_cluster(choice.device)
     device = local_device(choice.device, cluster)
     if choice.note and cluster.is_main:
         report_note(choice.note)
-    return settings, device, cluster
+    return device, cluster
+
+
+def _model_file(settings: Settings, model: str, option: str) -> tuple[Path, str]:
+    """The file a --flow/--init value names and the architecture (spec name) of the model in it."""
+    from flowsr_cli.hub import Hub
+    from flowsr_cli.models import read_model_metadata
+
+    path = Hub(settings).resolve(model)
+    if path is None:
+        raise UsageError(f"{option} {model!r}: no such model file or named model")
+    return path, str(read_model_metadata(path)["spec"].get("name"))
 
 
 def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) -> Callable[[int], Iterable[Batch]]:
@@ -92,13 +100,23 @@ def _validator(
     from flowsr_cli.evaluation import Evaluation, Setting, load_dataset
     from flowsr_cli.flow_engine import FlowUpscaler
     from flowsr_cli.models.linf_lp import LINFLP
+    from flowsr_cli.models.srflow import SRFlow
+    from flowsr_cli.models.srflow_lp import SRFlowLP
     from flowsr_cli.prior_engine import LearnedPriorUpscaler
+    from flowsr_cli.srflow_engine import SRFlowUpscaler
 
     dataset = load_dataset(folder, recipe.val_images, settings["max_pixels"])
 
     def validate() -> dict[str, float]:
         if isinstance(model, LINFLP):
             setting, upscaler = Setting("model", "learned"), LearnedPriorUpscaler(model, device, "validation")
+        elif isinstance(model, (SRFlow, SRFlowLP)):
+            predictor = model if isinstance(model, SRFlowLP) else None
+            setting = Setting("model", "gaussian", 0.0) if predictor is None else Setting("model", "learned")
+            flow = model if predictor is None else predictor.flow
+            upscaler = SRFlowUpscaler(
+                flow, device, torch.float32, 0.0, "validation", tile=0, guard=False, predictor=predictor
+            )
         else:
             setting = Setting("model", "gaussian", 0.0)
             upscaler = FlowUpscaler(model, device, torch.float32, 0.0, "validation", tile=0, guard=False)
@@ -110,7 +128,7 @@ def _validator(
 
 
 def _train(
-    model: LINF | LINFLP,
+    model: nn.Module,
     objective: nn.Module,
     recipe: Recipe,
     data: list[Path],
@@ -125,11 +143,13 @@ def _train(
     from flowsr_cli.train.distributed import leave_cluster
     from flowsr_cli.train.loop import RunFiles, Trainer
 
+    fixed_scale = getattr(model, "scale", None)  # SRFlow (-LP): 4, with HR crops exactly 4x the LR; LINF: none
+    multiple = fixed_scale or model.patch_size
     trainer = Trainer(
         model,
         objective,
         recipe,
-        _batches(data, recipe, model.patch_size, cluster),
+        _batches(data, recipe, multiple, cluster),
         RunFiles(out),
         cluster,
         device,
@@ -140,14 +160,17 @@ def _train(
     finally:
         leave_cluster(cluster)
     if cluster.is_main:
-        typer.echo(f"model: {printable(exported)}  (use: flowsr upscale IMAGE -s 3.5 --model {printable(exported)})")
+        usage = f"flowsr upscale IMAGE -s {fixed_scale or 3.5} --model {printable(exported)}"
+        typer.echo(f"model: {printable(exported)}  (use: {usage})")
 
 
 @train_app.command("flow")
 def train_flow(
     data: list[Path] = DATA_ARGUMENT,
     out: Path = OUT_OPTION,
-    arch: str | None = typer.Option(None, "--arch", help="linf-small (default), linf-edsr or linf-rrdb."),
+    arch: str | None = typer.Option(
+        None, "--arch", help="linf-small (default), linf-edsr, linf-rrdb, or SRFlow (x4 only): srflow-small or srflow."
+    ),
     recipe_file: Path | None = RECIPE_OPTION,
     steps: int | None = STEPS_OPTION,
     time_budget: float | None = BUDGET_OPTION,
@@ -163,42 +186,42 @@ def train_flow(
     val: Path | None = VAL_OPTION,
     device: str | None = DEVICE_OPTION,
 ) -> None:
-    """Train a LINF flow (stage 1: NLL; --finetune: stage 2) and export out/model.safetensors."""
-    from flowsr_cli.train.recipe import ARCHITECTURES, load_recipe
+    """Train a flow and export out/model.safetensors: LINF (stage 1: NLL; --finetune: stage 2) or SRFlow
+    (NLL in bits per pixel, x4)."""
+    from flowsr_cli.train.recipe import ARCHITECTURES, DEFAULT_ARCHITECTURES, load_recipe
 
+    settings = Settings({"device": device})
+    init_path, family = _model_file(settings, init, "--init") if init is not None else (None, None)
     recipe = load_recipe(
         recipe_file,
         _overrides(
             arch=arch, steps=steps, time_budget=time_budget, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, workers=workers, finetune=finetune,
         ),
+        {"arch": DEFAULT_ARCHITECTURES[family]} if family in DEFAULT_ARCHITECTURES else None,
     )  # fmt: skip
-    if init is None and recipe.arch not in ARCHITECTURES:
+    if recipe.arch not in ARCHITECTURES:
         raise UsageError(f"--arch {recipe.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-    settings, device_, cluster = _device_and_cluster(device)
+    if family is not None and family != ARCHITECTURES[recipe.arch]["name"]:
+        raise UsageError(f"--init {init}: a {family} model, but --arch {recipe.arch} is not a {family} flow")
+    device_, cluster = _device_and_cluster(settings)
 
     import torch
 
-    from flowsr_cli.hub import Hub
     from flowsr_cli.models import load_model, make
-    from flowsr_cli.models.linf import LINF
-    from flowsr_cli.train.objectives import FlowObjective
+    from flowsr_cli.models.srflow import SRFlow
+    from flowsr_cli.train.objectives import FlowObjective, SRFlowObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
     torch.manual_seed(recipe.seed)
-    if init is not None:
-        init_path = Hub(settings).resolve(init)
-        if init_path is None:
-            raise UsageError(f"--init {init!r}: no such model file or named model")
-        model = load_model(init_path, device_)
+    model = load_model(init_path, device_) if init_path is not None else make(ARCHITECTURES[recipe.arch]).to(device_)
+    if isinstance(model, SRFlow):
+        objective: nn.Module = SRFlowObjective(model.train())
     else:
-        model = make(ARCHITECTURES[recipe.arch]).to(device_)
-    if not isinstance(model, LINF):
-        raise UsageError(f"--init {init}: not a LINF flow model")
-    perceptual = VGGPerceptualLoss(device_) if recipe.finetune and recipe.vgg_weight > 0 else None
-    objective = FlowObjective(
-        model.train(), recipe.queries, recipe.finetune, recipe.finetune_nll_weight, perceptual, recipe.vgg_weight
-    )
+        perceptual = VGGPerceptualLoss(device_) if recipe.finetune and recipe.vgg_weight > 0 else None
+        objective = FlowObjective(
+            model.train(), recipe.queries, recipe.finetune, recipe.finetune_nll_weight, perceptual, recipe.vgg_weight
+        )
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)
 
 
@@ -207,7 +230,11 @@ def train_prior(
     data: list[Path] = DATA_ARGUMENT,
     flow: str = typer.Option(..., "--flow", help="The trained flow (model file or name); it stays frozen."),
     out: Path = OUT_OPTION,
-    arch: str | None = typer.Option(None, "--arch", help="lp-small (default) or lp (the paper's ~4.6 M)."),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help="LINF: lp-small (default) or lp (the paper's); SRFlow: srflow-lp-small (default) or srflow-lp.",
+    ),
     recipe_file: Path | None = RECIPE_OPTION,
     steps: int | None = STEPS_OPTION,
     time_budget: float | None = BUDGET_OPTION,
@@ -216,42 +243,44 @@ def train_prior(
     seed: int | None = SEED_OPTION,
     workers: int | None = WORKERS_OPTION,
     latent_weight: float | None = typer.Option(
-        None, "--latent-weight", help="λ of the latent L1 term (0 for LINF, 0.1 for SRFlow in the paper)."
+        None, "--latent-weight", help="λ of the latent L1 term (default: 0 for LINF, 0.1 for SRFlow, as the paper)."
     ),
     resume: Path | None = RESUME_OPTION,
     val: Path | None = VAL_OPTION,
     device: str | None = DEVICE_OPTION,
 ) -> None:
-    """Train the learned-prior latent module on a frozen flow; export flow + prior as one model."""
-    from flowsr_cli.train.recipe import PRIORS, load_recipe
+    """Train the learned-prior latent module on a frozen flow (LINF or SRFlow); export flow + prior as one model."""
+    from flowsr_cli.train.recipe import DEFAULT_PRIORS, PRIORS, load_recipe
 
+    settings = Settings({"device": device})
+    flow_path, family = _model_file(settings, flow, "--flow")
+    if family not in DEFAULT_PRIORS:
+        raise UsageError(f"--flow {flow}: a {family} model, not a flow ({' or '.join(DEFAULT_PRIORS)})")
     recipe = load_recipe(
         recipe_file,
         _overrides(
-            arch=arch or "lp-small", steps=steps, time_budget=time_budget, batch_size=batch_size,
+            arch=arch, steps=steps, time_budget=time_budget, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, workers=workers, latent_weight=latent_weight,
         ),
+        {"arch": DEFAULT_PRIORS[family]},
     )  # fmt: skip
-    if recipe.arch not in PRIORS:
-        raise UsageError(f"--arch {recipe.arch!r}: choose one of {', '.join(PRIORS)}")
-    settings, device_, cluster = _device_and_cluster(device)
+    fitting = [name for name, entry in PRIORS.items() if entry["flow"] == family]
+    if recipe.arch not in fitting:
+        raise UsageError(f"--arch {recipe.arch!r}: for a {family} flow choose one of {', '.join(fitting)}")
+    device_, cluster = _device_and_cluster(settings)
 
     import torch
 
-    from flowsr_cli.hub import Hub
     from flowsr_cli.models import load_model, make
-    from flowsr_cli.models.linf import LINF
-    from flowsr_cli.train.objectives import PriorObjective
+    from flowsr_cli.models.srflow_lp import SRFlowLP
+    from flowsr_cli.train.objectives import PriorObjective, SRFlowPriorObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
-    flow_path = Hub(settings).resolve(flow)
-    if flow_path is None:
-        raise UsageError(f"--flow {flow!r}: no such model file or imported model")
     frozen = load_model(flow_path, device_)
-    if not isinstance(frozen, LINF):
-        raise UsageError(f"--flow {flow}: not a LINF flow model")
     torch.manual_seed(recipe.seed)
-    model = make({"name": "linf-lp", "args": {"flow": frozen.spec, "latent": PRIORS[recipe.arch]}}).to(device_)
+    prior = PRIORS[recipe.arch]
+    model = make({"name": prior["name"], "args": {"flow": frozen.spec, "latent": prior["latent"]}}).to(device_)
     model.flow.load_state_dict(frozen.state_dict())
-    objective = PriorObjective(model, VGGPerceptualLoss(device_), recipe.vgg_weight or 1.0, recipe.latent_weight)
+    objective_type = SRFlowPriorObjective if isinstance(model, SRFlowLP) else PriorObjective
+    objective = objective_type(model, VGGPerceptualLoss(device_), recipe.vgg_weight or 1.0, recipe.latent_weight)
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)

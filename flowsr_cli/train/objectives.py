@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flowsr_cli.models.flow_layers import ActNorm
 from flowsr_cli.models.linf import LINF, LatentSource
 from flowsr_cli.models.linf_lp import LINFLP
+from flowsr_cli.models.srflow import SRFlow
+from flowsr_cli.models.srflow_lp import SRFlowLP
 from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
 
@@ -86,5 +89,80 @@ class PriorObjective(nn.Module):
             with torch.no_grad():
                 z_hr = self.model.latent_of(features, hr)
             losses["latent"] = (z_hat - z_hr).abs().mean()
+            losses["loss"] = losses["loss"] + self.latent_weight * losses["latent"]
+        return losses
+
+
+def to_unit(image: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] (the training loop's range) -> [0, 1] (SRFlow's), in float32."""
+    return (image.float() + 1) / 2
+
+
+class SRFlowObjective(nn.Module):
+    """SRFlow: NLL in bits per HR pixel with uniform dequantisation (its only training stage here).
+
+    The flow runs in float32 outside autocast. Before the first step of a fresh model, one no-grad pass
+    initialises the ActNorms from this batch (Glow's data-dependent init); under DDP every rank then
+    takes rank 0's parameters, so all ranks hold the same model (DDP only aligns them at its start)."""
+
+    def __init__(self, model: SRFlow) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Losses for one batch (LR and HR in [-1, 1], HR exactly 4x the LR)."""
+        lr, hr = to_unit(lr), to_unit(hr)
+        with torch.autocast(lr.device.type, enabled=False):
+            if self.training and not all(bool(layer.initialized) for layer in self._actnorms()):
+                self._initialise_actnorms(lr, hr)
+            nll = self.model.nll_bits_per_pixel(hr, lr, generator=generator)
+        return {"loss": nll, "nll": nll}
+
+    def _actnorms(self) -> list[ActNorm]:
+        return [layer for layer in self.model.modules() if isinstance(layer, ActNorm)]
+
+    @torch.no_grad()
+    def _initialise_actnorms(self, lr: torch.Tensor, hr: torch.Tensor) -> None:
+        self.model.log_prob(hr, self.model.encode(lr))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for layer in self._actnorms():
+                torch.distributed.broadcast(layer.bias, src=0)
+                torch.distributed.broadcast(layer.log_scale, src=0)
+
+
+class SRFlowPriorObjective(nn.Module):
+    """SRFlow-LP with the flow frozen: VGG perceptual loss of the output plus ``latent_weight`` x
+    L1(z_hat, z_HR) over all latent levels, z_HR being the flow's latents of the true HR (the paper: 0.1)."""
+
+    def __init__(
+        self,
+        model: SRFlowLP,
+        perceptual: VGGPerceptualLoss,
+        perceptual_weight: float = 1.0,
+        latent_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
+        self.latent_weight = latent_weight
+
+    def forward(
+        self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Losses for one batch (LR and HR in [-1, 1], HR exactly 4x the LR)."""
+        unit_lr = to_unit(lr)
+        with torch.no_grad():
+            features = self.model.encode(unit_lr)
+        z_hat = self.model.predict_latents(features, unit_lr)
+        output = self.model.render_latents(features, z_hat) * 2 - 1
+        vgg = self.perceptual(output, hr)
+        losses = {"vgg": vgg, "l1": (output - hr).abs().mean().detach(), "loss": self.perceptual_weight * vgg}
+        if self.latent_weight > 0:
+            with torch.no_grad():
+                z_hr = self.model.latents_of(features, to_unit(hr))
+            losses["latent"] = torch.cat([(a.float() - b).abs().flatten(1) for a, b in zip(z_hat, z_hr)], 1).mean()
             losses["loss"] = losses["loss"] + self.latent_weight * losses["latent"]
         return losses

@@ -30,14 +30,53 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             "flow_layers": 10,
         },
     },
+    "srflow": {
+        "name": "srflow",
+        "args": {"rrdb_blocks": 23, "rrdb_channels": 64, "feature_blocks": [1, 8, 15, 22], "steps": 16, "hidden": 64},
+    },
+    "srflow-small": {
+        "name": "srflow",
+        "args": {
+            "rrdb_blocks": 8,
+            "rrdb_channels": 32,
+            "growth": 16,
+            "feature_blocks": [1, 3, 5, 7],
+            "steps": 4,
+            "hidden": 32,
+        },
+    },
 }
-"""Named flow architectures: the paper's EDSR-baseline and RRDB LINF (3x3 patches), and a CPU-sized one."""
+"""Named flow architectures: the paper's EDSR-baseline and RRDB LINF (3x3 patches), the paper's SRFlow
+(~39.5 M parameters), and CPU-sized ones of both."""
 
+_SMALL_LATENT = {"branch_channels": 16, "growth": 16, "widths": [32, 64, 128, 128]}
 PRIORS: dict[str, dict[str, Any]] = {
-    "lp": {"name": "lp-latent", "args": {}},
-    "lp-small": {"name": "lp-latent", "args": {"branch_channels": 16, "growth": 16, "widths": [32, 64, 128, 128]}},
+    "lp": {"name": "linf-lp", "flow": "linf", "latent": {"name": "lp-latent", "args": {}}},
+    "lp-small": {"name": "linf-lp", "flow": "linf", "latent": {"name": "lp-latent", "args": _SMALL_LATENT}},
+    "srflow-lp": {"name": "srflow-lp", "flow": "srflow", "latent": {}},
+    "srflow-lp-small": {"name": "srflow-lp", "flow": "srflow", "latent": _SMALL_LATENT},
 }
-"""Named latent-module sizes: the paper's (~4.6 M parameters) and a CPU-sized one."""
+"""Named learned priors: the model they make, the flow they need and their latent module's sizes, the
+paper's (LINF's ~4.6 M parameters; SRFlow's ~10 M, one UNet per latent level) and CPU-sized ones."""
+
+DEFAULT_ARCHITECTURES = {"linf": "linf-small", "srflow": "srflow-small"}
+"""The --arch of `train flow --init` for each flow family (spec name)."""
+DEFAULT_PRIORS = {"linf": "lp-small", "srflow": "srflow-lp-small"}
+"""The --arch of `train prior` for each flow family (spec name)."""
+FIXED_SCALES = {"srflow": 4.0, "srflow-lp": 4.0}
+"""Models (spec names) that train at one scale only: SRFlow is x4 (``flowsr_cli.models.srflow.SCALE``)."""
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "srflow": {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0},
+    "srflow-lp": {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0, "latent_weight": 0.1},
+}
+"""Recipe values a model's architectures default to (under the recipe file and the flags): SRFlow's
+scale, and the paper's latent L1 weight for SRFlow-LP (LINF-LP keeps 0)."""
+
+
+def model_name(arch: str) -> str | None:
+    """The spec name an architecture or prior builds ("linf", "srflow", "linf-lp", "srflow-lp"), None if unknown."""
+    entry = (ARCHITECTURES.get(arch) or PRIORS.get(arch)) if isinstance(arch, str) else None
+    return entry["name"] if entry is not None else None
 
 
 @dataclass
@@ -84,10 +123,20 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise UsageError(f"recipe: {message}")
+        scale = FIXED_SCALES.get(model_name(self.arch))
+        if scale is not None and not self.scale_min == self.scale_max == self.val_scale == scale:
+            raise UsageError(
+                f"recipe: {self.arch} trains at x{scale:g} only: scale_min, scale_max and val_scale must be "
+                f"{scale:g} (got {self.scale_min:g}, {self.scale_max:g} and {self.val_scale:g})"
+            )
+        if scale is not None and self.finetune:
+            raise UsageError(f"recipe: finetune (--finetune) is LINF's stage 2; {self.arch} has none")
 
 
-def load_recipe(path: Path | None, overrides: dict[str, Any]) -> Recipe:
-    """The recipe from ``path`` (TOML, flat keys) with non-None ``overrides`` applied, validated."""
+def load_recipe(path: Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None) -> Recipe:
+    """The recipe from ``path`` (TOML, flat keys) with non-None ``overrides`` applied, validated.
+
+    ``defaults`` and then the architecture's :data:`FAMILY_DEFAULTS` fill in what neither gives."""
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -101,6 +150,8 @@ def load_recipe(path: Path | None, overrides: dict[str, Any]) -> Recipe:
     if unknown:
         raise UsageError(f"recipe {path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values.update({key: value for key, value in overrides.items() if value is not None})
+    values = {**(defaults or {}), **values}
+    values = {**FAMILY_DEFAULTS.get(model_name(values.get("arch", Recipe.arch)), {}), **values}
     if values.get("time_budget") and "steps" not in values:
         values["steps"] = 0
     try:
