@@ -145,7 +145,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "model",
             _model_name,
-            "bicubic",
+            "linf-lp",
             "Model used by `upscale` (a registry name or a .safetensors path).",
             "a model name or path",
         ),

@@ -17,10 +17,13 @@ SHARED = REPO_ROOT.parent / "shared"
 
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private config file path (not created), a private cache dir and no other FLOWSR_* settings."""
+    """A private config file path (not created), a private cache dir and no other FLOWSR_* settings,
+    except FLOWSR_MODEL=bicubic: tests of the CLI's plumbing run the instant baseline instead of the
+    default model (tests of the default model delete it)."""
     for name in list(os.environ):
         if name.startswith("FLOWSR_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("FLOWSR_MODEL", "bicubic")
     config_file = tmp_path_factory.mktemp("config") / "config.toml"
     monkeypatch.setenv("FLOWSR_CONFIG", str(config_file))
     monkeypatch.setenv("FLOWSR_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -1,0 +1,88 @@
+"""The models that ship inside flowsr: registered, intact, loadable, and `flowsr upscale` with no
+flags uses `linf-lp` offline and gives a sharper image than bicubic."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flowsr_cli import metrics
+from flowsr_cli.models import load_model
+from flowsr_cli.models.checkpoint import read_model_metadata
+from flowsr_cli.models.linf import LINF
+from flowsr_cli.models.linf_lp import LINFLP
+from flowsr_cli.pipeline import pixels_to_tensor
+from tests.conftest import SHARED, CliInvoker
+
+BUNDLED = {"linf": LINF, "linf-lp": LINFLP}
+
+
+def registry() -> dict[str, dict[str, object]]:
+    return json.loads(resources.files("flowsr_cli").joinpath("registry.json").read_text(encoding="utf-8"))["models"]
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_bundled_model_is_registered_small_fp16_and_loads(name: str) -> None:
+    entry = registry()[name]
+    path = Path(str(resources.files("flowsr_cli").joinpath(str(entry["bundled"]))))
+    assert path.stat().st_size == entry["size"] < 8_000_000
+    from safetensors.torch import load_file
+
+    floating = [tensor for tensor in load_file(str(path)).values() if tensor.is_floating_point()]
+    assert floating and all(tensor.dtype == torch.float16 for tensor in floating)
+    assert "spec" in read_model_metadata(path)
+    model = load_model(path)
+    assert isinstance(model, BUNDLED[name])
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+
+
+def test_models_verify_and_list_show_the_bundled_models(run_cli: CliInvoker) -> None:
+    verified = run_cli("models", "verify")
+    assert verified.exit_code == 0, verified.output
+    for name in BUNDLED:
+        assert f"{name}: ok" in verified.output
+    listed = run_cli("models", "list")
+    assert "linf-lp" in listed.output and "bundled" in listed.output
+
+
+def test_the_default_model_is_linf_lp(run_cli: CliInvoker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOWSR_MODEL")
+    assert run_cli("config", "get", "model").output.strip() == "linf-lp"
+
+
+def gradient_energy(image: torch.Tensor) -> float:
+    """Mean squared horizontal and vertical differences: how much fine detail an image has."""
+    return float((image.diff(dim=-1) ** 2).mean() + (image.diff(dim=-2) ** 2).mean())
+
+
+def test_upscale_with_no_flags_is_offline_and_sharper_than_bicubic(
+    run_cli: CliInvoker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FLOWSR_MODEL")
+    monkeypatch.setenv("FLOWSR_OFFLINE", "1")
+    with Image.open(SHARED / "data" / "eval" / "Set14" / "baboon.png") as photo:
+        hr = pixels_to_tensor(np.asarray(photo.convert("RGB").crop((100, 100, 240, 240))))
+    _, lr = metrics.make_lr(hr, 3.5)
+    source = tmp_path / "photo.png"
+    Image.fromarray(np.round(lr[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(source)
+
+    result = run_cli("upscale", str(source), "--scale", "3.5")
+    assert result.exit_code == 0, result.output
+    assert (
+        run_cli("upscale", str(source), "--scale", "3.5", "--model", "bicubic", "--suffix", "_bicubic").exit_code == 0
+    )
+
+    def load(name: str) -> torch.Tensor:
+        with Image.open(tmp_path / name) as output:
+            assert output.size == (140, 140)
+            return pixels_to_tensor(np.asarray(output.convert("RGB")))
+
+    default, bicubic = load("photo_x3.5.png"), load("photo_bicubic.png")
+    assert gradient_energy(default) > 1.2 * gradient_energy(bicubic)
+    assert metrics.lr_psnr(default, lr, 3.5) > 30.0
