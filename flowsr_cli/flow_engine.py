@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flowsr_cli.engine import ProgressCallback, TileSink, UpscaleReport
-from flowsr_cli.errors import FlowsrError
-from flowsr_cli.memory import MIN_TILE, available_memory, choose_tile
+from flowsr_cli.memory import available_memory, choose_tile, halve_tile_on_oom
 from flowsr_cli.models.linf import LINF, LRFeatures
 from flowsr_cli.sampling import gaussian_latent
 from flowsr_cli.sizing import Size
@@ -70,20 +69,18 @@ class FlowUpscaler:
         progress: ProgressCallback | None = None,
     ) -> UpscaleReport:
         """Every seed's image, tile by tile; on CUDA out-of-memory the tile is halved and the image redone."""
-        tile = self._tile_size(lr, size)
-        while True:
+
+        def attempt(tile: int) -> UpscaleReport:
             report = UpscaleReport()
-            try:
-                self._upscale_tiles(lr, size, sink, seeds, tile, progress, report)
-                return report
-            except torch.cuda.OutOfMemoryError:
-                smaller = (tile if tile > 0 else max(lr.shape[-2:])) // 2
-                if smaller < MIN_TILE:
-                    raise FlowsrError(f"out of GPU memory even with {MIN_TILE}-pixel tiles; try --device cpu") from None
-                torch.cuda.empty_cache()
-                if self._reduced_tile is None:
-                    self.notes.append(f"GPU out of memory: continuing with {smaller}-pixel tiles")
-                self._reduced_tile = tile = smaller
+            self._upscale_tiles(lr, size, sink, seeds, tile, progress, report)
+            return report
+
+        report, reduced = halve_tile_on_oom(
+            attempt, self._tile_size(lr, size), max(lr.shape[-2:]), self.notes, self._reduced_tile is not None
+        )
+        if reduced is not None:
+            self._reduced_tile = reduced
+        return report
 
     def _upscale_tiles(
         self,

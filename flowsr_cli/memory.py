@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+from flowsr_cli.errors import FlowsrError
+
+Result = TypeVar("Result")
 
 SAFETY_FACTOR = 0.5
 """Share of the free memory a tile may plan to use (the rest covers estimate error and other work)."""
@@ -36,3 +42,22 @@ def choose_tile(free_bytes: int, bytes_per_input_pixel: float, halo: int) -> int
     budget = free_bytes * SAFETY_FACTOR
     side = math.floor(math.sqrt(max(budget, 0) / bytes_per_input_pixel)) - 2 * halo
     return max(MIN_TILE, min(MAX_TILE, side))
+
+
+def halve_tile_on_oom(
+    attempt: Callable[[int], Result], tile: int, longest_side: int, notes: list[str], already_reduced: bool
+) -> tuple[Result, int | None]:
+    """``attempt(tile)``, halving the tile after each CUDA out-of-memory error (noted once, unless
+    ``already_reduced``). Returns the result and the smaller tile it ended with (None if it never shrank)."""
+    reduced = None
+    while True:
+        try:
+            return attempt(tile), reduced
+        except torch.cuda.OutOfMemoryError:
+            smaller = (tile if tile > 0 else longest_side) // 2
+            if smaller < MIN_TILE:
+                raise FlowsrError(f"out of GPU memory even with {MIN_TILE}-pixel tiles; try --device cpu") from None
+            torch.cuda.empty_cache()
+            if reduced is None and not already_reduced:
+                notes.append(f"GPU out of memory: continuing with {smaller}-pixel tiles")
+            reduced = tile = smaller

@@ -18,9 +18,8 @@ from typing import Protocol
 import torch
 
 from flowsr_cli.engine import ProgressCallback, TileSink, UpscaleReport, fixed_scale_error
-from flowsr_cli.errors import FlowsrError
 from flowsr_cli.flow_engine import TEMPERATURE_HALVINGS
-from flowsr_cli.memory import MIN_TILE, available_memory, choose_tile
+from flowsr_cli.memory import available_memory, choose_tile, halve_tile_on_oom
 from flowsr_cli.models.srflow import SCALE, SRFlow, SRFlowFeatures
 from flowsr_cli.resize import resize_window
 from flowsr_cli.sampling import row_seed
@@ -178,20 +177,18 @@ class SRFlowUpscaler:
         """Every seed's x4 image in bands of rows; on CUDA out-of-memory the tile is halved and the image redone."""
         if size != Size(SCALE * lr.shape[-1], SCALE * lr.shape[-2]):
             raise fixed_scale_error(self.name, SCALE)
-        tile = self._tile_size()
-        while True:
+
+        def attempt(tile: int) -> UpscaleReport:
             report = UpscaleReport()
-            try:
-                self._upscale_tiles(lr, sink, seeds, tile, progress, report)
-                return report
-            except torch.cuda.OutOfMemoryError:
-                smaller = (tile if tile > 0 else max(lr.shape[-2:])) // 2
-                if smaller < MIN_TILE:
-                    raise FlowsrError(f"out of GPU memory even with {MIN_TILE}-pixel tiles; try --device cpu") from None
-                torch.cuda.empty_cache()
-                if self._reduced_tile is None:
-                    self.notes.append(f"GPU out of memory: continuing with {smaller}-pixel tiles")
-                self._reduced_tile = tile = smaller
+            self._upscale_tiles(lr, sink, seeds, tile, progress, report)
+            return report
+
+        report, reduced = halve_tile_on_oom(
+            attempt, self._tile_size(), max(lr.shape[-2:]), self.notes, self._reduced_tile is not None
+        )
+        if reduced is not None:
+            self._reduced_tile = reduced
+        return report
 
     def _upscale_tiles(
         self,
