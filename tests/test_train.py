@@ -14,8 +14,10 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
+from flowsr_cli.config import Settings
 from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images
 from flowsr_cli.errors import FlowsrError, UsageError
+from flowsr_cli.hub import Hub
 from flowsr_cli.models import load_model, save_model
 from flowsr_cli.train.distributed import Cluster
 from flowsr_cli.train.loop import RunFiles, Trainer
@@ -262,3 +264,29 @@ def test_a_time_budget_alone_is_not_capped_by_the_default_step_count(tmp_path: P
     recipe_file = tmp_path / "recipe.toml"
     recipe_file.write_text("time_budget = 30.0\n")
     assert load_recipe(recipe_file, {}).steps == 0
+
+
+def test_train_prior_continues_the_prior_of_a_flow_plus_prior_model(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
+    (tmp_path / "recipe.toml").write_text(PRIOR_RECIPE)
+    out = tmp_path / "more"
+    common = ("--out", str(out), "--recipe", str(tmp_path / "recipe.toml"), "--batch-size", "2", "--workers", "0")
+    result = run_cli("train", "prior", str(photos), "--flow", "linf-lp", "--steps", "2", *common)
+    assert result.exit_code == 0, result.output
+    assert 'arch = "lp-small"' in (out / "recipe.toml").read_text()
+
+    shipped, continued = load_model(Hub(Settings()).resolve("linf-lp")), load_model(out / "model.safetensors")
+    assert continued.spec == shipped.spec
+    assert all(
+        torch.equal(value, continued.flow.state_dict()[name]) for name, value in shipped.flow.state_dict().items()
+    )
+    continued_parameters = dict(continued.latent.named_parameters())
+    changes = [
+        (value - continued_parameters[name]).abs().max().item() for name, value in shipped.latent.named_parameters()
+    ]
+    assert 0 < max(changes) < 0.01, "two small steps on from the shipped prior, not a fresh one"
+
+    refused = run_cli("train", "prior", str(photos), "--flow", "linf-lp", "--arch", "lp", "--steps", "1", *common)
+    assert refused.exit_code == 2 and "lp-small" in refused.output

@@ -70,6 +70,20 @@ def _model_file(settings: Settings, model: str, option: str) -> tuple[Path, str]
     return path, str(read_model_metadata(path)["spec"].get("name"))
 
 
+def _continued_prior(path: Path, family: str) -> str | None:
+    """For a flow + prior model, the PRIORS name of its prior (its training continues); None for a bare flow."""
+    from flowsr_cli.models import read_model_metadata
+    from flowsr_cli.train.recipe import PRIORS
+
+    if family not in {entry["name"] for entry in PRIORS.values()}:
+        return None
+    latent = read_model_metadata(path)["spec"]["args"]["latent"]
+    for name, entry in PRIORS.items():
+        if entry["name"] == family and entry["latent"] in (latent, latent.get("args")):
+            return name
+    raise UsageError(f"--flow {path}: its {family} prior has a size no recipe names; train a new prior instead")
+
+
 def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) -> Callable[[int], Iterable[Batch]]:
     from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images, make_loader
 
@@ -228,7 +242,12 @@ def train_flow(
 @train_app.command("prior")
 def train_prior(
     data: list[Path] = DATA_ARGUMENT,
-    flow: str = typer.Option(..., "--flow", help="The trained flow (model file or name); it stays frozen."),
+    flow: str = typer.Option(
+        ...,
+        "--flow",
+        help="The trained flow (model file or name); it stays frozen. A flow + prior model (e.g. linf-lp) "
+        "continues training its prior.",
+    ),
     out: Path = OUT_OPTION,
     arch: str | None = typer.Option(
         None,
@@ -254,7 +273,9 @@ def train_prior(
 
     settings = Settings({"device": device})
     flow_path, family = _model_file(settings, flow, "--flow")
-    if family not in DEFAULT_PRIORS:
+    continued = _continued_prior(flow_path, family)
+    flow_family = PRIORS[continued]["flow"] if continued else family
+    if flow_family not in DEFAULT_PRIORS:
         raise UsageError(f"--flow {flow}: a {family} model, not a flow ({' or '.join(DEFAULT_PRIORS)})")
     recipe = load_recipe(
         recipe_file,
@@ -262,9 +283,9 @@ def train_prior(
             arch=arch, steps=steps, time_budget=time_budget, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, workers=workers, latent_weight=latent_weight,
         ),
-        {"arch": DEFAULT_PRIORS[family]},
+        {"arch": continued or DEFAULT_PRIORS[flow_family]},
     )  # fmt: skip
-    fitting = [name for name, entry in PRIORS.items() if entry["flow"] == family]
+    fitting = [continued] if continued else [name for name, entry in PRIORS.items() if entry["flow"] == family]
     if recipe.arch not in fitting:
         raise UsageError(f"--arch {recipe.arch!r}: for a {family} flow choose one of {', '.join(fitting)}")
     device_, cluster = _device_and_cluster(settings)
@@ -278,9 +299,12 @@ def train_prior(
 
     frozen = load_model(flow_path, device_)
     torch.manual_seed(recipe.seed)
-    prior = PRIORS[recipe.arch]
-    model = make({"name": prior["name"], "args": {"flow": frozen.spec, "latent": prior["latent"]}}).to(device_)
-    model.flow.load_state_dict(frozen.state_dict())
+    if continued:
+        model = frozen
+    else:
+        prior = PRIORS[recipe.arch]
+        model = make({"name": prior["name"], "args": {"flow": frozen.spec, "latent": prior["latent"]}}).to(device_)
+        model.flow.load_state_dict(frozen.state_dict())
     objective_type = SRFlowPriorObjective if isinstance(model, SRFlowLP) else PriorObjective
     objective = objective_type(model, VGGPerceptualLoss(device_), recipe.vgg_weight or 1.0, recipe.latent_weight)
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)
