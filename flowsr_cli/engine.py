@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -158,36 +158,25 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
     predicts_latents = hasattr(model, "predict_latents")
     if request.prior == "learned" and not (predicts_latents or isinstance(model, LINFLP)):
         raise UsageError(f"model {request.model!r} has no learned prior; use --prior gaussian")
+    sampling: dict[str, Any] = {
+        "dtype": resolve_dtype(request.precision, choice.device),
+        "temperature": request.temperature,
+        "name": request.model,
+        "tile": request.tile,
+        "tile_pad": request.tile_pad,
+        "guard": request.guard,
+        "notes": notes,
+    }
     flow = getattr(model, "flow", model)
     if isinstance(flow, SRFlow):
         from flowsr_cli.srflow_engine import SRFlowUpscaler
 
-        return SRFlowUpscaler(
-            flow,
-            choice.device,
-            dtype=resolve_dtype(request.precision, choice.device),
-            temperature=request.temperature,
-            name=request.model,
-            tile=request.tile,
-            tile_pad=request.tile_pad,
-            guard=request.guard,
-            notes=notes,
-            predictor=model if predicts_latents and request.prior != "gaussian" else None,
-        )
+        predictor = model if predicts_latents and request.prior != "gaussian" else None
+        return SRFlowUpscaler(flow, choice.device, predictor=predictor, **sampling)
     if isinstance(model, LINFLP):
         if request.prior in (None, "learned"):
             return LearnedPriorUpscaler(model, choice.device, name=request.model, tile=request.tile, notes=notes)
         model = model.flow
     elif not isinstance(model, LINF):
         raise UsageError(f"model {request.model!r} is a {model.spec['name']}, which `upscale` cannot run yet")
-    return FlowUpscaler(
-        model,
-        choice.device,
-        dtype=resolve_dtype(request.precision, choice.device),
-        temperature=request.temperature,
-        name=request.model,
-        tile=request.tile,
-        tile_pad=request.tile_pad,
-        guard=request.guard,
-        notes=notes,
-    )
+    return FlowUpscaler(model, choice.device, **sampling)
