@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Re-trains the bundled `srflow` and `srflow-lp` models (x4) from ../shared/data/train (never data/eval)
+# and exports them in fp16 into flowsr_cli/weights/. About 100 minutes on a 2-core CPU.
+# Usage: scripts/train_srflow_models.sh [RUNS_DIR]   (needs FLOWSR_BACKBONE_DIR for VGG16 weights)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+runs=${1:-runs}
+data=../shared/data/train
+val=../shared/data/eval/Set5
+
+if [[ ! -f $runs/srflow/model.safetensors ]]; then
+  flowsr train flow "$data" --out "$runs/srflow" --recipe scripts/recipes/srflow-flow.toml --val "$val"
+fi
+if [[ ! -f $runs/srflow-lp/model.safetensors ]]; then
+  flowsr train prior "$data" --out "$runs/srflow-lp" --recipe scripts/recipes/srflow-lp.toml \
+    --flow "$runs/srflow/model.safetensors" --val "$val"
+fi
+python scripts/export_bundled.py srflow "$runs/srflow/model.safetensors" --scales 4,4 \
+  --description "SRFlow x4, small RRDB conditioner (8 blocks), K = 4; trained on a CPU"
+python scripts/export_bundled.py srflow-lp "$runs/srflow-lp/model.safetensors" --scales 4,4 \
+  --description "SRFlow x4 with the learned prior (Tsao et al., CVPR 2024)"
