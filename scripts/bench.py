@@ -1,82 +1,252 @@
-"""Upscaling speed on this machine: seconds per input megapixel and output megapixels per second of
-named models, each next to bicubic measured in the same run, through the same engine as `flowsr upscale`
-(default settings: automatic tiling and precision).
+"""Speed and memory of `flowsr upscale` on this machine, each figure next to baselines measured in the
+same run: bicubic, and a naive reference path of the same model (what the original code does: the
+whole image at once, the LR encoded and the flow's conditioning computed anew for the prior's forward
+pass and again for the inverse, default chunk size).
 
-    python scripts/bench.py                                   # linf-lp, x2 x3.5 x4, 256^2 and 512^2
-    python scripts/bench.py --models linf-lp linf --sizes 512 --scales 4 --json speed.json
+Every (path, input, scale) runs in its own process so that its peak RSS is its own. Also measured:
+the model's achieved GFLOP/s (torch.utils.flop_counter) against this machine's fp32 matmul GFLOP/s,
+a warm second image of a batch against the first, the cold start of `flowsr upscale` and `flowsr --help`.
+
+    python scripts/bench.py                                    # default model, x2 x3.5 x4, 256^2 512^2 1024^2
+    python scripts/bench.py --sizes 256 --scales 4 --json speed.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from bench_memory import make_input
 
 from flowsr_cli.config import Settings
-from flowsr_cli.engine import Upscaler, UpscalerRequest, create_upscaler
+from flowsr_cli.engine import UpscalerRequest, create_upscaler
 from flowsr_cli.evaluation import super_resolve
 from flowsr_cli.hub import Hub
 from flowsr_cli.imageio import read_image
+from flowsr_cli.models import load_model
+from flowsr_cli.models.linf_lp import LINFLP
 from flowsr_cli.pipeline import pixels_to_tensor
 from flowsr_cli.sizing import Size
 
+PATHS = ("flowsr", "naive", "bicubic")
+WARM_UP_SIDE = 48
+"""Each timed path first upscales a crop this small, so one-off kernel set-up is not timed."""
+TARGET = (512, 4.0)
+"""The input side and scale the issue's targets are stated for (FLOPs are counted there)."""
 
-def seconds_per_run(upscaler: Upscaler, lr: torch.Tensor, size: Size, repeats: int) -> float:
-    """The fastest of ``repeats`` timed upscales, after one untimed warm-up."""
-    super_resolve(upscaler, lr, size, 0)
+
+def naive_upscale(model: LINFLP, lr: torch.Tensor, size: Size) -> torch.Tensor:
+    """The reference path: untiled; the LR encoded once for the prior's forward pass and once more for
+    the inverse, each computing the flow's conditioning of every query itself."""
+    full = (size.height, size.width)
+    with torch.inference_mode():
+        z_hat = model.predict_latent(model.encode(lr * 2 - 1), full)
+        output = model.render_latent(model.encode(lr * 2 - 1), full, z_hat)
+    return (output + 1) / 2
+
+
+def load_input(path: Path) -> torch.Tensor:
+    """An image file as a (1, 3, h, w) tensor in [0, 1]."""
+    return pixels_to_tensor(read_image(path, max_pixels=1 << 30).pixels)[:, :3].contiguous()
+
+
+def runner(path: str, model: str) -> Any:
+    """A function (lr, size) -> output of one path."""
+    if path == "naive":
+        hub = Hub(Settings())
+        network = load_model(hub.resolve(model), "cpu")
+        if not isinstance(network, LINFLP):
+            raise SystemExit(f"the naive reference path is LINF-LP's; {model} is not a LINF-LP model")
+        return lambda lr, size: naive_upscale(network, lr, size)
+    request = UpscalerRequest("bicubic" if path == "bicubic" else model, device="cpu", hub=Hub(Settings()))
+    upscaler = create_upscaler(request)
+    return lambda lr, size: super_resolve(upscaler, lr, size, 0)
+
+
+def measure_child(arguments: argparse.Namespace) -> None:
+    """One path at one input size and scale, in this process: prints seconds, peak RSS (and FLOPs)."""
+    run = runner(arguments.path, arguments.model)
+    lr = load_input(arguments.input)
+    side = lr.shape[-1]
+    size = Size(round(lr.shape[-2] * arguments.scale), round(side * arguments.scale))
+    small = lr[..., :WARM_UP_SIDE, :WARM_UP_SIDE]
+    run(small, Size(round(WARM_UP_SIDE * arguments.scale), round(WARM_UP_SIDE * arguments.scale)))
     best = float("inf")
-    for repeat in range(repeats):
+    for _ in range(arguments.repeats):
         started = time.perf_counter()
-        super_resolve(upscaler, lr, size, repeat)
+        output = run(lr, size)
+        best = min(best, time.perf_counter() - started)
+    result: dict[str, Any] = {
+        "seconds": best,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    if arguments.count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            run(lr, size)
+        result["flops"] = counter.get_total_flops()
+    if arguments.save is not None:
+        torch.save(output, arguments.save)
+    print(json.dumps(result))
+
+
+def batch_child(arguments: argparse.Namespace) -> None:
+    """Two images as a batch does them: the model is loaded for the first; prints both times."""
+    first, second = (load_input(path) for path in arguments.batch)
+    started = time.perf_counter()
+    run = runner("flowsr", arguments.model)
+    times = []
+    for lr in (first, second):
+        run(lr, Size(round(lr.shape[-2] * arguments.scale), round(lr.shape[-1] * arguments.scale)))
+        times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+    print(json.dumps({"first": times[0], "second": times[1]}))
+
+
+def child(*arguments: str) -> dict[str, Any]:
+    """Run this script in a child process with ``arguments``; its JSON result."""
+    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark child {arguments} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def matmul_gflops(side: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul GFLOP/s with torch's threads: the best of ``repeats`` side^3 products."""
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * side**3 / best / 1e9
+
+
+def _timed(function: Any) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def command_seconds(command: list[str], repeats: int = 3) -> float:
+    """The fastest wall time of a command, process start to exit."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
         best = min(best, time.perf_counter() - started)
     return best
 
 
-def main() -> None:
-    """Time every model x size x scale and print a table (optionally JSON)."""
+def parse_arguments() -> argparse.Namespace:
+    """Command-line options (the child modes are for this script's own subprocesses)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["linf-lp"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--model", default="linf-lp", help="a LINF-LP model (the default model)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
     parser.add_argument("--scales", nargs="+", type=float, default=[2.0, 3.5, 4.0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per figure (the fastest counts)")
     parser.add_argument("--json", type=Path)
-    arguments = parser.parse_args()
+    parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--scale", type=float, default=4.0, help=argparse.SUPPRESS)
+    parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=Path, nargs=2, help=argparse.SUPPRESS)
+    return parser.parse_args()
 
-    hub = Hub(Settings())
-    upscalers = {name: create_upscaler(UpscalerRequest(name, device="cpu", hub=hub)) for name in arguments.models}
-    upscalers["bicubic"] = create_upscaler(UpscalerRequest("bicubic", device="cpu"))
+
+def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """Every size x scale on every path, with ratios to bicubic and to the naive path."""
     rows = []
-    print(f"torch threads: {torch.get_num_threads()}")
-    print(f"{'model':<10} {'input':>6} {'scale':>5} {'s/input MP':>11} {'out MP/s':>9} {'x bicubic':>10}")
-    with tempfile.TemporaryDirectory() as folder:
-        for side in arguments.sizes:
-            path = Path(folder) / f"input{side}.png"
-            make_input(path, side)
-            lr = pixels_to_tensor(read_image(path, max_pixels=1 << 30).pixels)[:, :3].contiguous()
-            for scale in arguments.scales:
-                size = Size(round(side * scale), round(side * scale))
-                timings = {name: seconds_per_run(up, lr, size, arguments.repeats) for name, up in upscalers.items()}
-                for name, seconds in timings.items():
-                    row = {
-                        "model": name,
-                        "input": side,
-                        "scale": scale,
-                        "seconds_per_input_mp": seconds / (side * side / 1e6),
-                        "output_mp_per_second": size.width * size.height / 1e6 / seconds,
-                        "times_bicubic": seconds / timings["bicubic"],
-                    }
-                    rows.append(row)
-                    print(
-                        f"{name:<10} {side:>5}² {scale:>5g} {row['seconds_per_input_mp']:>11.2f} "
-                        f"{row['output_mp_per_second']:>9.3f} {row['times_bicubic']:>10.1f}"
-                    )
+    for side in arguments.sizes:
+        image = folder / f"input{side}.png"
+        make_input(image, side)
+        for scale in arguments.scales:
+            results = {}
+            for path in PATHS:
+                options = ["--path", path, "--input", str(image), "--scale", str(scale), "--model", arguments.model]
+                options += ["--repeats", str(arguments.repeats)]
+                if path != "bicubic":
+                    options += ["--save", str(folder / f"{path}.pt")]
+                if path == "flowsr" and (side, scale) == TARGET:
+                    options.append("--count-flops")
+                results[path] = child(*options)
+            difference = (torch.load(folder / "flowsr.pt") - torch.load(folder / "naive.pt")).abs().max().item()
+            flowsr, naive, bicubic = (results[path] for path in PATHS)
+            output_mp = (side * scale) ** 2 / 1e6
+            row = {
+                "input": side,
+                "scale": scale,
+                "seconds": flowsr["seconds"],
+                "seconds_per_input_mp": flowsr["seconds"] / (side * side / 1e6),
+                "output_mp_per_second": output_mp / flowsr["seconds"],
+                "peak_rss_mb": flowsr["peak_rss"] / 2**20,
+                "times_bicubic": flowsr["seconds"] / bicubic["seconds"],
+                "bicubic_peak_rss_mb": bicubic["peak_rss"] / 2**20,
+                "naive_seconds_per_input_mp": naive["seconds"] / (side * side / 1e6),
+                "naive_peak_rss_mb": naive["peak_rss"] / 2**20,
+                "speedup_over_naive": naive["seconds"] / flowsr["seconds"],
+                "max_abs_difference_to_naive": difference,
+                "flops": flowsr.get("flops"),
+            }
+            rows.append(row)
+            print(
+                f"{side:>5}² {scale:>5g} {row['seconds_per_input_mp']:>9.2f} {row['output_mp_per_second']:>8.3f} "
+                f"{row['peak_rss_mb']:>8.0f} {row['times_bicubic']:>8.1f} {row['naive_seconds_per_input_mp']:>9.2f} "
+                f"{row['naive_peak_rss_mb']:>8.0f} {row['speedup_over_naive']:>8.2f} {difference:>9.1e}",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    """Measure everything and print the table (optionally write JSON)."""
+    arguments = parse_arguments()
+    if arguments.batch is not None:
+        return batch_child(arguments)
+    if arguments.path is not None:
+        return measure_child(arguments)
+    report: dict[str, Any] = {"model": arguments.model, "threads": torch.get_num_threads()}
+    print(f"model {arguments.model}, CPU, {report['threads']} torch threads")
+    print(
+        f"{'input':>6} {'scale':>5} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} {'x bicub':>8} "
+        f"{'naive s/MP':>9} {'naiveRSS':>8} {'speedup':>8} {'max diff':>9}"
+    )
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        report["rows"] = rows = speed_rows(arguments, folder)
+        report["matmul_gflops"] = peak = matmul_gflops()
+        target = next((row for row in rows if row["flops"] is not None), None)
+        if target is not None:
+            achieved = target["flops"] / target["seconds"] / 1e9
+            report["model_gflops"], report["efficiency"] = achieved, achieved / peak
+            print(f"model at {TARGET[0]}² x{TARGET[1]:g}: {achieved:.1f} GFLOP/s of {peak:.1f} measured matmul "
+                  f"GFLOP/s = {achieved / peak:.0%} efficiency")  # fmt: skip
+        photos = [folder / "batch1.png", folder / "batch2.png"]
+        for index, photo in enumerate(photos):
+            make_input(photo, 256, photo_index=index)
+        batch = child("--batch", *map(str, photos), "--model", arguments.model, "--scale", "4")
+        report["batch"] = batch
+        print(f"batch of two 256² images x4: first {batch['first']:.2f} s (model load included), second "
+              f"{batch['second']:.2f} s, {batch['first'] / batch['second']:.2f}x faster warm")  # fmt: skip
+        tiny = folder / "tiny.png"
+        make_input(tiny, 32)
+        flowsr = [sys.executable, "-m", "flowsr_cli"]
+        upscale = [*flowsr, "upscale", str(tiny), "--scale", "4", "--device", "cpu", "--quiet", "--overwrite"]
+        report["cold_start_seconds"] = command_seconds([*upscale, "-o", str(folder / "tiny-out.png")])
+        report["help_seconds"] = command_seconds([*flowsr, "--help"])
+        print(
+            f"cold start (flowsr upscale of a 32² image, process start to exit): {report['cold_start_seconds']:.2f} s"
+        )
+        print(f"flowsr --help: {report['help_seconds']:.2f} s")
     if arguments.json is not None:
-        arguments.json.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
+        arguments.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

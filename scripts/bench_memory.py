@@ -43,11 +43,12 @@ def make_model(path: Path) -> None:
     save_model(make(spec), path)
 
 
-def make_input(path: Path, side: int) -> None:
-    """A natural photo resized to side x side (random pixels if the shared photos are absent)."""
+def make_input(path: Path, side: int, photo_index: int = 0) -> None:
+    """A natural photo (the ``photo_index``-th) resized to side x side (random pixels if the shared
+    photos are absent)."""
     photos = sorted(PHOTO.glob("*.jpg")) if PHOTO.is_dir() else []
     if photos:
-        with Image.open(photos[0]) as photo:
+        with Image.open(photos[photo_index % len(photos)]) as photo:
             photo.convert("RGB").resize((side, side), Image.Resampling.BICUBIC).save(path)
     else:
         pixels = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
