@@ -58,7 +58,8 @@ def plan_prior_axis(model: LINFLP, out_length: int, lr_length: int, core_cells: 
 
 @dataclass
 class LearnedPriorUpscaler:
-    """The learned prior, tile by tile; seeds do not matter."""
+    """The learned prior, tile by tile; seeds do not matter. The flow's conditioning of a tile is
+    computed once and shared by the forward pass (z_init) and the inverse (the output)."""
 
     model: LINFLP
     device: torch.device
@@ -77,7 +78,13 @@ class LearnedPriorUpscaler:
         scale = size.height / lr.shape[-2]
         if self.tile == "auto":
             flow = self.model.flow
-            per_pixel = flow.encoder.out_channels * 4 * 8 + flow.hidden * 4 * 4 + scale * scale * 3 * 4 * 6
+            cells_per_pixel = (scale / self.model.patch_size) ** 2
+            per_pixel = (
+                flow.encoder.out_channels * 4 * 8
+                + flow.hidden * 4 * 4
+                + scale * scale * 3 * 4 * 6
+                + cells_per_pixel * flow.flow.condition_size * 4
+            )
             tile = choose_tile(available_memory(self.device), per_pixel, flow.receptive_radius)
         else:
             tile = int(self.tile)
@@ -127,14 +134,19 @@ class LearnedPriorUpscaler:
             features = flow.encode(
                 crop * 2 - 1, origin=(rows.crop.start, columns.crop.start), full_size=tuple(lr.shape[-2:])
             )
-            z_hat = self.model.predict_latent(features, full, rows.window, columns.window, self.chunk_queries)
+            conditions = flow.condition_grid(features, full, rows.window, columns.window, self.chunk_queries)
+            z_hat = self.model.predict_latent(
+                features, full, rows.window, columns.window, self.chunk_queries, conditions
+            )
 
             def read(latent_rows: range, latent_columns: range) -> torch.Tensor:
                 top, left = latent_rows.start - rows.window.start, latent_columns.start - columns.window.start
                 window = z_hat[:, :, top : top + len(latent_rows), left : left + len(latent_columns)]
                 return window.permute(0, 2, 3, 1).reshape(z_hat.shape[0], -1, self.model.dim)
 
-            output = flow.render(features, full, read, rows.core, columns.core, self.chunk_queries)
+            output = flow.render(
+                features, full, read, rows.core, columns.core, self.chunk_queries, conditions=conditions
+            )
             repaired = 0
             if not bool(torch.isfinite(output).all()):
                 repaired = 1

@@ -150,6 +150,22 @@ def test_the_encoder_runs_once_per_forward() -> None:
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("scale", [2.0, 3.7])
+def test_sharing_the_conditioning_between_both_flow_passes_changes_nothing(scale: float) -> None:
+    model = tiny_linf_lp(3)
+    lr = random_image(2, 3, 11, 14, seed=3)
+    size = output_size(lr, scale)
+    with torch.no_grad():
+        features = model.encode(lr)
+        separate = model.render_latent(features, size, model.predict_latent(features, size, chunk_queries=40), 40)
+        shared = model.render(features, size, chunk_queries=40)
+        conditions = model.conditions(features, size, chunk_queries=40)
+    torch.testing.assert_close(shared, separate, rtol=0, atol=1e-5)
+    assert conditions.values.shape[:3] == (2, *model.latent_shape(size))
+    windowed = model.flow.condition_grid(features, size, range(2, 5), range(1, 4), chunk_queries=7)
+    torch.testing.assert_close(windowed.read(range(3, 5), range(1, 3)), conditions.read(range(3, 5), range(1, 3)))
+
+
 def test_save_then_load_gives_bit_identical_outputs(tmp_path: Path) -> None:
     model = tiny_linf_lp(3).train()
     lr = random_image(2, 3, 9, 13, seed=5)

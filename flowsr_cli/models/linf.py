@@ -50,6 +50,21 @@ class LRFeatures:
         return self.full_size or (int(self.lr.shape[-2]), int(self.lr.shape[-1]))
 
 
+@dataclass
+class ConditionGrid:
+    """The flow conditioning of a window of latent cells, (B, len(rows), len(columns), condition_size)."""
+
+    values: torch.Tensor
+    rows: range
+    columns: range
+
+    def read(self, rows: range, columns: range) -> torch.Tensor:
+        """The conditioning (B, len(rows) * len(columns), condition_size) of cells inside the window, row-major."""
+        top, left = rows.start - self.rows.start, columns.start - self.columns.start
+        window = self.values[:, top : top + len(rows), left : left + len(columns)]
+        return window.reshape(self.values.shape[0], -1, self.values.shape[-1])
+
+
 @register("linf")
 class LINF(nn.Module):
     """LINF with a pixel (``patch_size=1``, D=3) or patch (``patch_size=3``, D=27) flow.
@@ -151,6 +166,24 @@ class LINF(nn.Module):
         weighted = [term * (areas[3 - index] / total).unsqueeze(-1) for index, term in enumerate(terms)]
         return self.mlp(torch.cat(weighted, dim=-1))
 
+    def condition_grid(
+        self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range, chunk_queries: int = 16384
+    ) -> ConditionGrid:
+        """The conditioning of every query of the latent rows x columns of an output of ``size``, in
+        bands of whole rows of at most ``chunk_queries``: computed once, read by both flow directions."""
+        device = features.lr.device
+        row_centres = patch_centres(size[0], self.patch_size, device)[rows.start : rows.stop]
+        column_centres = patch_centres(size[1], self.patch_size, device)[columns.start : columns.stop]
+        cell = cell_size(*size)
+        batch = features.lr.shape[0]
+        band = max(1, chunk_queries // len(columns))
+        values = torch.empty(batch, len(rows), len(columns), self.flow.condition_size, device=device)
+        for start in range(0, len(rows), band):
+            end = min(len(rows), start + band)
+            points = grid(row_centres[start:end], column_centres).expand(batch, -1, -1)
+            values[:, start:end] = self.condition(features, points, cell).view(batch, end - start, len(columns), -1)
+        return ConditionGrid(values, rows, columns)
+
     @staticmethod
     def _nearest_latent(coordinate: torch.Tensor, offset: float, size: int) -> torch.Tensor:
         shifted = (coordinate + offset / size + _SHIFT_EPS).clamp(-1 + 1e-6, 1 - 1e-6)
@@ -195,12 +228,14 @@ class LINF(nn.Module):
         columns: range | None = None,
         chunk_queries: int = 16384,
         progress: ProgressCallback | None = None,
+        conditions: ConditionGrid | None = None,
     ) -> torch.Tensor:
         """HR pixels in [-1, 1] of the latent rows x columns given (default: all), i.e. output pixel rows
         ``[rows.start * p, min(rows.stop * p, H))`` and likewise columns, for latents from ``latent``.
 
         Queries run in bands of whole latent rows of at most ``chunk_queries`` (bounded memory; the
         same result for any chunk size). The flow inverse always runs in float32, outside autocast.
+        ``conditions`` (covering these cells) saves recomputing the conditioning.
         """
         height, width = size
         patch = self.patch_size
@@ -215,8 +250,11 @@ class LINF(nn.Module):
         column_centres = all_columns[columns.start : columns.stop]
         for start in range(rows.start, rows.stop, band):
             end = min(rows.stop, start + band)
-            points = grid(all_rows[start:end], column_centres).expand(batch, -1, -1)
-            condition = self.condition(features, points, cell)
+            if conditions is not None:
+                condition = conditions.read(range(start, end), columns)
+            else:
+                points = grid(all_rows[start:end], column_centres).expand(batch, -1, -1)
+                condition = self.condition(features, points, cell)
             z = latent(range(start, end), columns).to(device)
             with torch.autocast(device.type, enabled=False):
                 residual = self.sample(condition.flatten(0, 1).float(), z.flatten(0, 1).float())

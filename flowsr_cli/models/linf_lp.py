@@ -17,7 +17,7 @@ from torch import nn
 
 from flowsr_cli.models.coords import cell_size, grid, patch_centres, unfold_patches
 from flowsr_cli.models.latent import LatentModule, lr_positions
-from flowsr_cli.models.linf import LINF, LRFeatures
+from flowsr_cli.models.linf import LINF, ConditionGrid, LRFeatures
 from flowsr_cli.models.registry import make, register
 from flowsr_cli.resize import contributions, resize_window
 
@@ -91,6 +91,7 @@ class LINFLP(nn.Module):
         rows: range | None = None,
         columns: range | None = None,
         chunk_queries: int = CHUNK_QUERIES,
+        conditions: ConditionGrid | None = None,
     ) -> torch.Tensor:
         """z_init (B, D, len(rows), len(columns)) for the latent rows x columns given (default: all):
         the flow forward of the pseudo-residual ``u - up(down(u))``, u the bilinear upsampling of the
@@ -111,7 +112,7 @@ class LINFLP(nn.Module):
             ],
             dim=-2,
         )  # fmt: skip
-        return self._flow_forward(features, pseudo_residual, size, rows, columns, chunk_queries)
+        return self._flow_forward(features, pseudo_residual, size, rows, columns, chunk_queries, conditions)
 
     def _pseudo_residual(
         self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range
@@ -154,13 +155,15 @@ class LINFLP(nn.Module):
         rows: range | None = None,
         columns: range | None = None,
         chunk_queries: int = CHUNK_QUERIES,
+        conditions: ConditionGrid | None = None,
     ) -> torch.Tensor:
         """z_hat = G(z_init, LR) on the latent rows x columns given (default: the whole grid) of an
         output of ``size``. For a window to equal that window of the whole image, it must start on a
         multiple of the UNet's pooling factor, reach :attr:`LatentModule.receptive_field` cells past
-        the cells wanted, and end on such a multiple or at the grid's edge."""
+        the cells wanted, and end on such a multiple or at the grid's edge. ``conditions`` (the
+        flow's conditioning of at least these cells) saves recomputing it."""
         rows, columns = self._window(size, rows, columns)
-        z_init = self.initial_prior(features, size, rows, columns, chunk_queries)
+        z_init = self.initial_prior(features, size, rows, columns, chunk_queries, conditions)
         lr = features.lr
         full_height, full_width = features.size
         row_positions = lr_positions(size[0], self.patch_size, full_height, lr.device)[rows.start : rows.stop]
@@ -168,14 +171,29 @@ class LINFLP(nn.Module):
         origin_y, origin_x = features.origin
         return self.latent(z_init, lr, row_positions - origin_y, column_positions - origin_x)
 
+    def conditions(
+        self, features: LRFeatures, size: tuple[int, int], chunk_queries: int = CHUNK_QUERIES
+    ) -> ConditionGrid:
+        """The flow's conditioning of every latent cell of an output of ``size``, for
+        :meth:`predict_latent` and :meth:`render_latent` to share instead of each computing it (no
+        gradients: the flow is frozen)."""
+        rows, columns = self._window(size, None, None)
+        with torch.no_grad():
+            return self.flow.condition_grid(features, size, rows, columns, chunk_queries)
+
     def render(self, features: LRFeatures, size: tuple[int, int], chunk_queries: int = CHUNK_QUERIES) -> torch.Tensor:
         """The output (B, 3, H, W) in [-1, 1]: flow inverse of z_hat plus the bilinear base."""
-        return self.render_latent(
-            features, size, self.predict_latent(features, size, chunk_queries=chunk_queries), chunk_queries
-        )
+        conditions = self.conditions(features, size, chunk_queries)
+        z_hat = self.predict_latent(features, size, chunk_queries=chunk_queries, conditions=conditions)
+        return self.render_latent(features, size, z_hat, chunk_queries, conditions)
 
     def render_latent(
-        self, features: LRFeatures, size: tuple[int, int], z_hat: torch.Tensor, chunk_queries: int = CHUNK_QUERIES
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        z_hat: torch.Tensor,
+        chunk_queries: int = CHUNK_QUERIES,
+        conditions: ConditionGrid | None = None,
     ) -> torch.Tensor:
         """The output for a given latent grid z_hat (B, D, Hp, Wp): flow inverse plus the bilinear base."""
 
@@ -183,7 +201,7 @@ class LINFLP(nn.Module):
             window = z_hat[:, :, rows.start : rows.stop, columns.start : columns.stop]
             return window.permute(0, 2, 3, 1).reshape(z_hat.shape[0], -1, self.dim)
 
-        return self.flow.render(features, size, latent=read, chunk_queries=chunk_queries)
+        return self.flow.render(features, size, latent=read, chunk_queries=chunk_queries, conditions=conditions)
 
     def forward(self, lr_n: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``render(encode(lr_n), size)``: LR (B, 3, h, w) in [-1, 1] -> output (B, 3, H, W) in [-1, 1]."""
@@ -197,6 +215,7 @@ class LINFLP(nn.Module):
         rows: range,
         columns: range,
         chunk_queries: int,
+        conditions: ConditionGrid | None = None,
     ) -> torch.Tensor:
         """Latents (B, D, len(rows), len(columns)) of the residual (B, 3, len(rows) p, len(columns) p) of
         those latent cells of an output of ``size``, in bands of whole latent rows of at most
@@ -211,8 +230,11 @@ class LINFLP(nn.Module):
         bands: list[torch.Tensor] = []
         for start in range(0, len(row_centres), band):
             end = min(len(row_centres), start + band)
-            points = grid(row_centres[start:end], column_centres).expand(batch, -1, -1)
-            condition = self.flow.condition(features, points, cell)
+            if conditions is not None:
+                condition = conditions.read(range(rows.start + start, rows.start + end), columns)
+            else:
+                points = grid(row_centres[start:end], column_centres).expand(batch, -1, -1)
+                condition = self.flow.condition(features, points, cell)
             vectors = unfold_patches(residual[:, :, start * patch : end * patch], patch)
             with torch.autocast(device.type, enabled=False):
                 _, z = self.flow.log_prob(vectors.flatten(0, 1).float(), condition.flatten(0, 1).float())

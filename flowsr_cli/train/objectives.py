@@ -81,8 +81,9 @@ class PriorObjective(nn.Module):
         size = (int(hr.shape[-2]), int(hr.shape[-1]))
         with torch.no_grad():
             features = self.model.encode(lr)
-        z_hat = self.model.predict_latent(features, size)
-        output = self.model.render_latent(features, size, z_hat)
+        conditions = self.model.conditions(features, size)
+        z_hat = self.model.predict_latent(features, size, conditions=conditions)
+        output = self.model.render_latent(features, size, z_hat, conditions=conditions)
         vgg = self.perceptual(output, hr)
         losses = {"vgg": vgg, "l1": (output - hr).abs().mean().detach(), "loss": self.perceptual_weight * vgg}
         if self.latent_weight > 0:
