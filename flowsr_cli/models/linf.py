@@ -154,9 +154,7 @@ class LINF(nn.Module):
             relative_y = (points[..., 0] - (-1.0 + (2 * row + 1) / height)) * height
             relative_x = (points[..., 1] - (-1.0 + (2 * column + 1) / width)) * width
             local = (row - origin_y - first_row) * crop_width + column - origin_x
-            index = local.unsqueeze(-1).expand(-1, -1, self.hidden)
-            coef = torch.gather(coef_rows, 1, index)
-            freq = torch.gather(freq_rows, 1, index)
+            coef, freq = _rows_at(coef_rows, local), _rows_at(freq_rows, local)
             angle = math.pi * (
                 freq[..., :half] * relative_y.unsqueeze(-1) + freq[..., half:] * relative_x.unsqueeze(-1) + phase
             )
@@ -278,6 +276,14 @@ class LINF(nn.Module):
         local_y = _to_crop(centres_y, full_height, features.origin[0], crop_height)
         local_x = _to_crop(centres_x, full_width, features.origin[1], crop_width)
         return bilinear_base(features.lr.float(), local_y, local_x)
+
+
+def _rows_at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[b, index[b, n]]`` for a table (B, M, C) and indices (B, N): whole rows copied at once
+    (faster than ``torch.gather`` with an index expanded over C)."""
+    batch, length, channels = table.shape
+    offsets = torch.arange(batch, device=index.device).unsqueeze(-1) * length
+    return table.reshape(-1, channels).index_select(0, (index + offsets).flatten()).view(batch, -1, channels)
 
 
 def _to_crop(coordinates: torch.Tensor, full: int, origin: int, crop: int) -> torch.Tensor:
