@@ -138,6 +138,7 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
     """Build the upscaler a request names, on its device."""
     from flowsr_cli.bicubic_engine import BicubicUpscaler
     from flowsr_cli.flow_engine import FlowUpscaler
+    from flowsr_cli.memory import query_chunk
     from flowsr_cli.models import load_model
     from flowsr_cli.models.linf import LINF
     from flowsr_cli.models.linf_lp import LINFLP
@@ -173,10 +174,13 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
 
         predictor = model if predicts_latents and request.prior != "gaussian" else None
         return SRFlowUpscaler(flow, choice.device, predictor=predictor, **sampling)
+    chunk = query_chunk(choice.device)
     if isinstance(model, LINFLP):
         if request.prior in (None, "learned"):
-            return LearnedPriorUpscaler(model, choice.device, name=request.model, tile=request.tile, notes=notes)
+            return LearnedPriorUpscaler(
+                model, choice.device, name=request.model, tile=request.tile, chunk_queries=chunk, notes=notes
+            )
         model = model.flow
     elif not isinstance(model, LINF):
         raise UsageError(f"model {request.model!r} is a {model.spec['name']}, which `upscale` cannot run yet")
-    return FlowUpscaler(model, choice.device, **sampling)
+    return FlowUpscaler(model, choice.device, chunk_queries=chunk, **sampling)

@@ -21,6 +21,17 @@ MAX_TILE = 512
 """Tiles larger than this bring no speed on CPUs or GPUs, only a larger peak."""
 
 
+CPU_QUERIES_PER_THREAD = 2048
+"""On a CPU, LINF's per-query tensors of a band (queries x 128 floats) stay in the cores' caches up to
+about this many queries per thread: the conditioning ran 1.8x faster than with 16384 in one thread."""
+GPU_QUERY_CHUNK = 16384
+
+
+def query_chunk(device: torch.device) -> int:
+    """How many queries LINF handles at once on ``device``: speed only, results do not depend on it."""
+    return CPU_QUERIES_PER_THREAD * torch.get_num_threads() if device.type == "cpu" else GPU_QUERY_CHUNK
+
+
 def available_memory(device: torch.device) -> int:
     """Free bytes on ``device``: CUDA's free memory, or the RAM the OS reports as available."""
     if device.type == "cuda":
