@@ -75,8 +75,7 @@ def measure_child(arguments: argparse.Namespace) -> None:
     """One path at one input size and scale, in this process: prints seconds, peak RSS (and FLOPs)."""
     run = runner(arguments.path, arguments.model)
     lr = load_input(arguments.input)
-    side = lr.shape[-1]
-    size = Size(round(lr.shape[-2] * arguments.scale), round(side * arguments.scale))
+    size = Size(round(lr.shape[-1] * arguments.scale), round(lr.shape[-2] * arguments.scale))
     small = lr[..., :WARM_UP_SIDE, :WARM_UP_SIDE]
     run(small, Size(round(WARM_UP_SIDE * arguments.scale), round(WARM_UP_SIDE * arguments.scale)))
     best = float("inf")
@@ -106,7 +105,7 @@ def batch_child(arguments: argparse.Namespace) -> None:
     run = runner("flowsr", arguments.model)
     times = []
     for lr in (first, second):
-        run(lr, Size(round(lr.shape[-2] * arguments.scale), round(lr.shape[-1] * arguments.scale)))
+        run(lr, Size(round(lr.shape[-1] * arguments.scale), round(lr.shape[-2] * arguments.scale)))
         times.append(time.perf_counter() - started)
         started = time.perf_counter()
     print(json.dumps({"first": times[0], "second": times[1]}))

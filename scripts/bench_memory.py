@@ -1,11 +1,12 @@
 """Peak memory of `flowsr upscale` as the input grows: the tiled engine must keep it nearly flat.
 
-Runs the real CLI in a subprocess per input size (CPU, x4 by default) with a paper-size
-EDSR-baseline LINF 3x3 (random weights: memory does not depend on training) and prints the
-peak resident memory of each run next to the ratio to the 512^2 run.
+Runs the real CLI in a subprocess per input size (CPU, x4 by default) with the default model
+(`--model` takes any model name or file; `--model paper-random` is a paper-size EDSR-baseline LINF
+3x3 with random weights: memory does not depend on training) and prints the peak resident memory
+of each run next to the ratio to the 512^2 run.
 
-    python scripts/bench_memory.py                       # 256, 512, 1024, 2048
-    python scripts/bench_memory.py --sizes 256 512 --json memory.json
+    python scripts/bench_memory.py                       # linf-lp; 256, 512, 1024, 2048
+    python scripts/bench_memory.py --model paper-random --sizes 256 512 --json memory.json
 """
 
 from __future__ import annotations
@@ -70,18 +71,22 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--tile", default="auto")
+    parser.add_argument("--model", default="linf-lp", help="a model name or file, or paper-random")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        make_model(work / "linf.safetensors")
+        model = args.model
+        if model == "paper-random":
+            model = str(work / "linf.safetensors")
+            make_model(Path(model))
         for side in args.sizes:
             make_input(work / f"in{side}.png", side)
             command = [
                 sys.executable, "-m", "flowsr_cli", "upscale", str(work / f"in{side}.png"),
-                "--model", str(work / "linf.safetensors"), "--scale", str(args.scale), "--device", "cpu",
+                "--model", model, "--scale", str(args.scale), "--device", "cpu",
                 "--tile", args.tile, "--temperature", "0.8", "-o", str(work / f"out{side}.png"), "--quiet",
             ]  # fmt: skip
             peak, seconds = peak_rss(command)
