@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +291,41 @@ def test_train_prior_continues_the_prior_of_a_flow_plus_prior_model(
 
     refused = run_cli("train", "prior", str(photos), "--flow", "linf-lp", "--arch", "lp", "--steps", "1", *common)
     assert refused.exit_code == 2 and "lp-small" in refused.output
+
+
+class ParameterNorm(torch.nn.Module):
+    """A stand-in objective whose loss needs no data: the squared norm of the model's parameters."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator) -> dict:
+        return {"loss": sum(parameter.pow(2).sum() for parameter in self.model.parameters())}
+
+
+def test_a_time_budget_refits_the_step_count_when_early_steps_were_slow(tmp_path: Path) -> None:
+    """The first steps are timed while the machine is busy (0.2 s each); later steps take milliseconds.
+    Fitting the step count once, from the slow steps, would stop the run after about 30 steps."""
+    model = tiny_linf()
+
+    def batches(start: int):  # type: ignore[no-untyped-def]
+        from flowsr_cli.data import Batch
+
+        step = start
+        while True:
+            if step < 13:
+                time.sleep(0.2)
+            yield Batch(lr=torch.zeros(1, 3, 2, 2), hr=torch.zeros(1, 3, 2, 2), scale=1.0, step=step)
+            step += 1
+
+    recipe = Recipe(steps=0, time_budget=0.1, log_every=1, checkpoint_every=10**6, milestones=[0.9])
+    trainer = Trainer(
+        model, ParameterNorm(model), recipe, batches, RunFiles(tmp_path), Cluster(), torch.device("cpu"),
+        show_progress=False,
+    )  # fmt: skip
+    started = time.monotonic()
+    trainer.run()
+    assert time.monotonic() - started < 8
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert max(steps) > 100

@@ -27,6 +27,10 @@ MAX_BAD_STEPS = 20
 WARMUP_STEPS = 3
 """Steps left out of the timing (data workers starting, first allocations)."""
 TIMING_STEPS = 10
+REPLAN_STEPS = 10
+"""With a time budget, the step count is fitted again from the speed of each such many steps until the
+first learning-rate milestone: a machine that was busy while the first steps were timed must not cut
+the run short (later changes would move milestones already passed)."""
 """Steps timed, after the warm-up, before a time budget is turned into a step count."""
 
 if TYPE_CHECKING:
@@ -138,11 +142,8 @@ class Trainer:
         if self.cluster.is_main:
             save_training_state(self.files.checkpoint, self.model, self.optimizer, state, asdict(self.recipe))
 
-    def _planned_total(self, state: TrainingState, timing_started: float, deadline: float | None) -> int:
-        """Steps the run will make: --steps, or what fits the time budget (measured, then fixed)."""
-        if deadline is None or state.total_steps:
-            return state.total_steps
-        per_step = (time.monotonic() - timing_started) / TIMING_STEPS
+    def _planned_total(self, state: TrainingState, per_step: float, deadline: float) -> int:
+        """Steps that fit the time budget at ``per_step`` seconds each (at most --steps, if given)."""
         fits = state.step + max(1, math.floor(0.95 * (deadline - time.monotonic()) / per_step))
         total = min(fits, self.recipe.steps) if self.recipe.steps else fits
         if self.cluster.distributed:
@@ -178,12 +179,18 @@ class Trainer:
         started = timing_started = time.monotonic()
         first_step = state.step
         bad_in_a_row = 0
+        fitting = deadline is not None and not state.total_steps
+        window_start, window_steps = first_step + WARMUP_STEPS, TIMING_STEPS
         with ProgressView(self.show_progress) as view:
             for batch in self.batches(state.step):
-                if state.step - first_step == WARMUP_STEPS:
+                if state.step == window_start:
                     timing_started = time.monotonic()
-                if state.step - first_step == WARMUP_STEPS + TIMING_STEPS and not state.total_steps:
-                    state.total_steps = self._planned_total(state, timing_started, deadline)
+                if fitting and deadline is not None and state.step == window_start + window_steps:
+                    per_step = (time.monotonic() - timing_started) / window_steps
+                    state.total_steps = max(state.step + 1, self._planned_total(state, per_step, deadline))
+                    window_start, window_steps, timing_started = state.step, REPLAN_STEPS, time.monotonic()
+                    first_milestone = min(self.recipe.milestones, default=1.0) * state.total_steps
+                    fitting = state.step + REPLAN_STEPS < first_milestone
                 if state.total_steps and state.step >= state.total_steps:
                     break
                 if deadline is not None and not self.cluster.distributed and time.monotonic() > deadline:
