@@ -17,10 +17,12 @@ from flowsr_cli.models import load_model
 from flowsr_cli.models.checkpoint import read_model_metadata
 from flowsr_cli.models.linf import LINF
 from flowsr_cli.models.linf_lp import LINFLP
+from flowsr_cli.models.srflow import SRFlow
+from flowsr_cli.models.srflow_lp import SRFlowLP
 from flowsr_cli.pipeline import pixels_to_tensor
 from tests.conftest import SHARED, CliInvoker
 
-BUNDLED = {"linf": LINF, "linf-lp": LINFLP}
+BUNDLED = {"linf": LINF, "linf-lp": LINFLP, "srflow": SRFlow, "srflow-lp": SRFlowLP}
 
 
 def registry() -> dict[str, dict[str, object]]:
@@ -31,7 +33,7 @@ def registry() -> dict[str, dict[str, object]]:
 def test_bundled_model_is_registered_small_fp16_and_loads(name: str) -> None:
     entry = registry()[name]
     path = Path(str(resources.files("flowsr_cli").joinpath(str(entry["bundled"]))))
-    assert path.stat().st_size == entry["size"] < 8_000_000
+    assert path.stat().st_size == entry["size"] < 12_000_000  # srflow-lp holds its flow too: 11.6 MB
     from safetensors.torch import load_file
 
     floating = [tensor for tensor in load_file(str(path)).values() if tensor.is_floating_point()]
@@ -61,16 +63,22 @@ def gradient_energy(image: torch.Tensor) -> float:
     return float((image.diff(dim=-1) ** 2).mean() + (image.diff(dim=-2) ** 2).mean())
 
 
+def baboon_lr(folder: Path, scale: float) -> tuple[Path, torch.Tensor]:
+    """A 140 x 140 crop of Set14 baboon shrunk by ``scale``, saved as photo.png; and its LR tensor."""
+    with Image.open(SHARED / "data" / "eval" / "Set14" / "baboon.png") as photo:
+        hr = pixels_to_tensor(np.asarray(photo.convert("RGB").crop((100, 100, 240, 240))))
+    _, lr = metrics.make_lr(hr, scale)
+    source = folder / "photo.png"
+    Image.fromarray(np.round(lr[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(source)
+    return source, lr
+
+
 def test_upscale_with_no_flags_is_offline_and_sharper_than_bicubic(
     run_cli: CliInvoker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("FLOWSR_MODEL")
     monkeypatch.setenv("FLOWSR_OFFLINE", "1")
-    with Image.open(SHARED / "data" / "eval" / "Set14" / "baboon.png") as photo:
-        hr = pixels_to_tensor(np.asarray(photo.convert("RGB").crop((100, 100, 240, 240))))
-    _, lr = metrics.make_lr(hr, 3.5)
-    source = tmp_path / "photo.png"
-    Image.fromarray(np.round(lr[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(source)
+    source, lr = baboon_lr(tmp_path, 3.5)
 
     result = run_cli("upscale", str(source), "--scale", "3.5")
     assert result.exit_code == 0, result.output
@@ -86,3 +94,23 @@ def test_upscale_with_no_flags_is_offline_and_sharper_than_bicubic(
     default, bicubic = load("photo_x3.5.png"), load("photo_bicubic.png")
     assert gradient_energy(default) > 1.2 * gradient_energy(bicubic)
     assert metrics.lr_psnr(default, lr, 3.5) > 30.0
+
+
+@pytest.mark.parametrize("model", ["srflow", "srflow-lp"])
+def test_bundled_srflow_models_upscale_x4_sharper_than_bicubic(
+    run_cli: CliInvoker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: str
+) -> None:
+    monkeypatch.setenv("FLOWSR_OFFLINE", "1")
+    source, lr = baboon_lr(tmp_path, 4)
+    for name, suffix in ((model, "_model"), ("bicubic", "_bicubic")):
+        result = run_cli("upscale", str(source), "--scale", "4", "--model", name, "--suffix", suffix, "-t", "0.8")
+        assert result.exit_code == 0, result.output
+
+    def load(name: str) -> torch.Tensor:
+        with Image.open(tmp_path / name) as output:
+            assert output.size == (140, 140)
+            return pixels_to_tensor(np.asarray(output.convert("RGB")))
+
+    upscaled, bicubic = load("photo_model.png"), load("photo_bicubic.png")
+    assert gradient_energy(upscaled) > 1.2 * gradient_energy(bicubic)
+    assert metrics.lr_psnr(upscaled, lr, 4) > 28.0
