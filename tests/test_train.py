@@ -328,4 +328,4 @@ def test_a_time_budget_refits_the_step_count_when_early_steps_were_slow(tmp_path
     trainer.run()
     assert time.monotonic() - started < 8
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert max(steps) > 100
+    assert max(steps) > 45

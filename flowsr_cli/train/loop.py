@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +29,9 @@ WARMUP_STEPS = 3
 """Steps left out of the timing (data workers starting, first allocations)."""
 TIMING_STEPS = 10
 REPLAN_STEPS = 10
-"""With a time budget, the step count is fitted again from the speed of each such many steps until the
-first learning-rate milestone: a machine that was busy while the first steps were timed must not cut
-the run short (later changes would move milestones already passed)."""
+"""With a time budget, the step count is fitted again at every step from the speed of the last this
+many steps, until the first learning-rate milestone: a machine that was busy while the first steps
+were timed must not cut the run short (later changes would move milestones already passed)."""
 """Steps timed, after the warm-up, before a time budget is turned into a step count."""
 
 if TYPE_CHECKING:
@@ -176,21 +177,19 @@ class Trainer:
         return self.files.model
 
     def _loop(self, module: nn.Module, state: TrainingState, deadline: float | None) -> None:
-        started = timing_started = time.monotonic()
+        started = time.monotonic()
         first_step = state.step
         bad_in_a_row = 0
         fitting = deadline is not None and not state.total_steps
-        window_start, window_steps = first_step + WARMUP_STEPS, TIMING_STEPS
+        recent: deque[float] = deque(maxlen=REPLAN_STEPS + 1)
         with ProgressView(self.show_progress) as view:
             for batch in self.batches(state.step):
-                if state.step == window_start:
-                    timing_started = time.monotonic()
-                if fitting and deadline is not None and state.step == window_start + window_steps:
-                    per_step = (time.monotonic() - timing_started) / window_steps
+                if state.step - first_step >= WARMUP_STEPS:
+                    recent.append(time.monotonic())
+                if fitting and deadline is not None and state.step - first_step >= WARMUP_STEPS + TIMING_STEPS:
+                    per_step = (recent[-1] - recent[0]) / (len(recent) - 1)
                     state.total_steps = max(state.step + 1, self._planned_total(state, per_step, deadline))
-                    window_start, window_steps, timing_started = state.step, REPLAN_STEPS, time.monotonic()
-                    first_milestone = min(self.recipe.milestones, default=1.0) * state.total_steps
-                    fitting = state.step + REPLAN_STEPS < first_milestone
+                    fitting = state.step < min(self.recipe.milestones, default=1.0) * state.total_steps
                 if state.total_steps and state.step >= state.total_steps:
                     break
                 if deadline is not None and not self.cluster.distributed and time.monotonic() > deadline:
