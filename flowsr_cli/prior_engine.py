@@ -45,6 +45,8 @@ def plan_prior_axis(model: LINFLP, out_length: int, lr_length: int, core_cells: 
     if core_cells <= 0 or core_cells >= cells:
         return [PriorTileAxis(range(cells), range(cells), range(lr_length))]
     core_cells = max(multiple, _floor_to(core_cells, multiple))
+    balanced = math.ceil(cells / math.ceil(cells / core_cells))
+    core_cells = -(-balanced // multiple) * multiple  # equal tiles: no thin last tile with a full window
     tiles = []
     for start in range(0, cells, core_cells):
         stop = min(cells, start + core_cells)
@@ -88,7 +90,9 @@ class LearnedPriorUpscaler:
             tile = choose_tile(available_memory(self.device), per_pixel, flow.receptive_radius)
         else:
             tile = int(self.tile)
-        return math.floor(tile * scale / self.model.patch_size) if tile else 0
+        if not tile or tile >= max(lr.shape[-2:]):
+            return 0
+        return math.floor(tile * scale / self.model.patch_size)
 
     def upscale(
         self,
