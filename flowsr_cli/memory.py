@@ -28,7 +28,8 @@ GPU_QUERY_CHUNK = 16384
 
 
 def query_chunk(device: torch.device) -> int:
-    """How many queries LINF handles at once on ``device``: speed only, results do not depend on it."""
+    """How many queries LINF handles at once on ``device``: a speed setting (results move only by
+    float rounding, below 1e-4)."""
     return CPU_QUERIES_PER_THREAD * torch.get_num_threads() if device.type == "cpu" else GPU_QUERY_CHUNK
 
 
