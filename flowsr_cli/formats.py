@@ -15,6 +15,10 @@ FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
 """Writable formats and their file extensions; the first extension is the one used for new files."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(ext for exts in FORMAT_EXTENSIONS.values() for ext in exts)
+"""Extensions of the formats flowsr writes."""
+INPUT_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | {".gif"}
+"""Extensions of the files a folder or glob argument picks up: the writable formats and GIF (read only;
+its outputs default to PNG)."""
 
 
 def format_from_suffix(path: str | os.PathLike[str]) -> str | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowsr_cli.errors import UsageError
-from flowsr_cli.formats import IMAGE_EXTENSIONS
+from flowsr_cli.formats import INPUT_EXTENSIONS
 
 STDIN_ARGUMENT = "-"
 
@@ -42,7 +42,7 @@ class Discovery:
 
 def is_image_name(path: Path) -> bool:
     """True for non-hidden files with an image extension."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return path.suffix.lower() in INPUT_EXTENSIONS and not path.name.startswith(".")
 
 
 def walk_images(folder: Path, recursive: bool) -> Iterator[Path]:
