@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image as PILImage
-from PIL import ImageOps, PngImagePlugin
+from PIL import ImageCms, ImageOps, PngImagePlugin
 
 from flowsr_cli.errors import ImageError, UsageError
-from flowsr_cli.formats import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, format_from_suffix
+from flowsr_cli.formats import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, INPUT_EXTENSIONS, format_from_suffix
 from flowsr_cli.imageio import Image, Metadata, encode_image, read_image, write_image
 from tests.image_factory import (
     MAKE_TAG,
@@ -73,6 +73,7 @@ def test_format_from_suffix_is_case_insensitive_and_knows_all_extensions() -> No
     assert format_from_suffix("noext") is None
     assert format_from_suffix("a.gif") is None
     assert IMAGE_EXTENSIONS == {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+    assert INPUT_EXTENSIONS == IMAGE_EXTENSIONS | {".gif"}
     written_extensions = {fmt: extensions[0] for fmt, extensions in FORMAT_EXTENSIONS.items()}
     assert written_extensions == {
         "png": ".png",
@@ -251,6 +252,19 @@ def test_cmyk_jpeg_reads_as_rgb(tmp_path: Path) -> None:
     with PILImage.open(tmp_path / "cmyk.jpg") as reference:
         expected = np.asarray(reference.convert("RGB"))
     np.testing.assert_array_equal(image.pixels, expected)
+
+
+def test_cielab_tiff_reads_as_srgb_with_a_note(tmp_path: Path) -> None:
+    """8-bit Lab clips the most saturated sRGB corners, so the round trip is close on average only."""
+    rgb = PILImage.fromarray(smooth_rgb())
+    srgb, lab_profile = ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB")
+    lab = ImageCms.applyTransform(rgb, ImageCms.buildTransform(srgb, lab_profile, "RGB", "LAB"))
+    lab.save(tmp_path / "lab.tif", "TIFF")
+    image = read_image(tmp_path / "lab.tif")
+    assert image.channels == 3 and image.warnings == ["CIELab image: converted to sRGB"]
+    in_memory = ImageCms.applyTransform(lab, ImageCms.buildTransform(lab_profile, srgb, "LAB", "RGB"))
+    np.testing.assert_array_equal(image.pixels, np.asarray(in_memory))
+    assert np.abs(image.pixels.astype(int) - np.asarray(rgb).astype(int)).mean() < 1.5
 
 
 def test_greyscale_webp_is_stored_as_rgb_with_equal_channels() -> None:

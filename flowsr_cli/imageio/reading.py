@@ -7,12 +7,14 @@ Every problem is an ``ImageError`` whose one-line message does not name the file
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import re
 import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -199,6 +201,12 @@ def _pillow_pixels(im: PILImage.Image, icc_profile: bytes | None, notes: list[st
         return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)[..., np.newaxis], icc_profile
     if im.mode == "CMYK":
         return np.asarray(_cmyk_to_rgb(im, icc_profile, notes)), None
+    if im.mode == "LAB":
+        notes.append("CIELab image: converted to sRGB")
+        lab_to_srgb = ImageCms.buildTransform(
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
+        return np.asarray(ImageCms.applyTransform(im, lab_to_srgb)), None
     target = _pillow_target_mode(im)
     if target is None:
         raise ImageError(f"unsupported pixel mode {im.mode}")
@@ -239,11 +247,22 @@ def _decode_png16(data: bytes) -> np.ndarray:
     return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
 
 
+@contextlib.contextmanager
+def _tifffile_silenced() -> Iterator[None]:
+    """tifffile logs what it skips in a damaged file to stderr; the ImageError we raise says it in one line."""
+    logger = logging.getLogger("tifffile")
+    was_disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
+
+
 def _read_tiff(data: bytes, max_pixels: int) -> Image:
     import tifffile
 
     notes: list[str] = []
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+    with _tifffile_silenced(), tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages.first
         _check_pixel_limit(page.imagewidth, page.imagelength, max_pixels)
         if len(tif.pages) > 1:
