@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 TEMP_SUFFIX = ".part"
@@ -35,3 +36,31 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
         raise
+
+
+def remove_leftovers(targets: Iterable[Path]) -> int:
+    """Delete the temporary files that writes of ``targets`` left behind when their process was killed
+    (SIGKILL or power loss skip the cleanup above); returns how many were removed.
+
+    Each folder is listed once. Call it before writing, so no write of this process is in flight."""
+    wanted: dict[Path, set[str]] = {}
+    for target in targets:
+        wanted.setdefault(target.parent, set()).add(target.name)
+    removed = 0
+    for folder, names in wanted.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX) and _target_of(name) in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _target_of(temp_name: str) -> str:
+    """``.photo.png.k3j2x9.part`` -> ``photo.png`` (the random part never contains a dot)."""
+    return temp_name[1 : -len(TEMP_SUFFIX)].rsplit(".", 1)[0]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flowsr_cli.atomic import atomic_write_bytes
+from flowsr_cli.atomic import atomic_write_bytes, remove_leftovers
 from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.formats import FORMAT_EXTENSIONS
 from flowsr_cli.outputs import FALLBACK_FORMAT, Job
@@ -114,7 +114,9 @@ class BatchRunner:
             self._notes_shown = len(self._upscaler.notes)
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
-        """Process every job in order; the upscaler is built only if some job needs it."""
+        """Process every job in order; the upscaler is built only if some job needs it. Temporary files
+        that a killed earlier run left for these outputs are removed first."""
+        remove_leftovers(job.output for job in jobs if job.output is not None)
         if any(self._settled(job) is None for job in jobs):
             self._get_upscaler()
             self._show_new_notes()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flowsr_cli.atomic import TEMP_SUFFIX, atomic_write_bytes
+from flowsr_cli.atomic import TEMP_SUFFIX, atomic_write_bytes, remove_leftovers
 
 
 def _temp_files(directory: Path) -> list[Path]:
@@ -37,3 +37,14 @@ def test_replace_failure_keeps_target_and_removes_temp(tmp_path: Path) -> None:
 def test_missing_folder_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         atomic_write_bytes(tmp_path / "no" / "such" / "file.bin", b"data")
+
+
+def test_leftovers_of_a_killed_write_are_removed_for_the_named_targets_only(tmp_path: Path) -> None:
+    target, other = tmp_path / "photo_x2.png", tmp_path / "other_x2.png"
+    stale = [tmp_path / ".photo_x2.png.k3j2x9.part", tmp_path / ".photo_x2.png.a_b1c.part"]
+    kept = [tmp_path / ".other_x2.png.zz9.part", tmp_path / ".photo_x2.png.keep", tmp_path / "photo_x2.png.x.part"]
+    for path in [*stale, *kept]:
+        path.write_bytes(b"half an image")
+    assert remove_leftovers([target, tmp_path / "missing" / "a.png"]) == 2
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept) and not other.exists()
