@@ -70,7 +70,9 @@ class ConsoleReporter:
         if outcome.status == FAILED:
             report_error(f"{name}: {outcome.reason}")
         if self.json_lines:
-            typer.echo(json.dumps(outcome.as_record(), ensure_ascii=False))
+            # ASCII escapes keep every line valid UTF-8 JSON even for non-UTF-8 file names (as \udcXX,
+            # which os.fsencode turns back into the name's bytes).
+            typer.echo(json.dumps(outcome.as_record()))
         if self._progress is not None and self._overall is not None:
             self._progress.advance(self._overall)
 
