@@ -59,6 +59,10 @@ PRIORS: dict[str, dict[str, Any]] = {
 """Named learned priors: the model they make, the flow they need and their latent module's sizes, the
 paper's (LINF's ~4.6 M parameters; SRFlow's ~10 M, one UNet per latent level) and CPU-sized ones."""
 
+PERCEPTUAL_LOSSES = ("deep", "layers")
+"""``deep``: L1 of the deepest features (the paper's). ``layers``: squared distance of channel-normalised
+features at the end of every VGG block, averaged per layer and summed (LPIPS's uncalibrated VGG baseline)."""
+
 DEFAULT_ARCHITECTURES = {"linf": "linf-small", "srflow": "srflow-small"}
 """The --arch of `train flow --init` for each flow family (spec name)."""
 DEFAULT_PRIORS = {"linf": "lp-small", "srflow": "srflow-lp-small"}
@@ -106,6 +110,8 @@ class Recipe:
     finetune: bool = False
     finetune_nll_weight: float = 5e-4
     vgg_weight: float = 0.0
+    perceptual_loss: str = "deep"
+    """A name in PERCEPTUAL_LOSSES: deep (VGG's last conv) or layers (every block)."""
     latent_weight: float = 0.0
 
     def validate(self) -> None:
@@ -119,6 +125,7 @@ class Recipe:
             (all(0 < value < 1 for value in self.milestones), "milestones are fractions of the run, in (0, 1)"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.queries >= 1, "queries must be >= 1"),
+            (self.perceptual_loss in PERCEPTUAL_LOSSES, f"perceptual_loss must be {' or '.join(PERCEPTUAL_LOSSES)}"),
         )
         for ok, message in checks:
             if not ok:
