@@ -127,6 +127,7 @@ class Hub:
         if path.is_file() or entry.bundled is not None or entry.source == "imported":
             if not path.is_file():
                 raise FlowsrError(f"model {entry.name!r}: its file {path} is missing")
+            _check_unchanged(entry, path)
             return path
         remote = RemoteFile(self.url_of(entry), entry.sha256.lower(), entry.size)
         return download(remote, path, offline=bool(self.settings["offline"]), progress=progress)
@@ -151,3 +152,20 @@ class Hub:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
         return path
+
+
+def _check_unchanged(entry: ModelEntry, path: Path) -> None:
+    """Refuse a stored file whose sha256 is not its entry's (changed since download, or a tampered
+    package); files of imported checkpoints have no published checksum."""
+    from flowsr_cli.download import sha256_of
+
+    if not entry.sha256 or entry.source == "imported":
+        return
+    actual = sha256_of(path)
+    if actual == entry.sha256.lower():
+        return
+    remedy = "reinstall flowsr" if entry.bundled is not None else f"`flowsr models remove {entry.name}`, then rerun"
+    raise FlowsrError(
+        f"model {entry.name!r}: {path} does not match its sha256 (expected {entry.sha256.lower()[:16]}…, "
+        f"found {actual[:16]}…); it changed after it was stored: {remedy}"
+    )
