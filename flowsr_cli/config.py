@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -54,7 +55,7 @@ def _choice(*choices: str, aliases: Mapping[str, str] | None = None) -> Callable
     return parse
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+def _integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         if isinstance(raw, bool):
             raise SettingValueError("")
@@ -62,7 +63,22 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
             value = int(str(raw).strip().replace("_", ""))
         except ValueError as exc:
             raise SettingValueError("") from exc
-        if value < minimum or (maximum is not None and value > maximum):
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise SettingValueError("")
+        return value
+
+    return parse
+
+
+def _number(minimum: float, exclusive: bool = False) -> Callable[[Any], float]:
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise SettingValueError("")
+        try:
+            value = float(str(raw).strip())
+        except ValueError as exc:
+            raise SettingValueError("") from exc
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
             raise SettingValueError("")
         return value
 
@@ -129,8 +145,11 @@ def _optional_path(raw: Any) -> Path | None:
     return _path(raw) if str(raw).strip() else None
 
 
-def _text(raw: Any) -> str:
-    return str(raw).strip()
+def _url(raw: Any) -> str:
+    text = str(raw).strip()
+    if text and re.fullmatch(r"https?://[^/\s]+(/\S*)?", text, re.IGNORECASE) is None:
+        raise SettingValueError("")
+    return text
 
 
 def _default_cache_dir() -> Path:
@@ -209,10 +228,10 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "model_base_url",
-            _text,
+            _url,
             "",
             "Replaces the base of every registry download URL (a mirror); also FLOWSR_MODEL_BASE_URL.",
-            "a URL, or empty for the registry's own",
+            "an http(s) URL, or empty for the registry's own",
         ),
     )
 }
@@ -244,6 +263,37 @@ def parse_value(setting: Setting, raw: Any, origin: str) -> Any:
         raise UsageError(f"{origin}: invalid value {raw!r} for {setting.key}; allowed: {setting.allowed}") from None
 
 
+def flag_parser(flag: str, parse: Callable[[Any], Any], allowed: str) -> Callable[[Any], Any]:
+    """A Typer ``parser=``: ``parse(raw)``, or, if that raises ValueError, a UsageError (one line, exit 2)
+    naming the flag, the value and what is allowed, as for a bad setting."""
+
+    def parse_flag(raw: Any) -> Any:
+        try:
+            return parse(raw)
+        except ValueError:
+            raise UsageError(f"{flag}: invalid value {raw!r}; allowed: {allowed}") from None
+
+    return parse_flag
+
+
+def integer_flag(flag: str, minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
+    """A Typer ``parser=`` for an integer flag; a bad value is a UsageError naming the flag, the value and the range."""
+    if minimum is None:
+        allowed = "an integer"
+    elif maximum is None:
+        allowed = f"an integer >= {minimum}"
+    else:
+        allowed = f"an integer from {minimum} to {maximum}"
+    return flag_parser(flag, _integer(minimum, maximum), allowed)
+
+
+def number_flag(flag: str, minimum: float, exclusive: bool = False) -> Callable[[Any], float]:
+    """A Typer ``parser=`` for a finite number >= ``minimum`` (> if ``exclusive``); a bad value is a UsageError
+    naming the flag, the value and the range."""
+    allowed = f"a number {'>' if exclusive else '>='} {minimum:g}"
+    return flag_parser(flag, _number(minimum, exclusive), allowed)
+
+
 def _read_document(path: Path) -> Any:
     import tomlkit
     from tomlkit.exceptions import ParseError
@@ -267,7 +317,10 @@ def read_file_values(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, raw in document.unwrap().items():
         if key not in SETTINGS:
-            raise UsageError(f"config file {path}: unknown key {key!r}; known keys: {', '.join(SETTINGS)}")
+            raise UsageError(
+                f"config file {path}: unknown key {key!r} (remove it: flowsr config unset {key}); "
+                f"known keys: {', '.join(SETTINGS)}"
+            )
         values[key] = parse_value(SETTINGS[key], raw, f"config file {path}")
     return values
 
@@ -329,11 +382,12 @@ def set_value(key: str, raw: str) -> Any:
 
 
 def unset_value(key: str) -> bool:
-    """Remove ``key`` from the config file; False if it was not set there."""
-    lookup(key)
+    """Remove ``key`` from the config file; False if it was not set there. A key the file has but flowsr
+    does not know (a typo, another version's) can be removed too."""
     path = config_path()
     document = _read_document(path)
     if key not in document:
+        lookup(key)
         return False
     del document[key]
     _write_document(path, document)

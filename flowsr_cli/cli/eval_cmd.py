@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.console import printable, report_note, stderr_console
-from flowsr_cli.config import Settings
+from flowsr_cli.config import Settings, integer_flag
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -20,12 +20,13 @@ _OUTPUT = "Output"
 
 
 def _numbers(text: str, option: str, minimum: float) -> list[float]:
+    message = f"{option} takes comma-separated numbers >= {minimum:g}, got {text!r}"
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UsageError(f"{option} takes comma-separated numbers, got {text!r}") from None
+        raise UsageError(message) from None
     if not values or any(not math.isfinite(value) or value < minimum for value in values):
-        raise UsageError(f"{option} takes comma-separated numbers >= {minimum:g}, got {text!r}")
+        raise UsageError(message)
     return values
 
 
@@ -39,10 +40,14 @@ def eval_command(
         None, "--prior", help="learned or gaussian (default: learned where a model has one, else gaussian)."
     ),
     temperatures: str = typer.Option("0.5", "--temperatures", help="Gaussian-prior temperatures, comma-separated."),
-    runs: int = typer.Option(1, "--runs", min=1, help="Seeds per image for stochastic settings (τ > 0)."),
-    seed: int = typer.Option(0, "--seed", help="First seed; run i uses seed + i."),
+    runs: int = typer.Option(
+        1, "--runs", parser=integer_flag("--runs", 1), help="Seeds per image (>= 1) for stochastic settings (τ > 0)."
+    ),
+    seed: int = typer.Option(0, "--seed", parser=integer_flag("--seed"), help="First seed; run i uses seed + i."),
     baseline: str = typer.Option("bicubic", "--baseline", help="bicubic, or none to leave it out."),
-    max_images: int | None = typer.Option(None, "--max-images", min=1, help="Use the first K images per dataset."),
+    max_images: int | None = typer.Option(
+        None, "--max-images", parser=integer_flag("--max-images", 1), help="Use the first K >= 1 images per dataset."
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (config: device)."),
     offline: bool | None = typer.Option(
         None, "--offline/--online", help="Never download models (config: offline).", show_default=False

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.console import printable
-from flowsr_cli.config import Settings
+from flowsr_cli.config import Settings, integer_flag
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -158,17 +158,19 @@ def add_command(
     name: str = typer.Argument(..., help="The name to use with --model."),
     url: str = typer.Argument(..., help="Where the .safetensors file is served."),
     sha256: str = typer.Option(..., "--sha256", help="The file's SHA-256 (hex)."),
-    size: int | None = typer.Option(None, "--size", min=1, help="The file's size in bytes."),
+    size: int | None = typer.Option(
+        None, "--size", parser=integer_flag("--size", 1), help="The file's size in bytes (>= 1)."
+    ),
     description: str = typer.Option("", "--description", help="A line for `flowsr models list`."),
 ) -> None:
     """Register a model served elsewhere (e.g. a team's server); it downloads on first use."""
     from flowsr_cli.hub import ModelEntry
 
     if _NAME.fullmatch(name) is None:
-        raise UsageError(f"{name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+        raise UsageError(f"name {name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
     if re.fullmatch(r"[0-9a-fA-F]{64}", sha256) is None:
         raise UsageError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
     if not url.startswith(("https://", "http://")):
-        raise UsageError(f"{url!r}: expected an http(s) URL")
+        raise UsageError(f"url {url!r}: expected an http(s) URL")
     manifest = _hub().add(ModelEntry(name, description, sha256.lower(), size, url=url, source="user"))
     typer.echo(f"added {name} to {printable(manifest)}; it downloads on first use")

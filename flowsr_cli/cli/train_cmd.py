@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from flowsr_cli.cli.console import printable, report_note, report_warning
-from flowsr_cli.config import Settings
+from flowsr_cli.config import Settings, integer_flag, number_flag
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -30,14 +30,32 @@ _RUN = "Run"
 DATA_ARGUMENT = typer.Argument(..., help="Folders of training images (searched recursively).", show_default=False)
 OUT_OPTION = typer.Option(..., "--out", help="Folder for checkpoint, log, recipe and the exported model.")
 RECIPE_OPTION = typer.Option(None, "--recipe", help="A recipe TOML (flat keys); flags override it.")
-STEPS_OPTION = typer.Option(None, "--steps", min=0, help="Optimizer steps.", rich_help_panel=_RUN)
-BUDGET_OPTION = typer.Option(
-    None, "--time-budget", min=0.0, help="Minutes to train (the step count is fitted to it).", rich_help_panel=_RUN
+STEPS_OPTION = typer.Option(
+    None, "--steps", parser=integer_flag("--steps", 0), help="Optimizer steps (>= 0).", rich_help_panel=_RUN
 )
-BATCH_OPTION = typer.Option(None, "--batch-size", min=1, help="Crops per step.", rich_help_panel=_RUN)
-LR_OPTION = typer.Option(None, "--lr", help="Adam learning rate.", rich_help_panel=_RUN)
-SEED_OPTION = typer.Option(None, "--seed", help="Seed of data sampling and initialisation.", rich_help_panel=_RUN)
-WORKERS_OPTION = typer.Option(None, "--workers", min=0, help="Data-loading processes.", rich_help_panel=_RUN)
+BUDGET_OPTION = typer.Option(
+    None,
+    "--time-budget",
+    parser=number_flag("--time-budget", 0),
+    help="Minutes to train (>= 0; the step count is fitted to it).",
+    rich_help_panel=_RUN,
+)
+BATCH_OPTION = typer.Option(
+    None, "--batch-size", parser=integer_flag("--batch-size", 1), help="Crops per step (>= 1).", rich_help_panel=_RUN
+)
+LR_OPTION = typer.Option(
+    None, "--lr", parser=number_flag("--lr", 0, exclusive=True), help="Adam learning rate (> 0).", rich_help_panel=_RUN
+)
+SEED_OPTION = typer.Option(
+    None,
+    "--seed",
+    parser=integer_flag("--seed", 0, 2**64 - 1),
+    help="Seed of data sampling and initialisation (0 to 2^64 - 1, as torch takes).",
+    rich_help_panel=_RUN,
+)
+WORKERS_OPTION = typer.Option(
+    None, "--workers", parser=integer_flag("--workers", 0), help="Data-loading processes (>= 0).", rich_help_panel=_RUN
+)
 RESUME_OPTION = typer.Option(None, "--resume", help="A checkpoint.safetensors to continue exactly.")
 VAL_OPTION = typer.Option(None, "--val", help="Folder of HR images for PSNR/SSIM checks every val_every steps.")
 DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (config: device).")
@@ -64,9 +82,11 @@ def _model_file(settings: Settings, model: str, option: str) -> tuple[Path, str]
     from flowsr_cli.hub import Hub
     from flowsr_cli.models import read_model_metadata
 
-    path = Hub(settings).resolve(model)
+    hub = Hub(settings)
+    path = hub.resolve(model)
     if path is None:
-        raise UsageError(f"{option} {model!r}: no such model file or named model")
+        known = ", ".join(hub.entries())
+        raise UsageError(f"{option} {model!r}: no such model file or named model; known: {known}, or a model file")
     return path, str(read_model_metadata(path)["spec"].get("name"))
 
 
@@ -264,7 +284,10 @@ def train_prior(
     seed: int | None = SEED_OPTION,
     workers: int | None = WORKERS_OPTION,
     latent_weight: float | None = typer.Option(
-        None, "--latent-weight", help="λ of the latent L1 term (default: 0 for LINF, 0.1 for SRFlow, as the paper)."
+        None,
+        "--latent-weight",
+        parser=number_flag("--latent-weight", 0),
+        help="λ >= 0 of the latent L1 term (default: 0 for LINF, 0.1 for SRFlow, as the paper).",
     ),
     resume: Path | None = RESUME_OPTION,
     val: Path | None = VAL_OPTION,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.console import debug_enabled
-from flowsr_cli.config import Settings
+from flowsr_cli.config import Settings, flag_parser, integer_flag, number_flag
 from flowsr_cli.errors import FlowsrError, UsageError
 
 if TYPE_CHECKING:
@@ -56,9 +56,19 @@ def upscale(
         help="Output file (one input), folder (several), or - for stdout.",
         rich_help_panel=_OUTPUT,
     ),
-    scale: float | None = typer.Option(None, "--scale", "-s", help="Scale factor, any number >= 1 (e.g. 3.5)."),
-    width: int | None = typer.Option(None, "--width", help="Output width in pixels; keeps the aspect ratio."),
-    height: int | None = typer.Option(None, "--height", help="Output height in pixels; keeps the aspect ratio."),
+    scale: float | None = typer.Option(
+        None,
+        "--scale",
+        "-s",
+        parser=flag_parser("--scale", float, "a number >= 1"),
+        help="Scale factor, any number >= 1 (e.g. 3.5).",
+    ),
+    width: int | None = typer.Option(
+        None, "--width", parser=integer_flag("--width", 1), help="Output width in pixels; keeps the aspect ratio."
+    ),
+    height: int | None = typer.Option(
+        None, "--height", parser=integer_flag("--height", 1), help="Output height in pixels; keeps the aspect ratio."
+    ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Model name or .safetensors path (config: model).", rich_help_panel=_MODEL
     ),
@@ -94,8 +104,8 @@ def upscale(
         0.5,
         "--temperature",
         "-t",
-        min=0.0,
-        help="Gaussian prior temperature T; 0 gives the mode-like, sharpest-PSNR output.",
+        parser=number_flag("--temperature", 0),
+        help="Gaussian prior temperature T >= 0; 0 gives the mode-like, sharpest-PSNR output.",
         rich_help_panel=_MODEL,
     ),
     allow_resample: bool = typer.Option(
@@ -105,13 +115,17 @@ def upscale(
         rich_help_panel=_MODEL,
     ),
     seed: int = typer.Option(
-        0, "--seed", help="Seed of the Gaussian prior (same seed, same image).", rich_help_panel=_MODEL
+        0,
+        "--seed",
+        parser=integer_flag("--seed"),
+        help="Seed of the Gaussian prior (same seed, same image).",
+        rich_help_panel=_MODEL,
     ),
     samples: int = typer.Option(
         1,
         "--samples",
-        min=1,
-        help="Write N different samples per input (NAME_x3.5_s0.png, ...).",
+        parser=integer_flag("--samples", 1),
+        help="Write N >= 1 different samples per input (NAME_x3.5_s0.png, ...).",
         rich_help_panel=_MODEL,
     ),
     output_format: str | None = typer.Option(
@@ -123,8 +137,12 @@ def upscale(
         help="Added to output names; {size} becomes x3.5, w1920 or h1080 (config: suffix).",
         rich_help_panel=_OUTPUT,
     ),
-    quality: int | None = typer.Option(
-        None, "--quality", help="JPEG/WebP quality 1-100 (config: quality).", rich_help_panel=_OUTPUT
+    quality: str | None = typer.Option(
+        None,
+        "--quality",
+        metavar="<int>",
+        help="JPEG/WebP quality 1-100 (config: quality).",
+        rich_help_panel=_OUTPUT,
     ),
     strip_metadata: bool | None = typer.Option(
         None,
