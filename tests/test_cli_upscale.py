@@ -86,6 +86,7 @@ def test_usage_errors_exit_2_with_one_line(run_cli: CliInvoker, tmp_path: Path, 
     assert sorted(os.listdir(tmp_path)) == ["a.png"]
 
 
+@pytest.mark.robustness
 def test_folder_with_a_corrupt_file_writes_the_rest_and_exits_1(run_cli: CliInvoker, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
@@ -241,6 +242,7 @@ def test_stdin_to_stdout(tmp_path: Path) -> None:
     assert image_size(tmp_path / "out.png") == (60, 39)
 
 
+@pytest.mark.robustness
 def test_stdin_garbage_is_one_error_line(tmp_path: Path) -> None:
     result = flowsr_subprocess("upscale", "-", "--scale", "2", input=b"not an image at all")
     assert result.returncode == 1
@@ -248,6 +250,7 @@ def test_stdin_garbage_is_one_error_line(tmp_path: Path) -> None:
     assert b"<stdin>" in result.stderr and b"Traceback" not in result.stderr
 
 
+@pytest.mark.robustness
 def test_interrupted_write_leaves_no_partial_file(tmp_path: Path) -> None:
     """A real failing write: the file-size limit is hit while the output is being written."""
     make_photo(tmp_path / "a_small.png", (8, 8), seed=1)

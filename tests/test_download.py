@@ -109,6 +109,7 @@ def test_complete_part_of_the_known_size_needs_no_request(server: FileServer, tm
     assert server.log == []
 
 
+@pytest.mark.robustness
 def test_wrong_bytes_give_a_checksum_error_and_leave_nothing(server: FileServer, tmp_path: Path) -> None:
     wrong = BODY[::-1]
     remote = _serve(server, "/wrong", Route(BODY, wrong_body=wrong))
@@ -204,6 +205,7 @@ def test_offline_returns_an_existing_file(server: FileServer, tmp_path: Path) ->
     assert server.log == []
 
 
+@pytest.mark.robustness
 def test_redirect_to_another_host_is_refused(server: FileServer, tmp_path: Path) -> None:
     server.add("/file", Route(BODY))
     remote = _serve(server, "/away", Route(redirect_to=server.url("/file", host="localhost")))
@@ -217,6 +219,7 @@ def test_redirect_to_another_host_is_refused(server: FileServer, tmp_path: Path)
     assert not target.exists()
 
 
+@pytest.mark.robustness
 def test_redirect_to_an_allowed_host_is_followed(server: FileServer, tmp_path: Path) -> None:
     server.add("/file", Route(BODY))
     remote = _serve(server, "/away", Route(redirect_to=server.url("/file", host="localhost")))
@@ -283,6 +286,7 @@ def _download_in_child(url: str, target: str, started: Any) -> None:
     download(RemoteFile(url, SHA), Path(target), progress=False, retries=0)
 
 
+@pytest.mark.robustness
 def test_two_processes_downloading_the_same_file_do_not_corrupt_it(server: FileServer, tmp_path: Path) -> None:
     gate = threading.Event()
     remote = _serve(server, "/slow", Route(BODY, chunk_size=4096, chunk_delay=0.001, gate=gate))

@@ -498,6 +498,7 @@ def test_xmp_orientation_in_png_text_is_reset(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- limits and errors
 
 
+@pytest.mark.robustness
 def test_max_pixels_guard_uses_the_header_only() -> None:
     data = png_with_claimed_size(60000, 60000)
     with pytest.raises(ImageError) as excinfo:
@@ -547,6 +548,7 @@ BAD_DATA = {
 }
 
 
+@pytest.mark.robustness
 @pytest.mark.parametrize("case", BAD_DATA)
 def test_bad_data_gives_one_line_image_error_from_path_and_bytes(tmp_path: Path, case: str) -> None:
     data, expected = BAD_DATA[case]
@@ -701,6 +703,7 @@ def test_missing_directory_is_an_image_error(tmp_path: Path) -> None:
         write_image(Image(gradient8(3), "png"), tmp_path / "no" / "such" / "dir.png", "png")
 
 
+@pytest.mark.robustness
 @pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
 def test_write_failing_midway_keeps_old_content(tmp_path: Path) -> None:
     target = tmp_path / "out.png"

@@ -223,6 +223,7 @@ class _RunsCode:
         return (Path.write_text, (Path(self.path), "pwned"))
 
 
+@pytest.mark.robustness
 def test_an_srflow_file_carrying_pickled_code_is_refused_unrun(run_cli: CliInvoker, tmp_path: Path) -> None:
     marker = tmp_path / "executed"
     state: dict[str, object] = dict(original_state(source_srflow(TINY)))

@@ -167,6 +167,7 @@ def fault_above(model: SRFlow, monkeypatch: pytest.MonkeyPatch, limit: float) ->
     monkeypatch.setattr(level, "inverse", inverse)
 
 
+@pytest.mark.robustness
 def test_guard_retries_exploding_tiles_at_lower_temperature(
     model: SRFlow, lr: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,6 +194,7 @@ def test_guard_retries_exploding_tiles_at_lower_temperature(
     assert unguarded.guarded_tiles == 0 and not torch.isfinite(raw[..., :8, :]).any()
 
 
+@pytest.mark.robustness
 def test_guard_falls_back_to_bicubic_and_is_off_for_evaluation(
     model: SRFlow, lr: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -120,6 +120,7 @@ def exploding_latent(original):  # type: ignore[no-untyped-def]
     return make_latent
 
 
+@pytest.mark.robustness
 def test_exploding_inverse_guard_repairs_and_reports(lr: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
     model = linf(3)
     size = Size(132, 100)
@@ -144,6 +145,7 @@ def test_exploding_inverse_guard_repairs_and_reports(lr: torch.Tensor, monkeypat
     assert torch.allclose(guarded[..., second_row:, :], honest[..., second_row:, :], atol=1e-5)
 
 
+@pytest.mark.robustness
 def test_a_broken_model_falls_back_to_the_bilinear_base(lr: torch.Tensor) -> None:
     model = linf(3)
     with torch.no_grad():

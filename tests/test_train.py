@@ -101,6 +101,7 @@ def make_trainer(model_path: Path, photos: Path, out: Path, interrupt_after: int
     )
 
 
+@pytest.mark.robustness
 def test_interrupt_and_resume_gives_the_same_parameters(tmp_path: Path, photos: Path, tiny_model: Path) -> None:
     straight = make_trainer(tiny_model, photos, tmp_path / "straight")
     straight.run()
@@ -116,6 +117,7 @@ def test_interrupt_and_resume_gives_the_same_parameters(tmp_path: Path, photos: 
     assert not all(torch.equal(expected[name], load_model(tiny_model).state_dict()[name]) for name in expected)
 
 
+@pytest.mark.robustness
 def test_non_finite_losses_stop_training_with_a_clear_error(tmp_path: Path, photos: Path) -> None:
     broken = tiny_linf(3)
     with torch.no_grad():
