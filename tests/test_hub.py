@@ -64,17 +64,23 @@ def test_upscale_downloads_a_named_model_once_and_uses_it(
     assert "tiny: ok" in run_cli("models", "verify").stdout
 
 
-@pytest.mark.robustness
-def test_verify_detects_corruption_and_remove_deletes(
-    run_cli: CliInvoker, server: FileServer, model_bytes: bytes
-) -> None:
+def downloaded_then_tampered(run_cli: CliInvoker, server: FileServer, model_bytes: bytes) -> Path:
+    """Register and download the model "tiny", then flip a bit of the cached file; returns its path."""
     server.add("/tiny.safetensors", Route(model_bytes))
     add_model(run_cli, "tiny", server.url("/tiny.safetensors"), model_bytes)
     assert run_cli("models", "download", "tiny").exit_code == 0
     path = Path(run_cli("models", "path", "tiny").stdout.strip())
-    corrupted = bytearray(path.read_bytes())
-    corrupted[-1] ^= 0xFF
-    path.write_bytes(bytes(corrupted))
+    tampered = bytearray(path.read_bytes())
+    tampered[-1] ^= 0xFF
+    path.write_bytes(bytes(tampered))
+    return path
+
+
+@pytest.mark.robustness
+def test_verify_detects_corruption_and_remove_deletes(
+    run_cli: CliInvoker, server: FileServer, model_bytes: bytes
+) -> None:
+    path = downloaded_then_tampered(run_cli, server, model_bytes)
     result = run_cli("models", "verify", "tiny")
     assert result.exit_code == 1 and "CORRUPT" in result.stdout
     assert run_cli("models", "remove", "tiny").exit_code == 0 and not path.exists()
@@ -144,13 +150,7 @@ def test_bundled_entries_resolve_inside_the_package_and_never_download() -> None
 def test_a_tampered_cached_model_is_refused_before_use(
     run_cli: CliInvoker, server: FileServer, model_bytes: bytes, photo: Path, tmp_path: Path
 ) -> None:
-    server.add("/tiny.safetensors", Route(model_bytes))
-    add_model(run_cli, "tiny", server.url("/tiny.safetensors"), model_bytes)
-    assert run_cli("models", "download", "tiny").exit_code == 0
-    path = Path(run_cli("models", "path", "tiny").stdout.strip())
-    tampered = bytearray(path.read_bytes())
-    tampered[-1] ^= 0xFF
-    path.write_bytes(bytes(tampered))
+    downloaded_then_tampered(run_cli, server, model_bytes)
     result = run_cli("upscale", str(photo), "--model", "tiny", "-s", "2", "-o", str(tmp_path / "out.png"))
     assert result.exit_code == 1 and not (tmp_path / "out.png").exists()
     assert "does not match its sha256" in result.stderr and "flowsr models remove tiny" in result.stderr
