@@ -26,6 +26,7 @@ __all__ = [
     "ALEXNET_FILE",
     "VGG16_FILE",
     "VGG19_FILE",
+    "load_lpips",
     "load_lpips_alex",
     "load_perceptual_features",
     "load_state_dict",
@@ -57,20 +58,25 @@ VGG19_CONV5_4 = 35
 
 
 def load_lpips_alex(device: torch.device | str = "cpu") -> lpips.LPIPS:
-    """LPIPS (net='alex', version 0.1) with ImageNet AlexNet weights from local files; eval mode, frozen.
+    """LPIPS (net='alex', version 0.1), the evaluation metric, with ImageNet AlexNet weights from local files."""
+    return load_lpips("alex", device)
 
-    lpips builds a randomly initialised torchvision AlexNet (``pnet_rand=True``, so nothing is
+
+def load_lpips(net: str, device: torch.device | str = "cpu") -> lpips.LPIPS:
+    """LPIPS (``net`` 'alex' or 'vgg', version 0.1) with ImageNet weights from local files; eval mode, frozen.
+
+    lpips builds a randomly initialised torchvision network (``pnet_rand=True``, so nothing is
     downloaded) and loads its linear calibration layers from the weights shipped inside the lpips
-    package; the AlexNet ``features.*`` weights are then copied into lpips' network slices, which
-    keep torchvision's module indices (``slice2.3.weight`` is ``features.3.weight``).
+    package; the ``features.*`` weights are then copied into lpips' network slices, which keep
+    torchvision's module indices (``slice2.3.weight`` is ``features.3.weight``).
     """
     import lpips
 
-    state, path = _read_features(_ALEXNET)
+    state, path = _read_features({"alex": _ALEXNET, "vgg": _VGG16}[net])
     with warnings.catch_warnings():
         # lpips still calls torchvision.models.alexnet(pretrained=False), a deprecated spelling of weights=None.
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-        model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+        model = lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
     net_state = model.net.state_dict()
     # "slice2.3.weight" -> "features.3.weight": the slices' children are named by their torchvision index.
     features_key = {name: "features." + name.split(".", 1)[1] for name in net_state}

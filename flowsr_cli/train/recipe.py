@@ -59,9 +59,9 @@ PRIORS: dict[str, dict[str, Any]] = {
 """Named learned priors: the model they make, the flow they need and their latent module's sizes, the
 paper's (LINF's ~4.6 M parameters; SRFlow's ~10 M, one UNet per latent level) and CPU-sized ones."""
 
-PERCEPTUAL_LOSSES = ("deep", "layers")
-"""``deep``: L1 of the deepest features (the paper's). ``layers``: squared distance of channel-normalised
-features at the end of every VGG block, averaged per layer and summed (LPIPS's uncalibrated VGG baseline)."""
+PERCEPTUAL_LOSSES = ("deep", "lpips-vgg")
+"""``deep``: L1 of VGG's deepest features (the paper's). ``lpips-vgg``: LPIPS on its VGG16 backbone (the
+evaluation's LPIPS uses AlexNet)."""
 
 DEFAULT_ARCHITECTURES = {"linf": "linf-small", "srflow": "srflow-small"}
 """The --arch of `train flow --init` for each flow family (spec name)."""
@@ -111,7 +111,7 @@ class Recipe:
     finetune_nll_weight: float = 5e-4
     vgg_weight: float = 0.0
     perceptual_loss: str = "deep"
-    """A name in PERCEPTUAL_LOSSES: deep (VGG's last conv) or layers (every block)."""
+    """A name in PERCEPTUAL_LOSSES: deep (VGG's last conv) or lpips-vgg."""
     latent_weight: float = 0.0
 
     def validate(self) -> None:
