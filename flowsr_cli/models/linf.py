@@ -242,17 +242,11 @@ class LINF(nn.Module):
         rows = rows if rows is not None else range(len(all_rows))
         columns = columns if columns is not None else range(len(all_columns))
         batch = features.lr.shape[0]
-        cell = cell_size(height, width)
         band = max(1, chunk_queries // len(columns))
         canvas = torch.empty(batch, 3, len(rows) * patch, len(columns) * patch, device=device)
-        column_centres = all_columns[columns.start : columns.stop]
         for start in range(rows.start, rows.stop, band):
             end = min(rows.stop, start + band)
-            if conditions is not None:
-                condition = conditions.read(range(start, end), columns)
-            else:
-                points = grid(all_rows[start:end], column_centres).expand(batch, -1, -1)
-                condition = self.condition(features, points, cell)
+            condition = self.cells_condition(features, size, range(start, end), columns, conditions)
             z = latent(range(start, end), columns).to(device)
             with torch.autocast(device.type, enabled=False):
                 residual = self.sample(condition.flatten(0, 1).float(), z.flatten(0, 1).float())
@@ -264,6 +258,24 @@ class LINF(nn.Module):
         pixel_columns = range(columns.start * patch, min(columns.stop * patch, width))
         base = self.bilinear_base(features, size, pixel_rows, pixel_columns)
         return canvas[..., : len(pixel_rows), : len(pixel_columns)] + base
+
+    def cells_condition(
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        rows: range,
+        columns: range,
+        conditions: ConditionGrid | None = None,
+    ) -> torch.Tensor:
+        """The flow's conditioning (B, len(rows), len(columns), C) of those latent cells of an output of
+        ``size``: read from ``conditions`` when given (it must cover them), else computed."""
+        if conditions is not None:
+            return conditions.read(rows, columns)
+        device = features.lr.device
+        row_centres = patch_centres(size[0], self.patch_size, device)[rows.start : rows.stop]
+        column_centres = patch_centres(size[1], self.patch_size, device)[columns.start : columns.stop]
+        points = grid(row_centres, column_centres).expand(features.lr.shape[0], -1, -1)
+        return self.condition(features, points, cell_size(*size))
 
     @staticmethod
     def bilinear_base(features: LRFeatures, size: tuple[int, int], rows: range, columns: range) -> torch.Tensor:

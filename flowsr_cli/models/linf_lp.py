@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowsr_cli.models.coords import cell_size, grid, patch_centres, unfold_patches
+from flowsr_cli.models.coords import unfold_patches
 from flowsr_cli.models.latent import LatentModule, lr_positions
 from flowsr_cli.models.linf import LINF, ConditionGrid, LRFeatures
 from flowsr_cli.models.registry import make, register
@@ -223,22 +223,16 @@ class LINFLP(nn.Module):
         device = residual.device
         batch = residual.shape[0]
         patch = self.patch_size
-        row_centres = patch_centres(size[0], patch, device)[rows.start : rows.stop]
-        column_centres = patch_centres(size[1], patch, device)[columns.start : columns.stop]
-        cell = cell_size(*size)
-        band = max(1, chunk_queries // len(column_centres))
+        band = max(1, chunk_queries // len(columns))
         bands: list[torch.Tensor] = []
-        for start in range(0, len(row_centres), band):
-            end = min(len(row_centres), start + band)
-            if conditions is not None:
-                condition = conditions.read(range(rows.start + start, rows.start + end), columns)
-            else:
-                points = grid(row_centres[start:end], column_centres).expand(batch, -1, -1)
-                condition = self.flow.condition(features, points, cell)
+        for start in range(0, len(rows), band):
+            end = min(len(rows), start + band)
+            band_rows = range(rows.start + start, rows.start + end)
+            condition = self.flow.cells_condition(features, size, band_rows, columns, conditions)
             vectors = unfold_patches(residual[:, :, start * patch : end * patch], patch)
             with torch.autocast(device.type, enabled=False):
                 _, z = self.flow.log_prob(vectors.flatten(0, 1).float(), condition.flatten(0, 1).float())
-            bands.append(z.view(batch, end - start, len(column_centres), self.dim))
+            bands.append(z.view(batch, end - start, len(columns), self.dim))
         return torch.cat(bands, dim=1).permute(0, 3, 1, 2).contiguous()
 
 
