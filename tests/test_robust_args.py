@@ -19,6 +19,8 @@ from flowsr_cli import config
 from flowsr_cli.cli import app
 from tests.conftest import CliInvoker
 
+pytestmark = pytest.mark.robustness
+
 SHA = "0" * 64
 SEEDS = f"an integer from 0 to {2**64 - 1}"
 CONTEXT: dict[str, tuple[str, ...]] = {

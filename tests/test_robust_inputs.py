@@ -121,7 +121,7 @@ def mutated_images(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=mutated_images())
 def test_mutated_image_bytes_decode_or_give_one_image_error(data: bytes) -> None:
     try:
@@ -134,7 +134,7 @@ def test_mutated_image_bytes_decode_or_give_one_image_error(data: bytes) -> None
     assert image.pixels.shape[:2] == (image.height, image.width)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=mutated_images())
 def test_mutated_image_bytes_through_the_cli_give_an_image_or_one_error_line(data: bytes) -> None:
     """stdin to stdout through the real command: exit 0 with an image, or exit 1 with one error line."""
