@@ -219,6 +219,7 @@ class FakeLP(torch.nn.Module):
     def __init__(self, flow: SRFlow) -> None:
         super().__init__()
         self.flow = flow
+        self.size_multiple = flow.size_multiple
 
     def predict_latents(self, features: SRFlowFeatures, lr: torch.Tensor) -> list[torch.Tensor]:
         assert lr.shape[-2:] == features.lr_size

@@ -168,3 +168,35 @@ def test_paper_size_priors() -> None:
     model = make({"name": "srflow-lp", "args": {"flow": {"name": "srflow", "args": {}}, "latent": {}}})
     assert isinstance(model, SRFlowLP) and len(model.priors) == 2
     assert sum(parameter.numel() for parameter in model.priors.parameters()) == pytest.approx(10.1e6, rel=0.05)
+
+
+def test_tiles_start_on_the_unets_pooling_grid_of_every_level() -> None:
+    model = tiny_srflow_lp()
+    # latent levels 0 (2x LR) and 2 (LR/2) with UNets pooling by 2: LR offsets in multiples of 1 and 4.
+    assert model.levels == [0, 2] and [prior.unet.multiple for prior in model.priors] == [2, 2]
+    assert model.size_multiple == 4
+
+
+def test_the_bundled_srflow_lp_tiles_like_its_whole_image() -> None:
+    """With the auto halo and the prior's grid, tiles of the trained model match one untiled pass."""
+    from PIL import Image as PILImage
+
+    from flowsr_cli.sizing import Size
+    from flowsr_cli.srflow_engine import SRFlowUpscaler
+    from tests.test_srflow_engine import collect
+
+    model = load_model(Path(__file__).parent.parent / "flowsr_cli/weights/srflow-lp.safetensors").float()
+    photo = sorted((SHARED / "data/eval/B100").iterdir())[3]
+    with PILImage.open(photo) as image:
+        pixels = image.convert("RGB").resize((136, 32), PILImage.Resampling.BICUBIC).tobytes()
+    lr = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(32, 136, 3).permute(2, 0, 1)[None] / 255
+
+    def upscale(tile: int) -> tuple[torch.Tensor, int]:
+        upscaler = SRFlowUpscaler(model.flow, torch.device("cpu"), torch.float32, 0.0, "lp", tile, predictor=model)
+        with torch.no_grad():
+            (output,), report = collect(upscaler, lr, [0], Size(544, 128))
+        return output, report.tiles
+
+    (whole, one), (tiled, tiles) = upscale(0), upscale(32)
+    assert one == 1 and tiles == 5
+    assert (tiled - whole).abs().max() < 2e-4

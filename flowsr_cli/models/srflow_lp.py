@@ -10,6 +10,7 @@ Images follow SRFlow's conventions (module docstring of :mod:`flowsr_cli.models.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,6 +110,11 @@ class SRFlowLP(nn.Module):
         self.levels = [index for _, index in layout]
         cond_channels = flow_model.conditioner.out_channels
         self.priors = nn.ModuleList(LevelPrior(channels, cond_channels, **latent) for channels, _ in layout)
+        # Level i's latents are 2^(1-i) x the LR size; a UNet pooling by m there needs LR offsets that are
+        # multiples of m * 2^(i-1), so that tiles pool on the same grid as the whole image.
+        aligned = [prior.unet.multiple * 2 ** (level - 1) for prior, level in zip(self.priors, self.levels)]
+        self.size_multiple = math.lcm(flow_model.size_multiple, *(max(1, int(value)) for value in aligned))
+        """LR offsets and sizes on this grid give every level's flow and UNet the whole image's grid."""
 
     def train(self, mode: bool = True) -> SRFlowLP:
         """Set the priors' mode; the frozen flow always stays in eval mode."""
