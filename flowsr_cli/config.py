@@ -383,14 +383,41 @@ def set_value(key: str, raw: str) -> Any:
 
 def unset_value(key: str) -> bool:
     """Remove ``key`` from the config file; False if it was not set there. A key the file has but flowsr
-    does not know (a typo, another version's) can be removed too."""
+    does not know (a typo, another version's) can be removed too, and so can a key of a file that is not
+    valid TOML (line by line)."""
     path = config_path()
-    document = _read_document(path)
+    try:
+        document = _read_document(path)
+    except UsageError:
+        if path.is_dir():
+            raise
+        return _unset_lines(path, key)
     if key not in document:
         lookup(key)
         return False
     del document[key]
     _write_document(path, document)
+    return True
+
+
+def _unset_lines(path: Path, key: str) -> bool:
+    """``unset`` for a file that is not valid TOML (or not text): drop the lines that assign ``key`` and
+    keep every other byte, so a broken config file never blocks removing a setting from it."""
+    from flowsr_cli.atomic import atomic_write_bytes
+
+    name = re.escape(key.encode("utf-8"))
+    assignment = re.compile(rb"^[ \t]*(?:%s|\"%s\"|'%s')[ \t]*=[^\n]*(?:\n|$)" % (name, name, name), re.MULTILINE)
+    try:
+        kept, removed = assignment.subn(b"", path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    if not removed:
+        lookup(key)
+        return False
+    try:
+        atomic_write_bytes(path, kept)
+    except OSError as exc:
+        raise UsageError(f"config file {path}: cannot write: {exc.strerror or exc}") from None
     return True
 
 
