@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-trains the bundled `srflow` and `srflow-lp` models (x4) from ../shared/data/train (never data/eval)
-# and exports them in fp16 into flowsr_cli/weights/. About 100 minutes on a 2-core CPU.
+# and exports them in fp16 into flowsr_cli/weights/. About 150 minutes on a 2-core CPU.
 # Usage: scripts/train_srflow_models.sh [RUNS_DIR]   (needs FLOWSR_BACKBONE_DIR for VGG16 weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,17 @@ if [[ ! -f $runs/srflow-lp/model.safetensors ]]; then
   flowsr train prior "$data" --out "$runs/srflow-lp" --recipe scripts/recipes/srflow-lp.toml \
     --flow "$runs/srflow/model.safetensors" --val "$val"
 fi
+# The shipped prior went on in two more runs of the same recipe (the learning rate restarting each time):
+# 14 and 33 more minutes. Its first run had stopped after 461 of its 40 minutes' steps (a fixed bug).
+if [[ ! -f $runs/srflow-lp-more/model.safetensors ]]; then
+  flowsr train prior "$data" --out "$runs/srflow-lp-more" --recipe scripts/recipes/srflow-lp.toml \
+    --flow "$runs/srflow-lp/model.safetensors" --time-budget 14 --val "$val"
+fi
+if [[ ! -f $runs/srflow-lp-more2/model.safetensors ]]; then
+  flowsr train prior "$data" --out "$runs/srflow-lp-more2" --recipe scripts/recipes/srflow-lp.toml \
+    --flow "$runs/srflow-lp-more/model.safetensors" --time-budget 33 --val "$val"
+fi
 python scripts/export_bundled.py srflow "$runs/srflow/model.safetensors" --scales 4,4 \
   --description "SRFlow x4, small RRDB conditioner (8 blocks), K = 4; trained on a CPU"
-python scripts/export_bundled.py srflow-lp "$runs/srflow-lp/model.safetensors" --scales 4,4 \
+python scripts/export_bundled.py srflow-lp "$runs/srflow-lp-more2/model.safetensors" --scales 4,4 \
   --description "SRFlow x4 with the learned prior (Tsao et al., CVPR 2024)"
