@@ -73,6 +73,13 @@ def baboon_lr(folder: Path, scale: float) -> tuple[Path, torch.Tensor]:
     return source, lr
 
 
+def upscaled_crop(path: Path) -> torch.Tensor:
+    """An upscaled baboon crop as a tensor, checked to be back at the crop's 140 x 140."""
+    with Image.open(path) as output:
+        assert output.size == (140, 140)
+        return pixels_to_tensor(np.asarray(output.convert("RGB")))
+
+
 def test_upscale_with_no_flags_is_offline_and_sharper_than_bicubic(
     run_cli: CliInvoker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -86,12 +93,7 @@ def test_upscale_with_no_flags_is_offline_and_sharper_than_bicubic(
         run_cli("upscale", str(source), "--scale", "3.5", "--model", "bicubic", "--suffix", "_bicubic").exit_code == 0
     )
 
-    def load(name: str) -> torch.Tensor:
-        with Image.open(tmp_path / name) as output:
-            assert output.size == (140, 140)
-            return pixels_to_tensor(np.asarray(output.convert("RGB")))
-
-    default, bicubic = load("photo_x3.5.png"), load("photo_bicubic.png")
+    default, bicubic = upscaled_crop(tmp_path / "photo_x3.5.png"), upscaled_crop(tmp_path / "photo_bicubic.png")
     assert gradient_energy(default) > 1.2 * gradient_energy(bicubic)
     assert metrics.lr_psnr(default, lr, 3.5) > 30.0
 
@@ -106,11 +108,6 @@ def test_bundled_srflow_models_upscale_x4_sharper_than_bicubic(
         result = run_cli("upscale", str(source), "--scale", "4", "--model", name, "--suffix", suffix, "-t", "0.8")
         assert result.exit_code == 0, result.output
 
-    def load(name: str) -> torch.Tensor:
-        with Image.open(tmp_path / name) as output:
-            assert output.size == (140, 140)
-            return pixels_to_tensor(np.asarray(output.convert("RGB")))
-
-    upscaled, bicubic = load("photo_model.png"), load("photo_bicubic.png")
+    upscaled, bicubic = upscaled_crop(tmp_path / "photo_model.png"), upscaled_crop(tmp_path / "photo_bicubic.png")
     assert gradient_energy(upscaled) > 1.2 * gradient_energy(bicubic)
     assert metrics.lr_psnr(upscaled, lr, 4) > 28.0
