@@ -154,15 +154,22 @@ class Hub:
         return path
 
 
+def changed_digest(entry: ModelEntry, path: Path) -> str | None:
+    """The sha256 of the file at ``path`` when it is not ``entry``'s published one; None when it matches
+    or the entry publishes none."""
+    from flowsr_cli.download import sha256_of
+
+    if not entry.sha256:
+        return None
+    actual = sha256_of(path)
+    return None if actual == entry.sha256.lower() else actual
+
+
 def _check_unchanged(entry: ModelEntry, path: Path) -> None:
     """Refuse a stored file whose sha256 is not its entry's (changed since download, or a tampered
     package); files of imported checkpoints have no published checksum."""
-    from flowsr_cli.download import sha256_of
-
-    if not entry.sha256 or entry.source == "imported":
-        return
-    actual = sha256_of(path)
-    if actual == entry.sha256.lower():
+    actual = None if entry.source == "imported" else changed_digest(entry, path)
+    if actual is None:
         return
     remedy = "reinstall flowsr" if entry.bundled is not None else f"`flowsr models remove {entry.name}`, then rerun"
     raise FlowsrError(

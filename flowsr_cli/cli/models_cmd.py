@@ -108,7 +108,7 @@ def download_command(
 @models_app.command("verify")
 def verify_command(name: str | None = typer.Argument(None, help="One model (default: all that are here).")) -> None:
     """Re-hash model files on disk against their published sha256 (exit 1 on any mismatch)."""
-    from flowsr_cli.download import sha256_of
+    from flowsr_cli.hub import changed_digest
 
     hub = _hub()
     entries = [_entry(hub, name)] if name else list(hub.entries().values())
@@ -122,8 +122,8 @@ def verify_command(name: str | None = typer.Argument(None, help="One model (defa
         if not entry.sha256:
             typer.echo(f"{entry.name}: no published checksum ({entry.source})")
             continue
-        actual = sha256_of(path)
-        if actual == entry.sha256.lower():
+        actual = changed_digest(entry, path)
+        if actual is None:
             typer.echo(f"{entry.name}: ok")
         else:
             bad += 1
