@@ -403,8 +403,6 @@ def unset_value(key: str) -> bool:
 def _unset_lines(path: Path, key: str) -> bool:
     """``unset`` for a file that is not valid TOML (or not text): drop the lines that assign ``key`` and
     keep every other byte, so a broken config file never blocks removing a setting from it."""
-    from flowsr_cli.atomic import atomic_write_bytes
-
     name = re.escape(key.encode("utf-8"))
     assignment = re.compile(rb"^[ \t]*(?:%s|\"%s\"|'%s')[ \t]*=[^\n]*(?:\n|$)" % (name, name, name), re.MULTILINE)
     try:
@@ -414,21 +412,23 @@ def _unset_lines(path: Path, key: str) -> bool:
     if not removed:
         lookup(key)
         return False
-    try:
-        atomic_write_bytes(path, kept)
-    except OSError as exc:
-        raise UsageError(f"config file {path}: cannot write: {exc.strerror or exc}") from None
+    _write_bytes(path, kept)
     return True
 
 
 def _write_document(path: Path, document: Any) -> None:
     import tomlkit
 
+    _write_bytes(path, tomlkit.dumps(document).encode("utf-8"))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Replace the config file atomically (creating its folder); a UsageError naming it if that fails."""
     from flowsr_cli.atomic import atomic_write_bytes
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, tomlkit.dumps(document).encode("utf-8"))
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise UsageError(f"config file {path}: cannot write: {exc.strerror or exc}") from None
 
