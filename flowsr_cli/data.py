@@ -13,7 +13,7 @@ ranks together see, over ``T`` steps, exactly the ``T*world_size`` batches one p
 its first ``T*world_size`` steps.
 
 LR synthesis is the project's MATLAB ``imresize`` bicubic (``flowsr_cli.resize``) from the
-augmented HR crop to ``lr_size``, clamped and quantised to 8 bits like an LR file would be.
+augmented HR crop to the LR side, clamped and quantised to 8 bits like an LR file would be.
 """
 
 from __future__ import annotations
@@ -55,10 +55,14 @@ _ROUNDING_SLACK = 1e-9
 
 @dataclass(frozen=True)
 class CropRecipe:
-    """How training crops are cut: LR side, scale range, HR side granularity and augmentation.
+    """How training crops are cut: LR side (or a fixed HR side), scale range, HR side granularity and
+    augmentation.
 
-    The HR crop side ``S`` is ``multiple * round(lr_size * scale / multiple)`` (halves up), kept within
-    ``hr_sizes`` so that ``S / lr_size`` never leaves ``[scale_min, scale_max]``.
+    By default the LR side is ``lr_size`` and the HR crop side ``S`` is ``multiple * round(lr_size * scale
+    / multiple)`` (halves up), kept within ``hr_sizes`` so that ``S / lr_size`` never leaves
+    ``[scale_min, scale_max]``. With ``hr_crop`` the HR side is fixed instead and the LR side is
+    ``round(hr_crop / scale)``, kept within the scale range: small scales then see as much of the image
+    as large ones (a perceptual loss needs a crop its deep features can resolve).
     """
 
     lr_size: int = 48
@@ -66,6 +70,8 @@ class CropRecipe:
     scale_max: float = 4.0
     multiple: int = 3
     augment: bool = True
+    hr_crop: int = 0
+    """A fixed HR crop side (a multiple of ``multiple``); 0 derives it from ``lr_size`` and the scale."""
 
     def __post_init__(self) -> None:
         if not _is_integer(self.lr_size) or self.lr_size < 4:
@@ -78,6 +84,9 @@ class CropRecipe:
             raise UsageError(
                 f"the largest training scale must be >= the smallest ({self.scale_min}), got {self.scale_max!r}"
             )
+        if self.hr_crop:
+            self._check_hr_crop()
+            return
         smallest, largest = self.hr_sizes
         if smallest > largest:
             raise UsageError(
@@ -86,10 +95,32 @@ class CropRecipe:
                 "widen the scale range or change the LR crop size"
             )
 
+    def _check_hr_crop(self) -> None:
+        if not _is_integer(self.hr_crop) or self.hr_crop < 4 or self.hr_crop % self.multiple:
+            raise UsageError(
+                f"the fixed HR crop side must be an integer >= 4 and a multiple of {self.multiple}, "
+                f"got {self.hr_crop!r}"
+            )
+        smallest, largest = self._lr_sides
+        if smallest > largest or smallest < 1:
+            raise UsageError(
+                f"no LR crop side gives a scale in [{self.scale_min}, {self.scale_max}] for HR crops of "
+                f"{self.hr_crop} pixels; widen the scale range or change the HR crop size"
+            )
+
+    @property
+    def _lr_sides(self) -> tuple[int, int]:
+        """Smallest and largest LR side for the fixed HR crop: ``hr_crop / side`` within the scale range."""
+        smallest = math.ceil(self.hr_crop / self.scale_max - _ROUNDING_SLACK)
+        largest = math.floor(self.hr_crop / self.scale_min + _ROUNDING_SLACK)
+        return smallest, largest
+
     @property
     def hr_sizes(self) -> tuple[int, int]:
         """Smallest and largest HR crop side: the multiples of ``multiple`` in
         ``[lr_size * scale_min, lr_size * scale_max]``."""
+        if self.hr_crop:
+            return self.hr_crop, self.hr_crop
         smallest = self.multiple * math.ceil(self.lr_size * self.scale_min / self.multiple - _ROUNDING_SLACK)
         largest = self.multiple * math.floor(self.lr_size * self.scale_max / self.multiple + _ROUNDING_SLACK)
         return smallest, largest
@@ -99,6 +130,13 @@ class CropRecipe:
         smallest, largest = self.hr_sizes
         nearest = self.multiple * math.floor(self.lr_size * scale / self.multiple + 0.5)
         return min(max(nearest, smallest), largest)
+
+    def sides(self, scale: float) -> tuple[int, int]:
+        """The (LR, HR) crop sides for a drawn ``scale``."""
+        if not self.hr_crop:
+            return self.lr_size, self.hr_size(scale)
+        smallest, largest = self._lr_sides
+        return min(max(math.floor(self.hr_crop / scale + 0.5), smallest), largest), self.hr_crop
 
 
 def find_training_images(folders: Sequence[Path]) -> list[Path]:
@@ -230,11 +268,11 @@ class Batch:
     """One training batch: LR inputs, HR targets, their common scale and the global index it was made for."""
 
     lr: torch.Tensor
-    """(B, 3, lr_size, lr_size) float32 in [0, 1], multiples of 1/255."""
+    """(B, 3, L, L) float32 in [0, 1], multiples of 1/255 (L: the recipe's LR side for this scale)."""
     hr: torch.Tensor
     """(B, 3, S, S) float32 in [0, 1]."""
     scale: float
-    """S / lr_size."""
+    """S / L."""
     step: int
     """The global batch index (see the module docstring)."""
 
@@ -255,11 +293,11 @@ def make_batch(images: TrainingImages, recipe: CropRecipe, batch_size: int, seed
         )
     generator = torch.Generator().manual_seed(row_seed(seed, step))
     scale = recipe.scale_min + (recipe.scale_max - recipe.scale_min) * _uniform(generator)
-    hr_size = recipe.hr_size(scale)
+    lr_size, hr_size = recipe.sides(scale)
     crops = [_random_crop(images, hr_size, recipe.augment, generator) for _ in range(batch_size)]
     hr = torch.cat([pixels_to_tensor(crop) for crop in crops])
-    lr = resize(hr, (recipe.lr_size, recipe.lr_size)).clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
-    return Batch(lr=lr, hr=hr, scale=hr_size / recipe.lr_size, step=step)
+    lr = resize(hr, (lr_size, lr_size)).clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
+    return Batch(lr=lr, hr=hr, scale=hr_size / lr_size, step=step)
 
 
 def _random_crop(images: TrainingImages, size: int, augment: bool, generator: torch.Generator) -> np.ndarray:

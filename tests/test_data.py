@@ -186,6 +186,36 @@ def test_batch_shapes_scales_and_values(paths: list[Path]) -> None:
             assert torch.equal(tensor * 255, (tensor * 255).round())
 
 
+def test_a_fixed_hr_crop_gives_every_scale_the_same_hr_side(paths: list[Path]) -> None:
+    recipe = CropRecipe(scale_min=1.0, scale_max=4.0, hr_crop=48)
+    images = TrainingImages(paths, recipe)
+    assert images.min_side == 48
+    lr_sides = set()
+    for step in range(12):
+        batch = make_batch(images, recipe, 2, seed=3, step=step)
+        lr_side = batch.lr.shape[-1]
+        assert batch.hr.shape == (2, 3, 48, 48) and batch.lr.shape == (2, 3, lr_side, lr_side)
+        assert batch.scale == 48 / lr_side and 1.0 <= batch.scale <= 4.0
+        assert torch.equal(batch.lr, resize(batch.hr, (lr_side, lr_side)).clamp(0, 1).mul(255).round().div(255))
+        lr_sides.add(lr_side)
+    assert len(lr_sides) > 4 and min(lr_sides) >= 12 and max(lr_sides) <= 48
+
+
+@settings(max_examples=200, deadline=None)
+@given(hr_crop=st.integers(4, 200), scale_min=st.floats(1.0, 6.0), spread=st.floats(0.0, 4.0), draw=st.floats(0, 1))
+def test_the_lr_side_of_a_fixed_hr_crop_keeps_the_scale_in_range(
+    hr_crop: int, scale_min: float, spread: float, draw: float
+) -> None:
+    try:
+        recipe = CropRecipe(scale_min=scale_min, scale_max=scale_min + spread, multiple=1, hr_crop=hr_crop)
+    except UsageError as error:
+        assert "widen the scale range" in str(error)
+        return
+    lr_side, hr_side = recipe.sides(scale_min + spread * draw)
+    assert hr_side == hr_crop and lr_side >= 1
+    assert recipe.scale_min - 1e-9 <= hr_side / lr_side <= recipe.scale_max + 1e-9
+
+
 def test_lr_is_the_project_bicubic_of_hr_quantised(paths: list[Path]) -> None:
     recipe = CropRecipe()
     images = TrainingImages(paths, recipe)
@@ -333,6 +363,9 @@ def test_hr_size_is_a_multiple_within_the_scale_range(
         ({"scale_min": 3.0, "scale_max": 2.0}, r"largest training scale must be >= the smallest \(3.0\)"),
         ({"multiple": 0}, "HR crop multiple must be an integer >= 1"),
         ({"scale_min": 1.1, "scale_max": 1.1}, "no HR crop side that is a multiple of 3"),
+        ({"hr_crop": 64}, "fixed HR crop side must be an integer >= 4 and a multiple of 3"),
+        ({"hr_crop": 2.5}, "fixed HR crop side must be an integer"),
+        ({"hr_crop": 30, "scale_min": 6.5, "scale_max": 6.6}, "no LR crop side gives a scale in"),
     ],
 )
 def test_recipe_validation(arguments: dict[str, float], message: str) -> None:

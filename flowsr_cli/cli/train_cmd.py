@@ -107,7 +107,7 @@ def _continued_prior(path: Path, family: str) -> str | None:
 def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) -> Callable[[int], Iterable[Batch]]:
     from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images, make_loader
 
-    crop = CropRecipe(recipe.lr_size, recipe.scale_min, recipe.scale_max, multiple=multiple)
+    crop = CropRecipe(recipe.lr_size, recipe.scale_min, recipe.scale_max, multiple=multiple, hr_crop=recipe.hr_crop)
     images = TrainingImages(find_training_images(data), crop)
     if cluster.is_main:
         for path, reason in images.skipped:

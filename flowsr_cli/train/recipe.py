@@ -90,6 +90,8 @@ class Recipe:
     arch: str = "linf-small"
     """A name in ARCHITECTURES (train flow) or PRIORS (train prior)."""
     lr_size: int = 48
+    hr_crop: int = 0
+    """A fixed HR crop side, the LR side following the drawn scale; 0: HR side = lr_size x scale."""
     scale_min: float = 1.0
     scale_max: float = 4.0
     batch_size: int = 16
