@@ -20,6 +20,10 @@ MIN_TILE = 32
 MAX_TILE = 512
 """Tiles larger than this bring no speed on CPUs or GPUs, only a larger peak."""
 
+MAX_WINDOW_BYTES = 2 << 30
+"""The most memory one tile's window (its core and the context around it) may plan to use, whatever
+is free: a 512-pixel window at x4 with the bundled LINF-LP, smaller ones at larger scales."""
+
 
 CPU_QUERIES_PER_THREAD = 2048
 """On a CPU, LINF's per-query tensors of a band (queries x 128 floats) stay in the cores' caches up to
@@ -53,6 +57,15 @@ def choose_tile(free_bytes: int, bytes_per_input_pixel: float, halo: int) -> int
     ``(tile + 2 halo)^2`` costs at most ``SAFETY_FACTOR`` of the free memory."""
     budget = free_bytes * SAFETY_FACTOR
     side = math.floor(math.sqrt(max(budget, 0) / bytes_per_input_pixel)) - 2 * halo
+    return max(MIN_TILE, min(MAX_TILE, side))
+
+
+def choose_window(free_bytes: int, bytes_per_input_pixel: float) -> int:
+    """The largest window side (input pixels, between MIN_TILE and MAX_TILE) whose area costs at most
+    ``SAFETY_FACTOR`` of the free memory and at most MAX_WINDOW_BYTES. An image that fits is done
+    whole; otherwise each tile's core is this window less its context."""
+    budget = min(free_bytes * SAFETY_FACTOR, MAX_WINDOW_BYTES)
+    side = math.floor(math.sqrt(max(budget, 0) / bytes_per_input_pixel))
     return max(MIN_TILE, min(MAX_TILE, side))
 
 

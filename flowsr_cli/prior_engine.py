@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flowsr_cli.engine import ProgressCallback, TileSink, UpscaleReport
-from flowsr_cli.memory import available_memory, choose_tile
+from flowsr_cli.memory import available_memory, choose_window
 from flowsr_cli.models.latent import LR_STRIDE, lr_positions
 from flowsr_cli.models.linf_lp import LINFLP
 from flowsr_cli.sizing import Size
@@ -60,8 +60,9 @@ def plan_prior_axis(model: LINFLP, out_length: int, lr_length: int, core_cells: 
 
 @dataclass
 class LearnedPriorUpscaler:
-    """The learned prior, tile by tile; seeds do not matter. The flow's conditioning of a tile is
-    computed once and shared by the forward pass (z_init) and the inverse (the output)."""
+    """The learned prior, tile by tile; seeds do not matter. The flow's conditioning of a tile's core
+    is computed once and shared by the forward pass (z_init) and the inverse (the output); that of the
+    context around the core, which only the forward pass reads, is computed there and not kept."""
 
     model: LINFLP
     device: torch.device
@@ -75,24 +76,33 @@ class LearnedPriorUpscaler:
         """The learned prior ignores seeds."""
         return False
 
+    def window_side(self, scale: float) -> int:
+        """The side (LR pixels) of the largest window the memory budget allows a tile at ``scale``."""
+        flow = self.model.flow
+        cells_per_pixel = scale / self.model.patch_size
+        per_pixel = (
+            flow.encoder.out_channels * 4 * 8
+            + flow.hidden * 4 * 4
+            + scale * scale * 3 * 4 * 6
+            + cells_per_pixel**2 * flow.flow.condition_size * 4
+        )
+        return choose_window(available_memory(self.device), per_pixel)
+
     def _core_cells(self, lr: torch.Tensor, size: Size) -> int:
-        """Latent cells per tile core, from --tile (LR pixels) or the free memory."""
+        """Latent cells per tile core (0: one tile), from --tile (LR pixels) or the memory budget.
+
+        ``auto`` bounds the whole window a tile reads, not just its core: an image whose side fits in
+        the budget's window is done whole, a larger one in cores that are the window less the latent
+        module's reach on both sides, so no tile needs more memory than the whole of a smaller image."""
         scale = size.height / lr.shape[-2]
-        if self.tile == "auto":
-            flow = self.model.flow
-            cells_per_pixel = (scale / self.model.patch_size) ** 2
-            per_pixel = (
-                flow.encoder.out_channels * 4 * 8
-                + flow.hidden * 4 * 4
-                + scale * scale * 3 * 4 * 6
-                + cells_per_pixel * flow.flow.condition_size * 4
-            )
-            tile = choose_tile(available_memory(self.device), per_pixel, flow.receptive_radius)
-        else:
-            tile = int(self.tile)
+        cells_per_pixel = scale / self.model.patch_size
+        tile = self.window_side(scale) if self.tile == "auto" else int(self.tile)
         if not tile or tile >= max(lr.shape[-2:]):
             return 0
-        return math.floor(tile * scale / self.model.patch_size)
+        if self.tile != "auto":
+            return math.floor(tile * cells_per_pixel)
+        reach = self.model.latent.receptive_field
+        return max(self.model.latent.unet.multiple, math.floor(tile * cells_per_pixel) - 2 * reach)
 
     def upscale(
         self,
@@ -138,7 +148,7 @@ class LearnedPriorUpscaler:
             features = flow.encode(
                 crop * 2 - 1, origin=(rows.crop.start, columns.crop.start), full_size=tuple(lr.shape[-2:])
             )
-            conditions = flow.condition_grid(features, full, rows.window, columns.window, self.chunk_queries)
+            conditions = flow.condition_grid(features, full, rows.core, columns.core, self.chunk_queries)
             z_hat = self.model.predict_latent(
                 features, full, rows.window, columns.window, self.chunk_queries, conditions
             )

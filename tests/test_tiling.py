@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from flowsr_cli import device as device_module
 from flowsr_cli import flow_engine
 from flowsr_cli.bicubic_engine import BicubicUpscaler
 from flowsr_cli.flow_engine import FlowUpscaler
-from flowsr_cli.memory import MAX_TILE, MIN_TILE, choose_tile
+from flowsr_cli.memory import MAX_TILE, MAX_WINDOW_BYTES, MIN_TILE, choose_tile, choose_window
 from flowsr_cli.models import make, save_model
 from flowsr_cli.models.linf import LINF
 from flowsr_cli.sizing import Size, SizeRequest
@@ -99,6 +100,34 @@ def test_choose_tile_fits_the_budget() -> None:
     assert choose_tile(10**15, 1000.0, 10) == MAX_TILE
     side = choose_tile(2 * 200 * 200 * 1000, 1000.0, 10)
     assert side == 180  # (180 + 2*10)^2 pixels * 1000 bytes = half of the free memory
+
+
+def test_choose_window_fits_the_budget_and_the_cap() -> None:
+    assert choose_window(0, 1000.0) == MIN_TILE
+    assert choose_window(10**15, 1.0) == MAX_TILE
+    assert choose_window(2 * 200 * 200 * 1000, 1000.0) == 200  # 200^2 pixels * 1000 bytes = half the free memory
+    assert choose_window(10**15, 10**5) == math.floor(math.sqrt(MAX_WINDOW_BYTES / 10**5))  # the cap, not the RAM
+
+
+@pytest.mark.parametrize("scale", [2.0, 4.0, 8.0])
+def test_auto_tiles_of_the_learned_prior_read_no_more_than_one_window(scale: float) -> None:
+    """Auto tiling does a small image whole, and a large one in tiles whose windows (core + the latent
+    module's reach) are no larger than the budget's window: the peak does not grow with the image."""
+    from flowsr_cli.prior_engine import LearnedPriorUpscaler, plan_prior_axis
+
+    model = linf_lp([8, 16, 16])
+    upscaler = LearnedPriorUpscaler(model, CPU, "t")
+    for side in (64, 3000):
+        lr = torch.zeros(1, 3, side, side)
+        size = SizeRequest(scale=scale).target(Size(side, side))
+        core = upscaler._core_cells(lr, size)
+        plan = plan_prior_axis(model, size.height, side, core)
+        window_cells = max(len(part.window) for part in plan)
+        if side == 64:
+            assert core == 0 and len(plan) == 1
+        else:
+            window = math.floor(upscaler.window_side(scale) * scale / model.patch_size)
+            assert len(plan) > 2 and window_cells <= window + 2 * model.latent.unet.multiple
 
 
 def exploding_latent(original):  # type: ignore[no-untyped-def]

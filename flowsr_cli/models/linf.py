@@ -267,10 +267,32 @@ class LINF(nn.Module):
         columns: range,
         conditions: ConditionGrid | None = None,
     ) -> torch.Tensor:
-        """The flow's conditioning (B, len(rows), len(columns), C) of those latent cells of an output of
-        ``size``: read from ``conditions`` when given (it must cover them), else computed."""
-        if conditions is not None:
+        """The flow's conditioning (B, len(rows) * len(columns), C) of those latent cells of an output of
+        ``size``, row-major: read from ``conditions`` where it covers them, computed elsewhere."""
+        if conditions is None:
+            return self._compute_cells_condition(features, size, rows, columns)
+        if _within(rows, conditions.rows) and _within(columns, conditions.columns):
             return conditions.read(rows, columns)
+        batch = features.lr.shape[0]
+        row_parts = [
+            torch.cat(
+                [
+                    (
+                        conditions.read(row_part, column_part)
+                        if _within(row_part, conditions.rows) and _within(column_part, conditions.columns)
+                        else self._compute_cells_condition(features, size, row_part, column_part)
+                    ).view(batch, len(row_part), len(column_part), -1)
+                    for column_part in _split(columns, conditions.columns)
+                ],
+                dim=2,
+            )
+            for row_part in _split(rows, conditions.rows)
+        ]
+        return torch.cat(row_parts, dim=1).flatten(1, 2)
+
+    def _compute_cells_condition(
+        self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range
+    ) -> torch.Tensor:
         device = features.lr.device
         row_centres = patch_centres(size[0], self.patch_size, device)[rows.start : rows.stop]
         column_centres = patch_centres(size[1], self.patch_size, device)[columns.start : columns.stop]
@@ -296,6 +318,19 @@ def _rows_at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     batch, length, channels = table.shape
     offsets = torch.arange(batch, device=index.device).unsqueeze(-1) * length
     return table.reshape(-1, channels).index_select(0, (index + offsets).flatten()).view(batch, -1, channels)
+
+
+def _within(inner: range, outer: range) -> bool:
+    return outer.start <= inner.start and inner.stop <= outer.stop
+
+
+def _split(cells: range, covered: range) -> list[range]:
+    """``cells`` cut at the edges of ``covered``: the non-empty parts before, inside and after it."""
+    start, stop = max(cells.start, covered.start), min(cells.stop, covered.stop)
+    if start >= stop:
+        return [cells]
+    parts = [range(cells.start, start), range(start, stop), range(stop, cells.stop)]
+    return [part for part in parts if len(part)]
 
 
 def _to_crop(coordinates: torch.Tensor, full: int, origin: int, crop: int) -> torch.Tensor:

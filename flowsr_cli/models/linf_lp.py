@@ -161,7 +161,7 @@ class LINFLP(nn.Module):
         output of ``size``. For a window to equal that window of the whole image, it must start on a
         multiple of the UNet's pooling factor, reach :attr:`LatentModule.receptive_field` cells past
         the cells wanted, and end on such a multiple or at the grid's edge. ``conditions`` (the
-        flow's conditioning of at least these cells) saves recomputing it."""
+        flow's conditioning of some or all of these cells) saves recomputing it where it reaches."""
         rows, columns = self._window(size, rows, columns)
         z_init = self.initial_prior(features, size, rows, columns, chunk_queries, conditions)
         lr = features.lr
