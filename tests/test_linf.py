@@ -67,6 +67,24 @@ def test_sample_inverts_log_prob(patch_size: int) -> None:
         assert torch.allclose(model.sample(condition, z), x, atol=1e-4)
 
 
+def test_latents_equal_log_prob_and_the_cached_inverse_follows_the_weights() -> None:
+    model = tiny_linf(3)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(32, model.dim, generator=generator) * 0.3
+    condition = torch.randn(32, model.flow.condition_size, generator=generator)
+    assert torch.allclose(model.latents(x, condition), model.log_prob(x, condition)[1], atol=1e-5)
+    with torch.no_grad():
+        z = model.latents(x, condition)
+        assert torch.allclose(model.sample(condition, z), x, atol=1e-4)
+        for linear in model.flow.linears:  # in place, as an optimizer step or load_state_dict changes them
+            linear.weight.mul_(1.5)
+            linear.bias.add_(0.1)
+        z = model.latents(x, condition)
+        assert torch.allclose(model.sample(condition, z), x, atol=1e-4), "a stale inverse was used"
+    model.sample(condition, z).square().sum().backward()  # with gradients the inverse is not cached
+    assert all(linear.weight.grad is not None for linear in model.flow.linears)
+
+
 @pytest.mark.parametrize("patch_size", [1, 3])
 def test_log_determinant_matches_autograd_jacobian(patch_size: int) -> None:
     model = tiny_linf(patch_size).double()

@@ -18,15 +18,29 @@ class InvertibleLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.linalg.qr(torch.randn(features, features))[0])
         self.bias = nn.Parameter(torch.zeros(features))
+        self._inverse_cache: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D) -> (N, D) and log|det W| (a scalar, the same for every row)."""
         return nn.functional.linear(x, self.weight, self.bias), torch.linalg.slogdet(self.weight)[1]
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """Solve for x; the inverse matrix is formed once in float64 for accuracy."""
-        inverse = torch.linalg.inv(self.weight.double()).to(y.dtype)
-        return (y - self.bias) @ inverse.T
+        """Solve for x: ``x = y W^-T - b W^-T``, one fused matrix product, W^-1 formed in float64."""
+        inverse, bias = self._inverse(y.dtype)
+        return torch.addmm(bias, y, inverse)
+
+    def _inverse(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W^-T, -b W^-T) in ``dtype``; kept while the weights are unchanged and no gradient needs them."""
+        key = (self.weight._version, self.bias._version, self.weight.data_ptr(), self.bias.data_ptr(), dtype)
+        cacheable = not (torch.is_grad_enabled() and self.weight.requires_grad)
+        if cacheable and self._inverse_cache is not None and self._inverse_cache[0] == key:
+            return self._inverse_cache[1], self._inverse_cache[2]
+        inverse = torch.linalg.inv(self.weight.double()).T
+        bias = -(self.bias.double() @ inverse)
+        result = inverse.to(dtype), bias.to(dtype)
+        if cacheable:
+            self._inverse_cache = (key, *(tensor.detach() for tensor in result))
+        return result
 
 
 class ConditionalLinearFlow(nn.Module):
@@ -65,6 +79,14 @@ class ConditionalLinearFlow(nn.Module):
         z, last_log_det = self.last(z)
         log_base = -0.5 * (z.pow(2) + _LOG_2PI).sum(dim=1)
         return z, log_det + last_log_det + log_base
+
+    def latents(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """x -> z as :meth:`forward` gives it, without the log-density (for inference)."""
+        z = x
+        for layer, linear in enumerate(self.linears):
+            scale, shift = self._affine(params, layer)
+            z = torch.addcmul(shift, nn.functional.linear(z, linear.weight, linear.bias), scale)
+        return nn.functional.linear(z, self.last.weight, self.last.bias)
 
     def inverse(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """z -> x: (N, D), (N, condition_size) -> (N, D)."""

@@ -192,6 +192,11 @@ class LINF(nn.Module):
         z, log_p = self.flow(residual, condition)
         return log_p, z
 
+    def latents(self, residual: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The latents z (M, D) of residual vectors (M, D), as :meth:`log_prob` gives them, without the
+        log-likelihood."""
+        return self.flow.latents(residual, condition)
+
     def sample(self, condition: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Residual vectors (M, D) for latents ``z`` (M, D) under their conditioning."""
         return self.flow.inverse(z, condition)

@@ -231,7 +231,7 @@ class LINFLP(nn.Module):
             condition = self.flow.cells_condition(features, size, band_rows, columns, conditions)
             vectors = unfold_patches(residual[:, :, start * patch : end * patch], patch)
             with torch.autocast(device.type, enabled=False):
-                _, z = self.flow.log_prob(vectors.flatten(0, 1).float(), condition.flatten(0, 1).float())
+                z = self.flow.latents(vectors.flatten(0, 1).float(), condition.flatten(0, 1).float())
             bands.append(z.view(batch, end - start, len(columns), self.dim))
         return torch.cat(bands, dim=1).permute(0, 3, 1, 2).contiguous()
 
