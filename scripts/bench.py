@@ -1,7 +1,7 @@
 """Speed and memory of `flowsr upscale` on this machine, each figure next to baselines measured in the
-same run: bicubic, and a naive reference path of the same model (what the original code does: the
-whole image at once, the LR encoded and the flow's conditioning computed anew for the prior's forward
-pass and again for the inverse, default chunk size).
+same run: bicubic, and a naive reference path of the same model (`naive_reference.py`: what the original
+code does, the whole image at once, the LR encoded and the flow's conditioning computed anew for the
+prior's forward pass and again for the inverse, upstream's query batches and flow layers).
 
 Every (path, input, scale) runs in its own process so that its peak RSS is its own. Also measured:
 the model's achieved GFLOP/s (torch.utils.flop_counter) against this machine's fp32 matmul GFLOP/s,
@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from bench_memory import make_input
+from naive_reference import naive_upscale
 
 from flowsr_cli.config import Settings
 from flowsr_cli.engine import UpscalerRequest, create_upscaler
@@ -41,16 +42,6 @@ WARM_UP_SIDE = 48
 """Each timed path first upscales a crop this small, so one-off kernel set-up is not timed."""
 TARGET = (512, 4.0)
 """The input side and scale the issue's targets are stated for (FLOPs are counted there)."""
-
-
-def naive_upscale(model: LINFLP, lr: torch.Tensor, size: Size) -> torch.Tensor:
-    """The reference path: untiled; the LR encoded once for the prior's forward pass and once more for
-    the inverse, each computing the flow's conditioning of every query itself."""
-    full = (size.height, size.width)
-    with torch.inference_mode():
-        z_hat = model.predict_latent(model.encode(lr * 2 - 1), full)
-        output = model.render_latent(model.encode(lr * 2 - 1), full, z_hat)
-    return (output + 1) / 2
 
 
 def load_input(path: Path) -> torch.Tensor:

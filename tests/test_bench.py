@@ -18,9 +18,9 @@ from flowsr_cli.sizing import Size
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+def load_reference(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.syspath_prepend(str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("bench", SCRIPTS / "bench.py")
+    spec = importlib.util.spec_from_file_location("naive_reference", SCRIPTS / "naive_reference.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -29,14 +29,14 @@ def load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 @pytest.mark.parametrize(("tile", "scale"), [(0, 4.0), (24, 3.5)])
 def test_naive_reference_path_matches_the_engine(monkeypatch: pytest.MonkeyPatch, tile: int, scale: float) -> None:
-    bench = load_bench(monkeypatch)
+    reference = load_reference(monkeypatch)
     path = str(resources.files("flowsr_cli") / "weights" / "linf-lp.safetensors")
     upscaler = create_upscaler(UpscalerRequest(path, device="cpu", tile=tile))
     base = torch.rand(1, 3, 12, 15, generator=torch.Generator().manual_seed(4))
     lr = torch.nn.functional.interpolate(base, size=(40, 50), mode="bilinear", align_corners=False)
     size = Size(round(50 * scale), round(40 * scale))
     engine = super_resolve(upscaler, lr, size, 0)
-    naive = bench.naive_upscale(upscaler.model, lr, size)
+    naive = reference.naive_upscale(upscaler.model, lr, size)
     assert naive.shape == engine.shape == (1, 3, size.height, size.width)
     assert (engine - naive).abs().max().item() <= 1e-4
     if tile:
