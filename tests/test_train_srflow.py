@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,6 +96,37 @@ def test_train_flow_then_prior_exports_loadable_srflow_models(
     assert len(records(prior_out / "log.jsonl", "validation")) == 1
     saved = load_recipe(prior_out / "recipe.toml", {})
     assert (saved.arch, saved.latent_weight, saved.scale_min) == ("srflow-lp-small", 0.1, 4.0)
+
+
+def test_torchrun_trains_srflow_and_its_prior_on_two_processes(
+    tmp_path: Path, photos: Path, recipe: Path, val: Path
+) -> None:
+    """DDP with gloo: a fresh SRFlow (the data-dependent ActNorm start and its broadcast run under DDP),
+    then its learned prior on the frozen flow; one set of files and one log, from rank 0. (Whether the
+    ranks hold equal weights is not visible from here: only rank 0 writes.)"""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "FLOWSR_BACKBONE_DIR": str(SHARED / "weights")}
+    flow_out, prior_out = tmp_path / "flow", tmp_path / "prior"
+    runs = [
+        ["flow", str(photos), "--arch", "srflow-small", "--out", str(flow_out)],
+        ["prior", str(photos), "--flow", str(flow_out / "model.safetensors"), "--out", str(prior_out)],
+    ]
+    for port, run in zip((29531, 29532), runs):
+        result = subprocess.run(
+            [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "flowsr_cli", "train", *run,
+             "--recipe", str(recipe), "--steps", "3", "--val", str(val)],
+            capture_output=True, text=True, env=environment, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.count("model:") == 1
+    flow = load_model(flow_out / "model.safetensors")
+    assert isinstance(flow, SRFlow)
+    assert all(bool(layer.initialized) for layer in flow.modules() if isinstance(layer, ActNorm))
+    assert len(records(flow_out / "log.jsonl", "nll")) == 3, "only rank 0 logs"
+    model = load_model(prior_out / "model.safetensors")
+    assert isinstance(model, SRFlowLP)
+    assert all(torch.equal(value, model.flow.state_dict()[name]) for name, value in flow.state_dict().items())
+    assert len(records(prior_out / "log.jsonl", "latent")) == 3
 
 
 def srflow_trainer(photos: Path, out: Path, interrupt_after: int | None = None) -> Trainer:
