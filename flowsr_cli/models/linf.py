@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from flowsr_cli.models.coords import bilinear_base, cell_size, fold_patches, grid, patch_centres, unfold_patches
 from flowsr_cli.models.linear_flow import ConditionalLinearFlow
@@ -43,6 +44,9 @@ class LRFeatures:
     are derived from them per band of queries, so memory follows the query chunk, not the tile."""
     origin: tuple[int, int] = (0, 0)
     full_size: tuple[int, int] | None = None
+    fourier_rows: tuple[range, torch.Tensor] | None = None
+    """The last rows of coef and freq computed (see ``LINF._fourier``): bands of queries move down the
+    image and overlap, so each band computes only the rows the previous one did not."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -116,16 +120,32 @@ class LINF(nn.Module):
         """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin``."""
         return LRFeatures(lr=lr, encoded=self.encoder(lr), origin=origin, full_size=full_size)
 
-    def _fourier(self, features: LRFeatures, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
-        """Amplitudes and frequencies (B, len(rows) * w, hidden), channels last, of the crop's LR
-        rows ``rows``; the 3x3 convs read one row more on each side, so the values are exact."""
-        height = features.encoded.shape[-2]
+    def _fourier(self, features: LRFeatures, rows: range) -> torch.Tensor:
+        """Amplitudes and frequencies (B, len(rows) * w, 2 * hidden), channels last (coef first), of the
+        crop's LR rows ``rows``; rows the previous call computed are reused, the rest computed exactly."""
+        cached = features.fourier_rows
+        if cached is not None and cached[0].start <= rows.start < cached[0].stop:
+            width = int(features.encoded.shape[-1])
+            reused = range(rows.start, min(rows.stop, cached[0].stop))
+            offset = reused.start - cached[0].start
+            parts = [cached[1][:, offset * width : (offset + len(reused)) * width]]
+            if reused.stop < rows.stop:
+                parts.append(self._fourier_rows(features.encoded, range(reused.stop, rows.stop)))
+            table = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        else:
+            table = self._fourier_rows(features.encoded, rows)
+        features.fourier_rows = (rows, table)
+        return table
+
+    def _fourier_rows(self, encoded: torch.Tensor, rows: range) -> torch.Tensor:
+        """coef and freq of exactly ``rows`` in one convolution: the rows around them are read, zeros
+        stand in past the image's top and bottom as the layers' own padding would."""
+        height = encoded.shape[-2]
         first, last = max(rows.start - 1, 0), min(rows.stop + 1, height)
-        window = features.encoded[:, :, first:last]
-        keep = slice(rows.start - first, rows.stop - first)
-        coef = self.coef(window)[:, :, keep].flatten(2).transpose(1, 2).contiguous()
-        freq = self.freq(window)[:, :, keep].flatten(2).transpose(1, 2).contiguous()
-        return coef, freq
+        window = F.pad(encoded[:, :, first:last], (0, 0, first - (rows.start - 1), (rows.stop + 1) - last))
+        weight = torch.cat([self.coef.weight, self.freq.weight])
+        bias = torch.cat([self.coef.bias, self.freq.bias])
+        return F.conv2d(window, weight, bias, padding=(0, 1)).flatten(2).transpose(1, 2).contiguous()
 
     def condition(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
         """Flow conditioning for query points (B, N, 2) as (y, x) in [-1, 1]: (B, N, condition_size).
@@ -147,14 +167,15 @@ class LINF(nn.Module):
         ]
         first_row = min(int(row.min()) for row, _ in neighbours) - origin_y
         last_row = max(int(row.max()) for row, _ in neighbours) - origin_y
-        coef_rows, freq_rows = self._fourier(features, range(first_row, last_row + 1))
+        table = self._fourier(features, range(first_row, last_row + 1))
         terms: list[torch.Tensor] = []
         areas: list[torch.Tensor] = []
         for row, column in neighbours:
             relative_y = (points[..., 0] - (-1.0 + (2 * row + 1) / height)) * height
             relative_x = (points[..., 1] - (-1.0 + (2 * column + 1) / width)) * width
             local = (row - origin_y - first_row) * crop_width + column - origin_x
-            coef, freq = _rows_at(coef_rows, local), _rows_at(freq_rows, local)
+            rows_at = _rows_at(table, local)
+            coef, freq = rows_at[..., : self.hidden], rows_at[..., self.hidden :]
             angle = math.pi * (
                 freq[..., :half] * relative_y.unsqueeze(-1) + freq[..., half:] * relative_x.unsqueeze(-1) + phase
             )
