@@ -85,6 +85,21 @@ def test_latents_equal_log_prob_and_the_cached_inverse_follows_the_weights() -> 
     assert all(linear.weight.grad is not None for linear in model.flow.linears)
 
 
+def test_an_inverse_cached_during_inference_serves_a_later_gradient_step() -> None:
+    """A frozen flow (LINF-LP training) caches its inverse during validation, under inference_mode;
+    the next training step must still differentiate through it with respect to the latents."""
+    model = tiny_linf(3).requires_grad_(False)
+    generator = torch.Generator().manual_seed(4)
+    condition = torch.randn(16, model.flow.condition_size, generator=generator)
+    z = torch.randn(16, model.dim, generator=generator)
+    with torch.inference_mode():
+        expected = model.sample(condition, z)
+    latent = z.clone().requires_grad_(True)
+    output = model.sample(condition, latent)
+    output.square().sum().backward()
+    assert torch.allclose(output.detach(), expected) and latent.grad is not None
+
+
 @pytest.mark.parametrize("patch_size", [1, 3])
 def test_log_determinant_matches_autograd_jacobian(patch_size: int) -> None:
     model = tiny_linf(patch_size).double()

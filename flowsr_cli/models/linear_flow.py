@@ -35,12 +35,14 @@ class InvertibleLinear(nn.Module):
         cacheable = not (torch.is_grad_enabled() and self.weight.requires_grad)
         if cacheable and self._inverse_cache is not None and self._inverse_cache[0] == key:
             return self._inverse_cache[1], self._inverse_cache[2]
-        inverse = torch.linalg.inv(self.weight.double()).T
-        bias = -(self.bias.double() @ inverse)
-        result = inverse.to(dtype), bias.to(dtype)
-        if cacheable:
-            self._inverse_cache = (key, *(tensor.detach() for tensor in result))
-        return result
+        if not cacheable:
+            inverse = torch.linalg.inv(self.weight.double()).T
+            return inverse.to(dtype), (-(self.bias.double() @ inverse)).to(dtype)
+        with torch.inference_mode(False), torch.no_grad():  # usable later with autograd, too
+            inverse = torch.linalg.inv(self.weight.double()).T
+            bias = -(self.bias.double() @ inverse)
+            self._inverse_cache = (key, inverse.to(dtype), bias.to(dtype))
+        return self._inverse_cache[1], self._inverse_cache[2]
 
 
 class ConditionalLinearFlow(nn.Module):
