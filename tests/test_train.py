@@ -180,7 +180,10 @@ def test_torchrun_with_gloo_on_two_processes(tmp_path: Path, photos: Path, tiny_
     assert result.stdout.count("model:") == 1
 
 
-PRIOR_RECIPE = "lr_size = 24\nscale_min = 2.0\nscale_max = 2.0\nlearning_rate = 0.002\nlog_every = 1\n"
+PRIOR_RECIPE = (
+    "lr_size = 24\nscale_min = 2.0\nscale_max = 2.0\nlearning_rate = 0.002\nlog_every = 1\n"
+    "val_every = 10\nval_images = 1\nval_scale = 2.0\n"
+)
 
 
 def test_train_prior_lowers_the_loss_and_the_model_upscales_deterministically(
@@ -189,13 +192,17 @@ def test_train_prior_lowers_the_loss_and_the_model_upscales_deterministically(
     monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
     (tmp_path / "recipe.toml").write_text(PRIOR_RECIPE)
     out = tmp_path / "prior"
+    (tmp_path / "val").mkdir()
+    PILImage.open(sorted(photos.rglob("*.jpg"))[1]).crop((0, 0, 48, 36)).save(tmp_path / "val" / "v.png")
     result = run_cli(
         "train", "prior", str(photos), "--flow", str(tiny_model), "--out", str(out), "--recipe",
         str(tmp_path / "recipe.toml"), "--steps", "30", "--batch-size", "4", "--workers", "0",
+        "--val", str(tmp_path / "val"),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     values = losses(out / "log.jsonl", "vgg")
     assert len(values) == 30 and sum(values[-5:]) < 0.8 * sum(values[:5]), values
+    assert len(losses(out / "log.jsonl", "validation")) == 3, "training goes on after each validation"
 
     exported = load_model(out / "model.safetensors")
     frozen = load_model(tiny_model)
