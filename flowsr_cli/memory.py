@@ -60,12 +60,14 @@ def choose_tile(free_bytes: int, bytes_per_input_pixel: float, halo: int) -> int
     return max(MIN_TILE, min(MAX_TILE, side))
 
 
-def choose_window(free_bytes: int, bytes_per_input_pixel: float) -> int:
+def choose_window(free_bytes: int, bytes_per_input_pixel: float, reserved: int = 0) -> int:
     """The largest window side (input pixels, at least MIN_TILE) whose area costs at most
-    ``SAFETY_FACTOR`` of the free memory and at most MAX_WINDOW_BYTES. An image that fits is done
-    whole; otherwise each tile's core is this window less its context, so a larger window wastes less
-    on context: only memory bounds it."""
+    ``SAFETY_FACTOR`` of the free memory and at most MAX_WINDOW_BYTES, less ``reserved`` bytes the
+    caller holds anyway (at most half the budget, so huge outputs still get workable tiles). An image
+    that fits is done whole; otherwise each tile's core is this window less its context, so a larger
+    window wastes less on context: only memory bounds it."""
     budget = min(free_bytes * SAFETY_FACTOR, MAX_WINDOW_BYTES)
+    budget -= min(reserved, budget / 2)
     return max(MIN_TILE, math.floor(math.sqrt(max(budget, 0) / bytes_per_input_pixel)))
 
 

@@ -76,8 +76,9 @@ class LearnedPriorUpscaler:
         """The learned prior ignores seeds."""
         return False
 
-    def window_side(self, scale: float) -> int:
-        """The side (LR pixels) of the largest window the memory budget allows a tile at ``scale``."""
+    def window_side(self, scale: float, reserved: int = 0) -> int:
+        """The side (LR pixels) of the largest window the memory budget allows a tile at ``scale``, with
+        ``reserved`` bytes of the budget already taken by the image being upscaled."""
         flow = self.model.flow
         cells_per_pixel = scale / self.model.patch_size
         per_pixel = (
@@ -86,17 +87,19 @@ class LearnedPriorUpscaler:
             + scale * scale * 3 * 4 * 6
             + cells_per_pixel**2 * flow.flow.condition_size * 4
         )
-        return choose_window(available_memory(self.device), per_pixel)
+        return choose_window(available_memory(self.device), per_pixel, reserved)
 
     def _core_cells(self, lr: torch.Tensor, size: Size) -> int:
         """Latent cells per tile core (0: one tile), from --tile (LR pixels) or the memory budget.
 
         ``auto`` bounds the whole window a tile reads, not just its core: an image whose side fits in
         the budget's window is done whole, a larger one in cores that are the window less the latent
-        module's reach on both sides, so no tile needs more memory than the whole of a smaller image."""
+        module's reach on both sides, so no tile needs more memory than the whole of a smaller image.
+        The budget first sets aside what the image itself holds: its 8-bit output canvas and the input."""
         scale = size.height / lr.shape[-2]
         cells_per_pixel = scale / self.model.patch_size
-        tile = self.window_side(scale) if self.tile == "auto" else int(self.tile)
+        held = size.width * size.height * 3 + lr.numel() * lr.element_size()  # the output canvas and the input
+        tile = self.window_side(scale, held) if self.tile == "auto" else int(self.tile)
         if not tile or tile >= max(lr.shape[-2:]):
             return 0
         if self.tile != "auto":

@@ -106,6 +106,9 @@ def test_choose_window_fits_the_budget_and_the_cap() -> None:
     assert choose_window(0, 1000.0) == MIN_TILE
     assert choose_window(2 * 200 * 200 * 1000, 1000.0) == 200  # 200^2 pixels * 1000 bytes = half the free memory
     assert choose_window(10**15, 10**5) == math.floor(math.sqrt(MAX_WINDOW_BYTES / 10**5))  # the cap, not the RAM
+    half = math.floor(math.sqrt(MAX_WINDOW_BYTES / 2 / 10**5))
+    assert choose_window(10**15, 10**5, reserved=MAX_WINDOW_BYTES // 2) == half
+    assert choose_window(10**15, 10**5, reserved=10 * MAX_WINDOW_BYTES) == half  # never less than half the budget
 
 
 @pytest.mark.parametrize("scale", [2.0, 4.0, 8.0])
@@ -125,7 +128,7 @@ def test_auto_tiles_of_the_learned_prior_read_no_more_than_one_window(scale: flo
         if side == 64:
             assert core == 0 and len(plan) == 1
         else:
-            window = math.floor(upscaler.window_side(scale) * scale / model.patch_size)
+            window = math.floor(upscaler.window_side(scale, size.width * size.height * 3) * scale / model.patch_size)
             assert len(plan) > 2 and window_cells <= window + 2 * model.latent.unet.multiple
 
 
