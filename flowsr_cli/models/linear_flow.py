@@ -31,18 +31,17 @@ class InvertibleLinear(nn.Module):
 
     def _inverse(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(W^-T, -b W^-T) in ``dtype``; kept while the weights are unchanged and no gradient needs them."""
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return self._formed_inverse(dtype)
         key = (self.weight._version, self.bias._version, self.weight.data_ptr(), self.bias.data_ptr(), dtype)
-        cacheable = not (torch.is_grad_enabled() and self.weight.requires_grad)
-        if cacheable and self._inverse_cache is not None and self._inverse_cache[0] == key:
-            return self._inverse_cache[1], self._inverse_cache[2]
-        if not cacheable:
-            inverse = torch.linalg.inv(self.weight.double()).T
-            return inverse.to(dtype), (-(self.bias.double() @ inverse)).to(dtype)
-        with torch.inference_mode(False), torch.no_grad():  # usable later with autograd, too
-            inverse = torch.linalg.inv(self.weight.double()).T
-            bias = -(self.bias.double() @ inverse)
-            self._inverse_cache = (key, inverse.to(dtype), bias.to(dtype))
+        if self._inverse_cache is None or self._inverse_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # usable later with autograd, too
+                self._inverse_cache = (key, *self._formed_inverse(dtype))
         return self._inverse_cache[1], self._inverse_cache[2]
+
+    def _formed_inverse(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        inverse = torch.linalg.inv(self.weight.double()).T
+        return inverse.to(dtype), (-(self.bias.double() @ inverse)).to(dtype)
 
 
 class ConditionalLinearFlow(nn.Module):
