@@ -98,14 +98,16 @@ class LearnedPriorUpscaler:
         The budget first sets aside what the image itself holds: its 8-bit output canvas and the input."""
         scale = size.height / lr.shape[-2]
         cells_per_pixel = scale / self.model.patch_size
-        held = size.width * size.height * 3 + lr.numel() * lr.element_size()  # the output canvas and the input
-        tile = self.window_side(scale, held) if self.tile == "auto" else int(self.tile)
-        if not tile or tile >= max(lr.shape[-2:]):
-            return 0
+        longest = max(lr.shape[-2:])
         if self.tile != "auto":
-            return math.floor(tile * cells_per_pixel)
+            tile = int(self.tile)
+            return 0 if not tile or tile >= longest else math.floor(tile * cells_per_pixel)
+        held = size.width * size.height * 3 + lr.numel() * lr.element_size()  # the output canvas and the input
+        window = self.window_side(scale, held)
+        if window >= longest:
+            return 0
         reach = self.model.latent.receptive_field
-        return max(self.model.latent.unet.multiple, math.floor(tile * cells_per_pixel) - 2 * reach)
+        return max(self.model.latent.unet.multiple, math.floor(window * cells_per_pixel) - 2 * reach)
 
     def upscale(
         self,
