@@ -128,10 +128,10 @@ class LINF(nn.Module):
             width = int(features.encoded.shape[-1])
             reused = range(rows.start, min(rows.stop, cached[0].stop))
             offset = reused.start - cached[0].start
-            parts = [cached[1][:, offset * width : (offset + len(reused)) * width]]
-            if reused.stop < rows.stop:
-                parts.append(self._fourier_rows(features.encoded, range(reused.stop, rows.stop)))
-            table = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            kept = cached[1][:, offset * width : (offset + len(reused)) * width]
+            if reused.stop == rows.stop:
+                return kept
+            table = torch.cat([kept, self._fourier_rows(features.encoded, range(reused.stop, rows.stop))], dim=1)
         else:
             table = self._fourier_rows(features.encoded, rows)
         features.fourier_rows = (rows, table)
@@ -300,18 +300,18 @@ class LINF(nn.Module):
         if _within(rows, conditions.rows) and _within(columns, conditions.columns):
             return conditions.read(rows, columns)
         batch = features.lr.shape[0]
-        row_parts = [
-            torch.cat(
-                [
-                    (
-                        conditions.read(row_part, column_part)
-                        if _within(row_part, conditions.rows) and _within(column_part, conditions.columns)
-                        else self._compute_cells_condition(features, size, row_part, column_part)
-                    ).view(batch, len(row_part), len(column_part), -1)
-                    for column_part in _split(columns, conditions.columns)
-                ],
-                dim=2,
+
+        def block(block_rows: range, block_columns: range) -> torch.Tensor:
+            covered = _within(block_rows, conditions.rows) and _within(block_columns, conditions.columns)
+            values = (
+                conditions.read(block_rows, block_columns)
+                if covered
+                else self._compute_cells_condition(features, size, block_rows, block_columns)
             )
+            return values.view(batch, len(block_rows), len(block_columns), -1)
+
+        row_parts = [
+            torch.cat([block(row_part, column_part) for column_part in _split(columns, conditions.columns)], dim=2)
             for row_part in _split(rows, conditions.rows)
         ]
         return torch.cat(row_parts, dim=1).flatten(1, 2)
