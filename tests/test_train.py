@@ -267,6 +267,25 @@ def test_prior_objective_adds_the_latent_term(monkeypatch: pytest.MonkeyPatch) -
     assert with_latent["loss"].item() == pytest.approx((with_latent["vgg"] + 0.1 * with_latent["latent"]).item())
 
 
+def test_prior_objective_minimises_the_texture_term_when_weighted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowsr_cli.models import make
+    from flowsr_cli.train.objectives import PriorObjective
+    from flowsr_cli.train.perceptual import VGGPerceptualLoss
+
+    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
+    torch.manual_seed(0)
+    latent = {"name": "lp-latent", "args": {"branch_channels": 8, "growth": 8, "widths": [8, 16]}}
+    model = make({"name": "linf-lp", "args": {"flow": tiny_linf(3).spec, "latent": latent}}).train()
+    objective = PriorObjective(model, VGGPerceptualLoss(torch.device("cpu"), texture_weight=3.0), 1.0, 0.0)
+    lr, hr = torch.rand(2, 3, 12, 12) * 2 - 1, torch.rand(2, 3, 24, 24) * 2 - 1
+    losses = objective(lr, hr, 0, torch.Generator())
+    assert losses["texture"] > 0
+    assert losses["loss"].item() == pytest.approx((losses["vgg"] + 3.0 * losses["texture"]).item())
+    losses["loss"].backward()
+    assert all(parameter.grad is None for parameter in model.flow.parameters())
+    assert any(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in model.latent.parameters())
+
+
 def test_a_time_budget_alone_is_not_capped_by_the_default_step_count(tmp_path: Path) -> None:
     assert load_recipe(None, {}).steps == 1000
     assert load_recipe(None, {"time_budget": 30.0}).steps == 0

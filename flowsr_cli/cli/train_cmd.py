@@ -253,7 +253,9 @@ def train_flow(
         objective: nn.Module = SRFlowObjective(model.train())
     else:
         perceptual = (
-            VGGPerceptualLoss(device_, recipe.perceptual_loss) if recipe.finetune and recipe.vgg_weight > 0 else None
+            VGGPerceptualLoss(device_, recipe.perceptual_loss, recipe.texture_weight)
+            if recipe.finetune and recipe.vgg_weight > 0
+            else None
         )
         objective = FlowObjective(
             model.train(), recipe.queries, recipe.finetune, recipe.finetune_nll_weight, perceptual, recipe.vgg_weight
@@ -332,6 +334,9 @@ def train_prior(
         model.flow.load_state_dict(frozen.state_dict())
     objective_type = SRFlowPriorObjective if isinstance(model, SRFlowLP) else PriorObjective
     objective = objective_type(
-        model, VGGPerceptualLoss(device_, recipe.perceptual_loss), recipe.vgg_weight or 1.0, recipe.latent_weight
+        model,
+        VGGPerceptualLoss(device_, recipe.perceptual_loss, recipe.texture_weight),
+        recipe.vgg_weight or 1.0,
+        recipe.latent_weight,
     )
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)

@@ -61,9 +61,18 @@ class FlowObjective(nn.Module):
         return losses
 
 
+def perceptual_losses(
+    perceptual: VGGPerceptualLoss, weight: float, output: torch.Tensor, hr: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """A prior's logged losses before its latent term: the perceptual parts, the output's L1 (logged only)
+    and ``loss`` = ``weight`` x the perceptual loss."""
+    terms = perceptual.terms(output, hr)
+    return {**terms, "l1": (output - hr).abs().mean().detach(), "loss": weight * terms["perceptual"]}
+
+
 class PriorObjective(nn.Module):
-    """The learned prior with the flow frozen: VGG perceptual loss of the output plus
-    ``latent_weight`` x L1(z_hat, z_HR), z_HR being the flow forward of the true residual."""
+    """The learned prior with the flow frozen: VGG perceptual loss of the output (with its texture term if
+    weighted) plus ``latent_weight`` x L1(z_hat, z_HR), z_HR being the flow forward of the true residual."""
 
     def __init__(
         self, model: LINFLP, perceptual: VGGPerceptualLoss, perceptual_weight: float = 1.0, latent_weight: float = 0.0
@@ -84,8 +93,7 @@ class PriorObjective(nn.Module):
         conditions = self.model.conditions(features, size)
         z_hat = self.model.predict_latent(features, size, conditions=conditions)
         output = self.model.render_latent(features, size, z_hat, conditions=conditions)
-        vgg = self.perceptual(output, hr)
-        losses = {"vgg": vgg, "l1": (output - hr).abs().mean().detach(), "loss": self.perceptual_weight * vgg}
+        losses = perceptual_losses(self.perceptual, self.perceptual_weight, output, hr)
         if self.latent_weight > 0:
             with torch.no_grad():
                 z_hr = self.model.latent_of(features, hr)
@@ -159,8 +167,7 @@ class SRFlowPriorObjective(nn.Module):
             features = self.model.encode(unit_lr)
         z_hat = self.model.predict_latents(features, unit_lr)
         output = self.model.render_latents(features, z_hat) * 2 - 1
-        vgg = self.perceptual(output, hr)
-        losses = {"vgg": vgg, "l1": (output - hr).abs().mean().detach(), "loss": self.perceptual_weight * vgg}
+        losses = perceptual_losses(self.perceptual, self.perceptual_weight, output, hr)
         if self.latent_weight > 0:
             with torch.no_grad():
                 z_hr = self.model.latents_of(features, to_unit(hr))

@@ -114,6 +114,8 @@ class Recipe:
     vgg_weight: float = 0.0
     perceptual_loss: str = "deep"
     """A name in PERCEPTUAL_LOSSES: deep (VGG's last conv) or lpips-vgg."""
+    texture_weight: float = 0.0
+    """Weight of the perceptual loss's texture term (Gram matrices of VGG blocks 2-4; deep loss only)."""
     latent_weight: float = 0.0
 
     def validate(self) -> None:
@@ -128,6 +130,8 @@ class Recipe:
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.queries >= 1, "queries must be >= 1"),
             (self.perceptual_loss in PERCEPTUAL_LOSSES, f"perceptual_loss must be {' or '.join(PERCEPTUAL_LOSSES)}"),
+            (self.texture_weight >= 0, "texture_weight must be >= 0"),
+            (self.texture_weight == 0 or self.perceptual_loss == "deep", "texture_weight needs perceptual_loss deep"),
         )
         for ok, message in checks:
             if not ok:
