@@ -219,7 +219,8 @@ class LINFLP(nn.Module):
     ) -> torch.Tensor:
         """Latents (B, D, len(rows), len(columns)) of the residual (B, 3, len(rows) p, len(columns) p) of
         those latent cells of an output of ``size``, in bands of whole latent rows of at most
-        ``chunk_queries`` queries, in float32 outside autocast."""
+        ``chunk_queries`` queries, in float32 outside autocast; channels-last in memory, as the latent
+        module's convolutions want them."""
         device = residual.device
         batch = residual.shape[0]
         patch = self.patch_size
@@ -233,7 +234,7 @@ class LINFLP(nn.Module):
             with torch.autocast(device.type, enabled=False):
                 z = self.flow.latents(vectors.flatten(0, 1).float(), condition.flatten(0, 1).float())
             bands.append(z.view(batch, end - start, len(columns), self.dim))
-        return torch.cat(bands, dim=1).permute(0, 3, 1, 2).contiguous()
+        return torch.cat(bands, dim=1).permute(0, 3, 1, 2)
 
 
 def _inside_and_beyond(pixels: range, length: int) -> list[range]:
