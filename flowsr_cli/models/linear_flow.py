@@ -62,21 +62,22 @@ class ConditionalLinearFlow(nn.Module):
         """How many conditioning numbers one vector needs."""
         return 2 * self.features * len(self.linears)
 
-    def _affine(self, params: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = 2 * self.features * layer
-        raw_scale = params[:, start : start + self.features]
-        shift = params[:, start + self.features : start + 2 * self.features]
-        return torch.sigmoid(raw_scale + 2.0) + AFFINE_EPS, shift
+    def _affines(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's (scale, shift), each (N, layers, D), in one pass over the conditioning
+        (elementwise work on 10 strided 27-wide slices per layer costs more than on one block)."""
+        per_layer = params.view(params.shape[0], len(self.linears), 2, self.features)
+        scale = torch.sigmoid(per_layer[:, :, 0] + 2.0) + AFFINE_EPS
+        return scale, per_layer[:, :, 1]
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x -> (z, log p(x)) with a standard normal base: (N, D), (N, condition_size) -> (N, D), (N,)."""
         z = x
-        log_det = x.new_zeros(x.shape[0])
+        scales, shifts = self._affines(params)
+        log_det = torch.log(scales).sum(dim=(1, 2))
         for layer, linear in enumerate(self.linears):
             z, linear_log_det = linear(z)
-            scale, shift = self._affine(params, layer)
-            z = z * scale + shift
-            log_det = log_det + linear_log_det + torch.log(scale).sum(dim=1)
+            z = z * scales[:, layer] + shifts[:, layer]
+            log_det = log_det + linear_log_det
         z, last_log_det = self.last(z)
         log_base = -0.5 * (z.pow(2) + _LOG_2PI).sum(dim=1)
         return z, log_det + last_log_det + log_base
@@ -84,15 +85,15 @@ class ConditionalLinearFlow(nn.Module):
     def latents(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """x -> z as :meth:`forward` gives it, without the log-density (for inference)."""
         z = x
+        scales, shifts = self._affines(params)
         for layer, linear in enumerate(self.linears):
-            scale, shift = self._affine(params, layer)
-            z = torch.addcmul(shift, nn.functional.linear(z, linear.weight, linear.bias), scale)
+            z = torch.addcmul(shifts[:, layer], nn.functional.linear(z, linear.weight, linear.bias), scales[:, layer])
         return nn.functional.linear(z, self.last.weight, self.last.bias)
 
     def inverse(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """z -> x: (N, D), (N, condition_size) -> (N, D)."""
         x = self.last.inverse(z)
+        scales, shifts = self._affines(params)
         for layer in reversed(range(len(self.linears))):
-            scale, shift = self._affine(params, layer)
-            x = self.linears[layer].inverse((x - shift) / scale)
+            x = self.linears[layer].inverse((x - shifts[:, layer]) / scales[:, layer])
         return x
