@@ -147,8 +147,12 @@ class LINF(nn.Module):
         bias = torch.cat([self.coef.bias, self.freq.bias])
         return F.conv2d(window, weight, bias, padding=(0, 1)).flatten(2).transpose(1, 2).contiguous()
 
-    def condition(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
-        """Flow conditioning for query points (B, N, 2) as (y, x) in [-1, 1]: (B, N, condition_size).
+    def condition(
+        self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Flow conditioning for query points (B, N, 2) as (y, x) in [-1, 1]: (B, N, condition_size),
+        written into ``out`` (of that shape, each image's (N, condition_size) contiguous) if given, saving
+        a copy.
 
         The one feature-query function behind both directions (likelihood and sampling).
         """
@@ -183,7 +187,15 @@ class LINF(nn.Module):
             areas.append((relative_y * relative_x).abs() + 1e-9)
         total = torch.stack(areas).sum(dim=0)
         weighted = [term * (areas[3 - index] / total).unsqueeze(-1) for index, term in enumerate(terms)]
-        return self.mlp(torch.cat(weighted, dim=-1))
+        hidden = torch.cat(weighted, dim=-1)
+        for layer in self.mlp[:-1]:
+            hidden = layer(hidden)
+        last = self.mlp[-1]
+        if out is None:
+            return last(hidden)
+        for item, item_out in zip(hidden, out):
+            torch.addmm(last.bias, item, last.weight.T, out=item_out)
+        return out
 
     def condition_grid(
         self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range, chunk_queries: int = 16384
@@ -200,7 +212,7 @@ class LINF(nn.Module):
         for start in range(0, len(rows), band):
             end = min(len(rows), start + band)
             points = grid(row_centres[start:end], column_centres).expand(batch, -1, -1)
-            values[:, start:end] = self.condition(features, points, cell).view(batch, end - start, len(columns), -1)
+            self.condition(features, points, cell, out=values[:, start:end].view(batch, -1, values.shape[-1]))
         return ConditionGrid(values, rows, columns)
 
     @staticmethod
