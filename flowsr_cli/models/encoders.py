@@ -8,12 +8,6 @@ from torch import nn
 from flowsr_cli.models.registry import register
 
 
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` laid out channels-last: the memory format in which oneDNN (CPU) and cuDNN run narrow 3x3
-    convolutions fastest (1.4-2x here against NCHW); every layer after keeps it."""
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
@@ -44,8 +38,8 @@ class EDSRBaseline(nn.Module):
         self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)), _conv3x3(channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) in [-1, 1] -> (B, channels, h, w), channels-last in memory (see :func:`channels_last`)."""
-        head = self.head(channels_last(x))
+        """(B, 3, h, w) in [-1, 1] -> (B, channels, h, w)."""
+        head = self.head(x)
         return head + self.body(head)
 
 

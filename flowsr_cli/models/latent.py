@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.models.coords import patch_centres
-from flowsr_cli.models.encoders import channels_last
+from flowsr_cli.models.layout import like
 from flowsr_cli.models.registry import register
 
 LR_STRIDE = 3
@@ -172,8 +172,8 @@ class LatentModule(nn.Module):
         height, width = lr.shape[-2:]
         pad_bottom, pad_right = -height % LR_STRIDE, -width % LR_STRIDE
         if pad_bottom or pad_right:
-            lr = F.pad(lr, (0, pad_right, 0, pad_bottom), mode="replicate")
-        cells = self.lr_branch(F.leaky_relu(self.lr_stem(channels_last(lr)), 0.2))
+            lr = like(F.pad(lr, (0, pad_right, 0, pad_bottom), mode="replicate"), lr)
+        cells = self.lr_branch(F.leaky_relu(self.lr_stem(lr), 0.2))
         cell_rows, cell_columns = cells.shape[-2:]
         ys = (2.0 * (rows - 1.0) / LR_STRIDE + 1.0) / cell_rows - 1.0
         xs = (2.0 * (columns - 1.0) / LR_STRIDE + 1.0) / cell_columns - 1.0
@@ -191,8 +191,8 @@ class LatentModule(nn.Module):
         output cropped back, so any grid size works and pooling windows stay on the global grid.
         """
         height, width = z_init.shape[-2:]
-        lr_features = channels_last(self.encode_lr(lr, rows, columns))
-        joined = torch.cat([self.latent_branch(channels_last(z_init)), lr_features], dim=1)
+        lr_features = like(self.encode_lr(lr, rows, columns), lr)
+        joined = torch.cat([self.latent_branch(z_init), lr_features], dim=1)
         multiple = self.unet.multiple
         joined = F.pad(joined, (0, -width % multiple, 0, -height % multiple))
         return self.head(self.unet(joined))[..., :height, :width]

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from flowsr_cli.models.coords import bilinear_base, cell_size, fold_patches, grid, patch_centres, unfold_patches
+from flowsr_cli.models.layout import channels_last
 from flowsr_cli.models.linear_flow import ConditionalLinearFlow
 from flowsr_cli.models.registry import make, register
 
@@ -117,8 +118,8 @@ class LINF(nn.Module):
     def encode(
         self, lr: torch.Tensor, origin: tuple[int, int] = (0, 0), full_size: tuple[int, int] | None = None
     ) -> LRFeatures:
-        """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin``."""
-        return LRFeatures(lr=lr, encoded=self.encoder(lr), origin=origin, full_size=full_size)
+        """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin`` (channels-last)."""
+        return LRFeatures(lr=lr, encoded=self.encoder(channels_last(lr)), origin=origin, full_size=full_size)
 
     def _fourier(self, features: LRFeatures, rows: range) -> torch.Tensor:
         """Amplitudes and frequencies (B, len(rows) * w, 2 * hidden), channels last (coef first), of the

@@ -17,6 +17,7 @@ from torch import nn
 
 from flowsr_cli.models.coords import unfold_patches
 from flowsr_cli.models.latent import LatentModule, lr_positions
+from flowsr_cli.models.layout import channels_last
 from flowsr_cli.models.linf import LINF, ConditionGrid, LRFeatures
 from flowsr_cli.models.registry import make, register
 from flowsr_cli.resize import contributions, resize_window
@@ -169,7 +170,7 @@ class LINFLP(nn.Module):
         row_positions = lr_positions(size[0], self.patch_size, full_height, lr.device)[rows.start : rows.stop]
         column_positions = lr_positions(size[1], self.patch_size, full_width, lr.device)[columns.start : columns.stop]
         origin_y, origin_x = features.origin
-        return self.latent(z_init, lr, row_positions - origin_y, column_positions - origin_x)
+        return self.latent(z_init, channels_last(lr), row_positions - origin_y, column_positions - origin_x)
 
     def conditions(
         self, features: LRFeatures, size: tuple[int, int], chunk_queries: int = CHUNK_QUERIES

@@ -1,0 +1,20 @@
+"""Memory layouts: flowsr's inference and training run convolution stacks channels-last."""
+
+from __future__ import annotations
+
+import torch
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` laid out channels-last: the layout in which oneDNN (CPU) and cuDNN run narrow 3x3
+    convolutions fastest (1.4-2x on this project's CPU against NCHW). Layers keep their input's layout,
+    so converting a network's input is enough; modules themselves never convert, which keeps the
+    benchmark's upstream-style reference path on PyTorch's default layout."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``reference``'s layout (channels-last or contiguous), for ops that drop the layout."""
+    if reference.dim() == 4 and reference.is_contiguous(memory_format=torch.channels_last):
+        return channels_last(x)
+    return x.contiguous()
