@@ -1,7 +1,7 @@
 """LINF-LP as the original LINF and LP code computes it: the benchmark's naive reference path.
 
-Written from the upstream code's structure, sharing only the weights (and the latent module's network)
-with flowsr, so the speed-up flowsr reports is against an independent, straightforward implementation:
+Written from the upstream code's structure, sharing only the weights (the layers' modules) with
+flowsr, so the speed-up flowsr reports is against an independent, straightforward implementation:
 
 * the whole image at once: encoder, coef and freq convolutions over the full LR, whole-image tensors;
 * queries in fixed batches of 30,000 (upstream ``batched_predict``), each fetching its 4 neighbouring
@@ -9,7 +9,9 @@ with flowsr, so the speed-up flowsr reports is against an independent, straightf
 * the flow forward with its log-determinant, and the inverse through ``torch.inverse`` of every
   linear layer on every batch;
 * the LR encoded and every query's conditioning computed once for the prior's forward pass (z_init)
-  and again for the inverse (the output).
+  and again for the inverse (the output);
+* the latent module layer by layer: dense blocks concatenating all earlier outputs for every conv,
+  BatchNorm as its own layer, PyTorch's default memory layout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from flowsr_cli.models.coords import fold_patches, unfold_patches
-from flowsr_cli.models.latent import lr_positions
+from flowsr_cli.models.latent import LR_STRIDE, DenseBlock, LatentModule, lr_positions
 from flowsr_cli.models.linear_flow import ConditionalLinearFlow
 from flowsr_cli.models.linf import LINF
 from flowsr_cli.models.linf_lp import LINFLP
@@ -45,7 +47,7 @@ def naive_upscale(model: LINFLP, lr: torch.Tensor, size: Size) -> torch.Tensor:
         z_init = z_init.view(1, *cells, -1).permute(0, 3, 1, 2)
         rows = lr_positions(full[0], flow.patch_size, lr.shape[-2])
         columns = lr_positions(full[1], flow.patch_size, lr.shape[-1])
-        z_hat = model.latent(z_init, lr_n, rows, columns).permute(0, 2, 3, 1).reshape(-1, flow.dim)
+        z_hat = _latent(model.latent, z_init, lr_n, rows, columns).permute(0, 2, 3, 1).reshape(-1, flow.dim)
         conditions = _conditions(flow, lr_n, queries, full)
         residual = torch.cat([_inverse(flow.flow, z, c) for z, c in zip(z_hat.split(QUERY_BATCH), conditions)])
         pixels = fold_patches(residual.unsqueeze(0), *cells, flow.patch_size)[..., : full[0], : full[1]]
@@ -142,4 +144,43 @@ def _inverse(flow: ConditionalLinearFlow, z: torch.Tensor, condition: torch.Tens
         scale, shift = _affine(flow, condition, layer)
         linear = flow.linears[layer]
         x = ((x - shift) / scale - linear.bias) @ torch.inverse(linear.weight).T
+    return x
+
+
+def _latent(
+    latent: LatentModule, z_init: torch.Tensor, lr_n: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor
+) -> torch.Tensor:
+    """z_hat from z_init and the LR, as upstream's LP code runs its generator."""
+    height, width = lr_n.shape[-2:]
+    padded = F.pad(lr_n, (0, -width % LR_STRIDE, 0, -height % LR_STRIDE), mode="replicate")
+    cells = _dense(latent.lr_branch, F.leaky_relu(latent.lr_stem(padded), 0.2))
+    ys = (2.0 * (rows - 1.0) / LR_STRIDE + 1.0) / cells.shape[-2] - 1.0
+    xs = (2.0 * (columns - 1.0) / LR_STRIDE + 1.0) / cells.shape[-1] - 1.0
+    at = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).unsqueeze(0)
+    lr_features = F.grid_sample(cells, at, mode="bilinear", padding_mode="border", align_corners=False)
+    x = torch.cat([_dense(latent.latent_branch, z_init), lr_features], dim=1)
+    grid_height, grid_width = z_init.shape[-2:]
+    multiple = latent.unet.multiple
+    x = F.pad(x, (0, -grid_width % multiple, 0, -grid_height % multiple))
+    skips = []
+    for level, block in enumerate(latent.unet.down):
+        x = _layers(block, F.max_pool2d(x, 2) if level else x)
+        skips.append(x)
+    skips.pop()
+    for block in latent.unet.up:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        x = _layers(block, torch.cat([skips.pop(), x], dim=1))
+    return latent.head(x)[..., :grid_height, :grid_width]
+
+
+def _dense(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
+    features = [x]
+    for conv in block.convs:
+        features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), 0.2))
+    return block.fuse(torch.cat(features, dim=1))
+
+
+def _layers(block: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    for layer in block:
+        x = layer(x)
     return x
