@@ -257,3 +257,32 @@ def test_lr_branch_reads_its_cells_at_their_physical_centres() -> None:
     odd = module.encode_lr(lr[..., :8, :11], torch.tensor([-5.0, 7.0, 20.0]), torch.tensor([10.0]))
     assert odd.shape == (1, 8, 3, 1)
     assert torch.isfinite(odd).all()
+
+
+def test_inference_folds_batch_norm_into_the_convs_and_follows_its_statistics() -> None:
+    """Without gradients an eval-mode latent module folds each BatchNorm into its conv; the output is
+    the layer-by-layer one, and changed running statistics are picked up, not a stale fold."""
+    torch.manual_seed(0)
+    module = make({"name": "lp-latent", "args": {"dim": 27, **TINY_LATENT_ARGS}}).eval()
+    norms = [layer for layer in module.modules() if isinstance(layer, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.2, 0.2)
+    z_init, lr = random_image(1, 27, 16, 20, seed=1), random_image(1, 3, 12, 15, seed=2)
+    rows, columns = lr_positions(48, 3, 12), lr_positions(60, 3, 15)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        layered = module(z_init, lr, rows, columns).detach()  # gradients enabled: BatchNorm as a layer
+        with torch.no_grad():
+            return layered, module(z_init, lr, rows, columns)
+
+    layered, folded = both()
+    assert torch.allclose(folded, layered, atol=1e-5)
+    with torch.no_grad():
+        norms[0].running_mean.add_(1.0)
+    layered_after, folded_after = both()
+    assert torch.allclose(folded_after, layered_after, atol=1e-5)
+    assert not torch.allclose(folded_after, folded, atol=1e-3)

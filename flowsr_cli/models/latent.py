@@ -54,7 +54,10 @@ class DenseBlock(nn.Module):
 
 
 class DoubleConv(nn.Sequential):
-    """Two {3x3 conv without bias, BatchNorm, LeakyReLU 0.2}."""
+    """Two {3x3 conv without bias, BatchNorm, LeakyReLU 0.2}.
+
+    In eval mode without gradients (inference) each BatchNorm is folded into its conv's weights and
+    bias, a pass less over every feature map; the folded weights are kept until a tensor changes."""
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int) -> None:
         super().__init__(
@@ -65,6 +68,27 @@ class DoubleConv(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(0.2, inplace=True),
         )
+        self._folded_cache: tuple[tuple[object, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_channels, h, w) -> (B, out_channels, h, w)."""
+        if self.training or torch.is_grad_enabled():
+            return super().forward(x)
+        for weight, bias in self._folded():
+            x = F.leaky_relu_(F.conv2d(x, weight, bias, padding=1), 0.2)
+        return x
+
+    def _folded(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, bias) of each conv with its BatchNorm's running statistics and affine folded in."""
+        tensors = [tensor for layer in self for tensor in (*layer.parameters(), *layer.buffers())]
+        key = tuple((tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device) for tensor in tensors)
+        if self._folded_cache is None or self._folded_cache[0] != key:
+            pairs = []
+            for conv, norm in ((self[0], self[1]), (self[3], self[4])):
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                pairs.append((conv.weight * scale.view(-1, 1, 1, 1), norm.bias - norm.running_mean * scale))
+            self._folded_cache = (key, pairs)
+        return self._folded_cache[1]
 
 
 class UNet(nn.Module):
@@ -195,4 +219,11 @@ class LatentModule(nn.Module):
         joined = torch.cat([self.latent_branch(z_init), lr_features], dim=1)
         multiple = self.unet.multiple
         joined = F.pad(joined, (0, -width % multiple, 0, -height % multiple))
-        return self.head(self.unet(joined))[..., :height, :width]
+        return _pointwise(self.head, self.unet(joined))[..., :height, :width]
+
+
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv as one matrix product over channels-last pixels (PyTorch runs channels-last 1x1 convs
+    on a slow path); the result is channels-last in memory."""
+    pixels = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+    return pixels.permute(0, 3, 1, 2)
