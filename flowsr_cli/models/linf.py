@@ -118,7 +118,8 @@ class LINF(nn.Module):
     def encode(
         self, lr: torch.Tensor, origin: tuple[int, int] = (0, 0), full_size: tuple[int, int] | None = None
     ) -> LRFeatures:
-        """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin`` (channels-last)."""
+        """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin``; the encoder
+        runs channels-last (see :func:`channels_last`), so its features are laid out that way."""
         return LRFeatures(lr=lr, encoded=self.encoder(channels_last(lr)), origin=origin, full_size=full_size)
 
     def _fourier(self, features: LRFeatures, rows: range) -> torch.Tensor:
