@@ -151,7 +151,7 @@ def test_prior_training_steps_lower_the_loss_on_a_fixed_batch(monkeypatch: pytes
         result["loss"].backward()
         optimiser.step()
         losses.append(result["loss"].item())
-    assert set(result) == {"vgg", "l1", "latent", "loss"}
+    assert set(result) == {"vgg", "perceptual", "l1", "latent", "loss"}
     assert result["loss"].item() == pytest.approx((result["vgg"] + 0.1 * result["latent"]).item())
     assert sum(losses[-3:]) / 3 < 0.9 * losses[0], losses
 
