@@ -56,13 +56,11 @@ class VGGPerceptualLoss(nn.Module):
         with torch.no_grad():
             target_deep, target_blocks = self._embed(target)
         deep, blocks = self._embed(prediction)
-        terms = {"vgg": (deep - target_deep).abs().mean()}
-        terms["perceptual"] = terms["vgg"]
-        if self.texture_weight > 0:
-            distances = [(gram(a) - gram(b)).abs().mean() for a, b in zip(blocks, target_blocks)]
-            terms["texture"] = torch.stack(distances).mean()
-            terms["perceptual"] = terms["vgg"] + self.texture_weight * terms["texture"]
-        return terms
+        vgg = (deep - target_deep).abs().mean()
+        if self.texture_weight == 0:
+            return {"vgg": vgg, "perceptual": vgg}
+        texture = torch.stack([(gram(a) - gram(b)).abs().mean() for a, b in zip(blocks, target_blocks)]).mean()
+        return {"vgg": vgg, "texture": texture, "perceptual": vgg + self.texture_weight * texture}
 
     def _embed(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The deepest features and, with a texture weight, the outputs of :data:`TEXTURE_BLOCKS`."""
