@@ -63,6 +63,10 @@ class ConditionGrid:
     rows: range
     columns: range
 
+    def covers(self, rows: range, columns: range) -> bool:
+        """Whether every cell of rows x columns lies inside the window."""
+        return _within(rows, self.rows) and _within(columns, self.columns)
+
     def read(self, rows: range, columns: range) -> torch.Tensor:
         """The conditioning (B, len(rows) * len(columns), condition_size) of cells inside the window, row-major."""
         top, left = rows.start - self.rows.start, columns.start - self.columns.start
@@ -204,17 +208,14 @@ class LINF(nn.Module):
     ) -> ConditionGrid:
         """The conditioning of every query of the latent rows x columns of an output of ``size``, in
         bands of whole rows of at most ``chunk_queries``: computed once, read by both flow directions."""
-        device = features.lr.device
-        row_centres = patch_centres(size[0], self.patch_size, device)[rows.start : rows.stop]
-        column_centres = patch_centres(size[1], self.patch_size, device)[columns.start : columns.stop]
-        cell = cell_size(*size)
         batch = features.lr.shape[0]
         band = max(1, chunk_queries // len(columns))
-        values = torch.empty(batch, len(rows), len(columns), self.flow.condition_size, device=device)
+        values = torch.empty(batch, len(rows), len(columns), self.flow.condition_size, device=features.lr.device)
         for start in range(0, len(rows), band):
             end = min(len(rows), start + band)
-            points = grid(row_centres[start:end], column_centres).expand(batch, -1, -1)
-            self.condition(features, points, cell, out=values[:, start:end].view(batch, -1, values.shape[-1]))
+            band_rows = range(rows.start + start, rows.start + end)
+            out = values[:, start:end].view(batch, -1, values.shape[-1])
+            self._compute_cells_condition(features, size, band_rows, columns, out)
         return ConditionGrid(values, rows, columns)
 
     @staticmethod
@@ -311,15 +312,14 @@ class LINF(nn.Module):
         ``size``, row-major: read from ``conditions`` where it covers them, computed elsewhere."""
         if conditions is None:
             return self._compute_cells_condition(features, size, rows, columns)
-        if _within(rows, conditions.rows) and _within(columns, conditions.columns):
+        if conditions.covers(rows, columns):
             return conditions.read(rows, columns)
         batch = features.lr.shape[0]
 
         def block(block_rows: range, block_columns: range) -> torch.Tensor:
-            covered = _within(block_rows, conditions.rows) and _within(block_columns, conditions.columns)
             values = (
                 conditions.read(block_rows, block_columns)
-                if covered
+                if conditions.covers(block_rows, block_columns)
                 else self._compute_cells_condition(features, size, block_rows, block_columns)
             )
             return values.view(batch, len(block_rows), len(block_columns), -1)
@@ -331,13 +331,19 @@ class LINF(nn.Module):
         return torch.cat(row_parts, dim=1).flatten(1, 2)
 
     def _compute_cells_condition(
-        self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        rows: range,
+        columns: range,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The conditioning of the latent cells rows x columns, computed (into ``out`` if given)."""
         device = features.lr.device
         row_centres = patch_centres(size[0], self.patch_size, device)[rows.start : rows.stop]
         column_centres = patch_centres(size[1], self.patch_size, device)[columns.start : columns.stop]
         points = grid(row_centres, column_centres).expand(features.lr.shape[0], -1, -1)
-        return self.condition(features, points, cell_size(*size))
+        return self.condition(features, points, cell_size(*size), out)
 
     @staticmethod
     def bilinear_base(features: LRFeatures, size: tuple[int, int], rows: range, columns: range) -> torch.Tensor:
