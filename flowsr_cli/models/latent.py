@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.models.coords import patch_centres
+from flowsr_cli.models.derived import tensors_key
 from flowsr_cli.models.layout import like
 from flowsr_cli.models.registry import register
 
@@ -80,8 +81,7 @@ class DoubleConv(nn.Sequential):
 
     def _folded(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(weight, bias) of each conv with its BatchNorm's running statistics and affine folded in."""
-        tensors = [tensor for layer in self for tensor in (*layer.parameters(), *layer.buffers())]
-        key = tuple((tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device) for tensor in tensors)
+        key = tensors_key(tensor for layer in self for tensor in (*layer.parameters(), *layer.buffers()))
         if self._folded_cache is None or self._folded_cache[0] != key:
             pairs = []
             for conv, norm in ((self[0], self[1]), (self[3], self[4])):

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from flowsr_cli.models.derived import tensors_key
+
 AFFINE_EPS = 1e-4
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -33,7 +35,7 @@ class InvertibleLinear(nn.Module):
         """(W^-T, -b W^-T) in ``dtype``; kept while the weights are unchanged and no gradient needs them."""
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return self._formed_inverse(dtype)
-        key = (self.weight._version, self.bias._version, self.weight.data_ptr(), self.bias.data_ptr(), dtype)
+        key = (tensors_key((self.weight, self.bias)), dtype)
         if self._inverse_cache is None or self._inverse_cache[0] != key:
             with torch.inference_mode(False), torch.no_grad():  # usable later with autograd, too
                 self._inverse_cache = (key, *self._formed_inverse(dtype))
