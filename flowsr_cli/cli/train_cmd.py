@@ -332,11 +332,12 @@ def train_prior(
         prior = PRIORS[recipe.arch]
         model = make({"name": prior["name"], "args": {"flow": frozen.spec, "latent": prior["latent"]}}).to(device_)
         model.flow.load_state_dict(frozen.state_dict())
-    objective_type = SRFlowPriorObjective if isinstance(model, SRFlowLP) else PriorObjective
-    objective = objective_type(
-        model,
-        VGGPerceptualLoss(device_, recipe.perceptual_loss, recipe.texture_weight),
-        recipe.vgg_weight or 1.0,
-        recipe.latent_weight,
-    )
+    perceptual = VGGPerceptualLoss(device_, recipe.perceptual_loss, recipe.texture_weight)
+    objective: nn.Module
+    if isinstance(model, SRFlowLP):
+        objective = SRFlowPriorObjective(model, perceptual, recipe.vgg_weight or 1.0, recipe.latent_weight)
+    else:
+        objective = PriorObjective(
+            model, perceptual, recipe.vgg_weight or 1.0, recipe.latent_weight, recipe.detail_weight
+        )
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)

@@ -10,6 +10,7 @@ from flowsr_cli.models.linf import LINF, LatentSource
 from flowsr_cli.models.linf_lp import LINFLP
 from flowsr_cli.models.srflow import SRFlow
 from flowsr_cli.models.srflow_lp import SRFlowLP
+from flowsr_cli.train.detail import detail_loss
 from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
 
@@ -72,16 +73,23 @@ def perceptual_losses(
 
 class PriorObjective(nn.Module):
     """The learned prior with the flow frozen: VGG perceptual loss of the output (with its texture term if
-    weighted) plus ``latent_weight`` x L1(z_hat, z_HR), z_HR being the flow forward of the true residual."""
+    weighted) plus ``latent_weight`` x L1(z_hat, z_HR), z_HR being the flow forward of the true residual,
+    plus ``detail_weight`` x the detail-energy term (:func:`detail_loss` around the flow's bilinear base)."""
 
     def __init__(
-        self, model: LINFLP, perceptual: VGGPerceptualLoss, perceptual_weight: float = 1.0, latent_weight: float = 0.0
+        self,
+        model: LINFLP,
+        perceptual: VGGPerceptualLoss,
+        perceptual_weight: float = 1.0,
+        latent_weight: float = 0.0,
+        detail_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.perceptual = perceptual
         self.perceptual_weight = perceptual_weight
         self.latent_weight = latent_weight
+        self.detail_weight = detail_weight
 
     def forward(
         self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
@@ -99,6 +107,11 @@ class PriorObjective(nn.Module):
                 z_hr = self.model.latent_of(features, hr)
             losses["latent"] = (z_hat - z_hr).abs().mean()
             losses["loss"] = losses["loss"] + self.latent_weight * losses["latent"]
+        if self.detail_weight > 0:
+            with torch.no_grad():
+                base = LINF.bilinear_base(features, size, range(size[0]), range(size[1]))
+            losses["detail"] = detail_loss(output, hr, base)
+            losses["loss"] = losses["loss"] + self.detail_weight * losses["detail"]
         return losses
 
 

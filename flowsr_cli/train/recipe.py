@@ -117,6 +117,8 @@ class Recipe:
     texture_weight: float = 0.0
     """Weight of the perceptual loss's texture term (Gram matrices of VGG blocks 2-4; deep loss only)."""
     latent_weight: float = 0.0
+    detail_weight: float = 0.0
+    """Weight of the learned prior's detail-energy term (LINF-LP only; train/detail.py)."""
 
     def validate(self) -> None:
         """A UsageError naming the first bad value."""
@@ -132,6 +134,11 @@ class Recipe:
             (self.perceptual_loss in PERCEPTUAL_LOSSES, f"perceptual_loss must be {' or '.join(PERCEPTUAL_LOSSES)}"),
             (self.texture_weight >= 0, "texture_weight must be >= 0"),
             (self.texture_weight == 0 or self.perceptual_loss == "deep", "texture_weight needs perceptual_loss deep"),
+            (self.detail_weight >= 0, "detail_weight must be >= 0"),
+            (
+                self.detail_weight == 0 or model_name(self.arch) != "srflow-lp",
+                "detail_weight is for LINF priors (SRFlow-LP has no bilinear base)",
+            ),
         )
         for ok, message in checks:
             if not ok:
