@@ -276,6 +276,22 @@ def flag_parser(flag: str, parse: Callable[[Any], Any], allowed: str) -> Callabl
     return parse_flag
 
 
+PRIORS = ("learned", "gaussian")
+"""How a flow's latent can be chosen (``--prior``): predicted by its learned prior, or Gaussian."""
+
+
+def choice_flag(flag: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    """A Typer ``parser=`` for a flag taking one of ``choices``; any other value is a UsageError naming the
+    flag, the value and the choices."""
+
+    def choose(raw: Any) -> str:
+        if raw not in choices:
+            raise ValueError(raw)
+        return str(raw)
+
+    return flag_parser(flag, choose, " or ".join(choices))
+
+
 def integer_flag(flag: str, minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
     """A Typer ``parser=`` for an integer flag; a bad value is a UsageError naming the flag, the value and the range."""
     if minimum is None:

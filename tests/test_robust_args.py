@@ -105,7 +105,7 @@ CASES: list[Bad] = [
     # A model name may come from the config or the environment, so the loader names "model", not the flag.
     option("upscale", "--model", "nope", UNKNOWN_MODEL[1], UNKNOWN_MODEL[0]),
     *[bad for flag, values, allowed in SETTING_FLAGS for bad in options("upscale", flag, values, allowed)],
-    option("upscale", "--prior", "mean", "is not one of 'learned', 'gaussian'"),
+    option("upscale", "--prior", "mean", "learned or gaussian"),
     *options("upscale", "--temperature", ("-0.1", "nan", "inf", "hot"), "a number >= 0"),
     *options("upscale", "--seed", ("1.5", "lucky"), "an integer"),
     *options("upscale", "--samples", ("0", "many"), "an integer >= 1"),

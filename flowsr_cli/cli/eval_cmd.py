@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.console import printable, report_note, stderr_console
-from flowsr_cli.config import Settings, integer_flag
+from flowsr_cli.config import PRIORS, Settings, choice_flag, integer_flag
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ def eval_command(
     models: list[str] = typer.Option([], "--model", "-m", help="A model name or .safetensors path (repeatable)."),
     scales: str = typer.Option("2,3,4", "--scales", help="Comma-separated scales, any number >= 1."),
     prior: str | None = typer.Option(
-        None, "--prior", help="learned or gaussian (default: learned where a model has one, else gaussian)."
+        None,
+        "--prior",
+        parser=choice_flag("--prior", PRIORS),
+        help="learned or gaussian (default: learned where a model has one, else gaussian).",
     ),
     temperatures: str = typer.Option("0.5", "--temperatures", help="Gaussian-prior temperatures, comma-separated."),
     runs: int = typer.Option(
@@ -70,8 +73,6 @@ def eval_command(
     settings.validate()
     scale_list = _numbers(scales, "--scales", 1.0)
     temperature_list = _numbers(temperatures, "--temperatures", 0.0)
-    if prior not in (None, "learned", "gaussian"):
-        raise UsageError(f"--prior takes learned or gaussian, got {prior!r}")
     if baseline not in ("bicubic", "none"):
         raise UsageError(f"--baseline takes bicubic or none, got {baseline!r}")
     if not models and baseline == "none":

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from flowsr_cli.cli.console import debug_enabled
-from flowsr_cli.config import Settings, flag_parser, integer_flag, number_flag
+from flowsr_cli.config import PRIORS, Settings, choice_flag, flag_parser, integer_flag, number_flag
 from flowsr_cli.errors import FlowsrError, UsageError
 
 if TYPE_CHECKING:
     from flowsr_cli.engine import Upscaler, UpscalerRequest
     from flowsr_cli.outputs import Job
     from flowsr_cli.sizing import SizeRequest
-
-
-class Prior(str, Enum):
-    """How the flow's latent is chosen."""
-
-    learned = "learned"
-    gaussian = "gaussian"
 
 
 _OUTPUT = "Output"
@@ -93,9 +85,10 @@ def upscale(
         help="Context around tiles in input pixels; auto = the model's reach, 16 for SRFlow (config: tile_pad).",
         rich_help_panel=_MODEL,
     ),
-    prior: Prior | None = typer.Option(
+    prior: str | None = typer.Option(
         None,
         "--prior",
+        parser=choice_flag("--prior", PRIORS),
         help="learned (deterministic; default for models that have one) or gaussian (z = T * N(0, I)).",
         rich_help_panel=_MODEL,
         show_default=False,
@@ -239,7 +232,7 @@ def upscale(
     )
 
 
-def _upscaler_request(settings: Settings, prior: Prior | None, temperature: float) -> UpscalerRequest:
+def _upscaler_request(settings: Settings, prior: str | None, temperature: float) -> UpscalerRequest:
     from flowsr_cli.engine import BICUBIC, UpscalerRequest
     from flowsr_cli.hub import Hub
 
@@ -249,7 +242,7 @@ def _upscaler_request(settings: Settings, prior: Prior | None, temperature: floa
         precision=settings["precision"],
         tile=settings["tile"],
         tile_pad=settings["tile_pad"],
-        prior=prior.value if prior is not None else None,
+        prior=prior,
         temperature=temperature,
         hub=Hub(settings) if settings["model"] != BICUBIC else None,
     )
@@ -261,7 +254,7 @@ def _run(
     settings: Settings,
     request: SizeRequest,
     *,
-    prior: Prior | None,
+    prior: str | None,
     temperature: float,
     allow_resample: bool,
     seed: int,
