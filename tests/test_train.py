@@ -156,6 +156,35 @@ def test_recipes_flags_and_schedule(tmp_path: Path) -> None:
     assert learning_rate_at(schedule, 49, 100) == 1.0 and learning_rate_at(schedule, 50, 100) == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('batch_size = "8"', "batch_size must be an integer, got '8'"),
+        ("seed = 1.5", "seed must be an integer, got 1.5"),
+        (f"seed = {2**64}", f"seed must be an integer from 0 to {2**64 - 1}"),
+        ("finetune = 1", "finetune must be true or false, got 1"),
+        ('milestones = [0.5, "x"]', "milestones must be a list of numbers"),
+        ("arch = 3", "arch must be text, got 3"),
+    ],
+)
+def test_a_recipe_value_of_the_wrong_type_is_one_line(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, line: str, message: str
+) -> None:
+    (tmp_path / "bad.toml").write_text(f"steps = 3\n{line}\n")
+    result = run_cli(
+        "train", "flow", str(photos), "--out", str(tmp_path / "out"), "--recipe", str(tmp_path / "bad.toml")
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_numbers_in_a_recipe_take_their_fields_type() -> None:
+    recipe = load_recipe(None, {"learning_rate": 1, "milestones": [1 / 2], "time_budget": 5})
+    assert isinstance(recipe.learning_rate, float) and isinstance(recipe.time_budget, float)
+    assert recipe.milestones == [0.5]
+
+
 def test_torchrun_with_gloo_on_two_processes(tmp_path: Path, photos: Path, tiny_model: Path) -> None:
     (tmp_path / "recipe.toml").write_text(RECIPE)
     out = tmp_path / "run"

@@ -11,6 +11,7 @@ import typer
 from flowsr_cli.cli.console import printable, report_note, report_warning
 from flowsr_cli.config import Settings, integer_flag, number_flag
 from flowsr_cli.errors import UsageError
+from flowsr_cli.train.recipe import MAX_SEED
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +50,7 @@ LR_OPTION = typer.Option(
 SEED_OPTION = typer.Option(
     None,
     "--seed",
-    parser=integer_flag("--seed", 0, 2**64 - 1),
+    parser=integer_flag("--seed", 0, MAX_SEED),
     help="Seed of data sampling and initialisation (0 to 2^64 - 1, as torch takes).",
     rich_help_panel=_RUN,
 )

@@ -59,6 +59,9 @@ PRIORS: dict[str, dict[str, Any]] = {
 """Named learned priors: the model they make, the flow they need and their latent module's sizes, the
 paper's (LINF's ~4.6 M parameters; SRFlow's ~10 M, one UNet per latent level) and CPU-sized ones."""
 
+MAX_SEED = 2**64 - 1
+"""The largest seed torch takes."""
+
 PERCEPTUAL_LOSSES = ("deep", "lpips-vgg")
 """``deep``: L1 of VGG's deepest features (the paper's). ``lpips-vgg``: LPIPS on its VGG16 backbone (the
 evaluation's LPIPS uses AlexNet)."""
@@ -135,6 +138,7 @@ class Recipe:
             (self.texture_weight >= 0, "texture_weight must be >= 0"),
             (self.texture_weight == 0 or self.perceptual_loss == "deep", "texture_weight needs perceptual_loss deep"),
             (self.detail_weight >= 0, "detail_weight must be >= 0"),
+            (0 <= self.seed <= MAX_SEED, f"seed must be an integer from 0 to {MAX_SEED}"),
             (
                 self.detail_weight == 0 or model_name(self.arch) != "srflow-lp",
                 "detail_weight is for LINF priors (SRFlow-LP has no bilinear base)",
@@ -175,11 +179,40 @@ def load_recipe(path: Path | None, overrides: dict[str, Any], defaults: dict[str
     if values.get("time_budget") and "steps" not in values:
         values["steps"] = 0
     try:
-        recipe = Recipe(**values)
+        recipe = Recipe(**{key: _typed(key, value) for key, value in values.items()})
     except TypeError as exc:
         raise UsageError(f"recipe: {exc}") from None
     recipe.validate()
     return recipe
+
+
+_KINDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "text",
+    "bool": "true or false",
+    "list[float]": "a list of numbers",
+}
+
+
+def _typed(key: str, value: Any) -> Any:
+    """``value`` as the type of the recipe field ``key`` (an int is a float too), or a UsageError naming both."""
+    kind = next((item.type for item in dataclasses.fields(Recipe) if item.name == key), None)
+    if kind is None:
+        return value
+
+    def number(item: Any) -> bool:
+        return isinstance(item, (int, float)) and not isinstance(item, bool)
+
+    if kind == "float" and number(value):
+        return float(value)
+    if kind == "list[float]" and isinstance(value, list) and all(number(item) for item in value):
+        return [float(item) for item in value]
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in ("str", "bool") and type(value).__name__ == kind:
+        return value
+    raise UsageError(f"recipe: {key} must be {_KINDS.get(kind, kind)}, got {value!r}")
 
 
 def to_toml(recipe: Recipe) -> str:
