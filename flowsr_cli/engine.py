@@ -32,6 +32,7 @@ class UpscaleReport:
 
     tiles: int = 0
     tile_size: int = 0
+    """Side of a tile (its core, without context) in input pixels, as ``--tile`` gives it; 0 if untiled."""
     guarded_tiles: int = 0
     notes: list[str] = field(default_factory=list)
 

@@ -125,7 +125,8 @@ class LearnedPriorUpscaler:
         column_tiles = plan_prior_axis(self.model, size.width, width, core_cells)
         report = UpscaleReport(tiles=len(row_tiles) * len(column_tiles), tile_size=0)
         if report.tiles > 1:
-            report.tile_size = int(self.tile) if self.tile != "auto" else core_cells
+            widest = max(len(axis.core) for axis in (*row_tiles, *column_tiles)) * self.model.patch_size
+            report.tile_size = round(widest * height / size.height)
         done = 0
         for rows in row_tiles:
             for columns in column_tiles:

@@ -255,6 +255,23 @@ def linf_lp(widths: list[int]) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("scale", [2.0, 3.5])
+def test_the_learned_priors_auto_tile_size_is_reported_in_input_pixels(scale: float) -> None:
+    from flowsr_cli.prior_engine import LearnedPriorUpscaler
+
+    class SmallBudget(LearnedPriorUpscaler):
+        def window_side(self, scale: float, reserved: int = 0) -> int:
+            return 40
+
+    model = linf_lp([8, 16])
+    lr = torch.rand(1, 3, 48, 48)
+    size = SizeRequest(scale=scale).target(Size(48, 48))
+    cores: list[int] = []
+    report = SmallBudget(model, CPU, "t").upscale(lr, size, lambda _s, _r, columns, _t: cores.append(len(columns)))
+    assert report.tiles > 1
+    assert abs(report.tile_size - max(cores) / scale) <= model.patch_size / scale
+
+
 @pytest.mark.parametrize(("widths", "scale"), [([8, 16], 2), ([8, 16], 3.5), ([8, 16], 4), ([8, 16, 16], 4)])
 def test_tiled_learned_prior_equals_untiled(lr: torch.Tensor, widths: list[int], scale: float) -> None:
     from flowsr_cli.prior_engine import LearnedPriorUpscaler, plan_prior_axis
