@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-trains the bundled `linf` and `linf-lp` models from ../shared/data/train (never data/eval) and
-# exports them in fp16 into flowsr_cli/weights/. About 100 minutes on a 2-core CPU.
+# exports them in fp16 into flowsr_cli/weights/. About 4 hours on a 2-core CPU.
 # Usage: scripts/train_default_models.sh [RUNS_DIR]   (needs FLOWSR_BACKBONE_DIR for VGG16 weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,15 @@ if [[ ! -f $runs/prior/model.safetensors ]]; then
   flowsr train prior "$data" --out "$runs/prior" --recipe scripts/recipes/linf-lp.toml \
     --flow "$runs/finetune/model.safetensors" --val "$val"
 fi
+if [[ ! -f $runs/prior-texture/model.safetensors ]]; then
+  flowsr train prior "$data" --out "$runs/prior-texture" --recipe scripts/recipes/linf-lp-texture.toml \
+    --flow "$runs/prior/model.safetensors" --val "$val"
+fi
+if [[ ! -f $runs/prior-detail/model.safetensors ]]; then
+  flowsr train prior "$data" --out "$runs/prior-detail" --recipe scripts/recipes/linf-lp-detail.toml \
+    --flow "$runs/prior-texture/model.safetensors"
+fi
 python scripts/export_bundled.py linf "$runs/finetune/model.safetensors" \
   --description "LINF, 3x3 patches, small EDSR encoder; trained on a CPU (scales 1-4)"
-python scripts/export_bundled.py linf-lp "$runs/prior/model.safetensors" \
+python scripts/export_bundled.py linf-lp "$runs/prior-detail/model.safetensors" \
   --description "LINF with the learned prior (Tsao et al., CVPR 2024); the default model"
