@@ -276,7 +276,7 @@ def flag_parser(flag: str, parse: Callable[[Any], Any], allowed: str) -> Callabl
     return parse_flag
 
 
-PRIORS = ("learned", "gaussian")
+PRIOR_CHOICES = ("learned", "gaussian")
 """How a flow's latent can be chosen (``--prior``): predicted by its learned prior, or Gaussian."""
 
 

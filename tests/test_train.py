@@ -278,15 +278,21 @@ def test_finetune_alternates_nll_and_l1_steps(
     assert nll_record["loss"] == pytest.approx(5e-4 * nll_record["nll"], rel=1e-5)
 
 
-def test_prior_objective_adds_the_latent_term(monkeypatch: pytest.MonkeyPatch) -> None:
+def tiny_prior(monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
+    """A tiny LINF-LP in training mode, with VGG16 findable for its perceptual loss."""
     from flowsr_cli.models import make
-    from flowsr_cli.train.objectives import PriorObjective
-    from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
     monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
     torch.manual_seed(0)
     latent = {"name": "lp-latent", "args": {"branch_channels": 8, "growth": 8, "widths": [8, 16]}}
-    model = make({"name": "linf-lp", "args": {"flow": tiny_linf(3).spec, "latent": latent}}).train()
+    return make({"name": "linf-lp", "args": {"flow": tiny_linf(3).spec, "latent": latent}}).train()
+
+
+def test_prior_objective_adds_the_latent_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowsr_cli.train.objectives import PriorObjective
+    from flowsr_cli.train.perceptual import VGGPerceptualLoss
+
+    model = tiny_prior(monkeypatch)
     perceptual = VGGPerceptualLoss(torch.device("cpu"))
     lr, hr = torch.rand(2, 3, 12, 12) * 2 - 1, torch.rand(2, 3, 24, 24) * 2 - 1
     generator = torch.Generator()
@@ -297,14 +303,10 @@ def test_prior_objective_adds_the_latent_term(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_prior_objective_minimises_the_texture_term_when_weighted(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowsr_cli.models import make
     from flowsr_cli.train.objectives import PriorObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
-    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
-    torch.manual_seed(0)
-    latent = {"name": "lp-latent", "args": {"branch_channels": 8, "growth": 8, "widths": [8, 16]}}
-    model = make({"name": "linf-lp", "args": {"flow": tiny_linf(3).spec, "latent": latent}}).train()
+    model = tiny_prior(monkeypatch)
     objective = PriorObjective(model, VGGPerceptualLoss(torch.device("cpu"), texture_weight=3.0), 1.0, 0.0)
     lr, hr = torch.rand(2, 3, 12, 12) * 2 - 1, torch.rand(2, 3, 24, 24) * 2 - 1
     losses = objective(lr, hr, 0, torch.Generator())
@@ -316,16 +318,12 @@ def test_prior_objective_minimises_the_texture_term_when_weighted(monkeypatch: p
 
 
 def test_prior_objective_adds_the_detail_term_when_weighted(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowsr_cli.models import make
     from flowsr_cli.models.linf import LINF
     from flowsr_cli.train.detail import detail_loss
     from flowsr_cli.train.objectives import PriorObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
-    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
-    torch.manual_seed(0)
-    latent = {"name": "lp-latent", "args": {"branch_channels": 8, "growth": 8, "widths": [8, 16]}}
-    model = make({"name": "linf-lp", "args": {"flow": tiny_linf(3).spec, "latent": latent}}).train()
+    model = tiny_prior(monkeypatch)
     perceptual = VGGPerceptualLoss(torch.device("cpu"))
     lr, hr = torch.rand(2, 3, 12, 12) * 2 - 1, torch.rand(2, 3, 24, 24) * 2 - 1
     plain = PriorObjective(model, perceptual, 1.0, 0.0)(lr, hr, 0, torch.Generator())

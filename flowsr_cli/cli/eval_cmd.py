@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.console import printable, report_note, stderr_console
-from flowsr_cli.config import PRIORS, Settings, choice_flag, integer_flag
+from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, integer_flag
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def eval_command(
     prior: str | None = typer.Option(
         None,
         "--prior",
-        parser=choice_flag("--prior", PRIORS),
+        parser=choice_flag("--prior", PRIOR_CHOICES),
         help="learned or gaussian (default: learned where a model has one, else gaussian).",
     ),
     temperatures: str = typer.Option("0.5", "--temperatures", help="Gaussian-prior temperatures, comma-separated."),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.console import debug_enabled
-from flowsr_cli.config import PRIORS, Settings, choice_flag, flag_parser, integer_flag, number_flag
+from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, flag_parser, integer_flag, number_flag
 from flowsr_cli.errors import FlowsrError, UsageError
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def upscale(
     prior: str | None = typer.Option(
         None,
         "--prior",
-        parser=choice_flag("--prior", PRIORS),
+        parser=choice_flag("--prior", PRIOR_CHOICES),
         help="learned (deterministic; default for models that have one) or gaussian (z = T * N(0, I)).",
         rich_help_panel=_MODEL,
         show_default=False,
