@@ -193,24 +193,21 @@ _KINDS = {
     "bool": "true or false",
     "list[float]": "a list of numbers",
 }
+_FIELD_TYPES = {item.name: item.type for item in dataclasses.fields(Recipe)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _typed(key: str, value: Any) -> Any:
     """``value`` as the type of the recipe field ``key`` (an int is a float too), or a UsageError naming both."""
-    kind = next((item.type for item in dataclasses.fields(Recipe) if item.name == key), None)
-    if kind is None:
-        return value
-
-    def number(item: Any) -> bool:
-        return isinstance(item, (int, float)) and not isinstance(item, bool)
-
-    if kind == "float" and number(value):
+    kind = _FIELD_TYPES.get(key)
+    if kind == "float" and _is_number(value):
         return float(value)
-    if kind == "list[float]" and isinstance(value, list) and all(number(item) for item in value):
+    if kind == "list[float]" and isinstance(value, list) and all(map(_is_number, value)):
         return [float(item) for item in value]
-    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind in ("str", "bool") and type(value).__name__ == kind:
+    if kind is None or type(value).__name__ == kind:
         return value
     raise UsageError(f"recipe: {key} must be {_KINDS.get(kind, kind)}, got {value!r}")
 
