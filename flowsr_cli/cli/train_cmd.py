@@ -334,11 +334,10 @@ def train_prior(
         model = make({"name": prior["name"], "args": {"flow": frozen.spec, "latent": prior["latent"]}}).to(device_)
         model.flow.load_state_dict(frozen.state_dict())
     perceptual = VGGPerceptualLoss(device_, recipe.perceptual_loss, recipe.texture_weight)
+    weight = recipe.vgg_weight or 1.0
     objective: nn.Module
     if isinstance(model, SRFlowLP):
-        objective = SRFlowPriorObjective(model, perceptual, recipe.vgg_weight or 1.0, recipe.latent_weight)
+        objective = SRFlowPriorObjective(model, perceptual, weight, recipe.latent_weight)
     else:
-        objective = PriorObjective(
-            model, perceptual, recipe.vgg_weight or 1.0, recipe.latent_weight, recipe.detail_weight
-        )
+        objective = PriorObjective(model, perceptual, weight, recipe.latent_weight, recipe.detail_weight)
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)
