@@ -11,7 +11,8 @@ flowsr, so the speed-up flowsr reports is against an independent, straightforwar
 * the LR encoded and every query's conditioning computed once for the prior's forward pass (z_init)
   and again for the inverse (the output);
 * the latent module layer by layer: dense blocks concatenating all earlier outputs for every conv,
-  BatchNorm as its own layer, PyTorch's default memory layout.
+  BatchNorm as its own layer, PyTorch's default memory layout; its output times the model's fade gain
+  beyond the prior's training range (flowsr's own addition, not upstream's).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def naive_upscale(model: LINFLP, lr: torch.Tensor, size: Size) -> torch.Tensor:
         rows = lr_positions(full[0], flow.patch_size, lr.shape[-2])
         columns = lr_positions(full[1], flow.patch_size, lr.shape[-1])
         z_hat = _latent(model.latent, z_init, lr_n, rows, columns).permute(0, 2, 3, 1).reshape(-1, flow.dim)
+        z_hat = z_hat * model.latent_gain((lr.shape[-2], lr.shape[-1]), full)
         conditions = _conditions(flow, lr_n, queries, full)
         residual = torch.cat([_inverse(flow.flow, z, c) for z, c in zip(z_hat.split(QUERY_BATCH), conditions)])
         pixels = fold_patches(residual.unsqueeze(0), *cells, flow.patch_size)[..., : full[0], : full[1]]

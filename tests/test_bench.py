@@ -27,7 +27,7 @@ def load_reference(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize(("tile", "scale"), [(0, 4.0), (24, 3.5)])
+@pytest.mark.parametrize(("tile", "scale"), [(0, 4.0), (24, 3.5), (24, 6.0)])
 def test_naive_reference_path_matches_the_engine(monkeypatch: pytest.MonkeyPatch, tile: int, scale: float) -> None:
     reference = load_reference(monkeypatch)
     path = str(resources.files("flowsr_cli") / "weights" / "linf-lp.safetensors")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from flowsr_cli.models import ModelSpecError, load_model, make, save_model
 from flowsr_cli.models.coords import cell_size, grid, patch_centres, unfold_patches
 from flowsr_cli.models.latent import LatentModule, lr_positions
-from flowsr_cli.models.linf_lp import LINFLP
+from flowsr_cli.models.linf_lp import LINFLP, LatentFade
 from flowsr_cli.resize import resize
 from flowsr_cli.sizing import Size, SizeRequest
 
@@ -179,6 +179,62 @@ def test_save_then_load_gives_bit_identical_outputs(tmp_path: Path) -> None:
     assert not any(parameter.requires_grad for parameter in loaded.flow.parameters())
     with torch.no_grad():
         assert torch.equal(model(lr, (32, 46)), loaded(lr, (32, 46)))
+
+
+def with_fade(model: LINFLP, fade: dict[str, float]) -> LINFLP:
+    """The same weights with a fade in the spec."""
+    faded = make({"name": "linf-lp", "args": {**model.spec["args"], "fade": fade}})
+    faded.load_state_dict(model.state_dict())
+    assert isinstance(faded, LINFLP)
+    return faded.eval()
+
+
+def test_fade_keeps_the_latent_in_range_and_shrinks_it_beyond() -> None:
+    fade = LatentFade(from_scale=4.0, width=2.0)
+    assert fade.gain(1.0) == fade.gain(3.5) == fade.gain(4.0) == 1.0
+    assert fade.gain(6.0) == pytest.approx(math.exp(-1))
+    assert fade.gain(8.0) == pytest.approx(math.exp(-4))
+    assert 1.0 > fade.gain(4.5) > fade.gain(6.0) > fade.gain(12.0) > 0.0
+
+
+@pytest.mark.parametrize("scale", [3.0, 4.0, 6.0, 7.5])
+def test_a_faded_model_multiplies_the_prior_latent_by_the_gain_of_its_scale(scale: float) -> None:
+    model = tiny_linf_lp(3)
+    faded = with_fade(model, {"from_scale": 4.0, "width": 2.0})
+    lr = random_image(1, 3, 7, 9, seed=2)
+    size = output_size(lr, scale)
+    gain = LatentFade(4.0, 2.0).gain(max(size[0] / 7, size[1] / 9))
+    with torch.no_grad():
+        plain = model.predict_latent(model.encode(lr), size)
+        features = faded.encode(lr)
+        shrunk = faded.predict_latent(features, size)
+        output = faded.render(features, size)
+        expected_output = model.render_latent(features, size, plain * gain)
+    torch.testing.assert_close(shrunk, plain * gain)
+    torch.testing.assert_close(output, expected_output)
+    assert (gain == 1.0) == (scale <= 4.0)
+
+
+def test_a_fade_survives_save_and_load(tmp_path: Path) -> None:
+    faded = with_fade(tiny_linf_lp(3), {"from_scale": 4.0, "width": 2.5})
+    save_model(faded, tmp_path / "faded.safetensors")
+    loaded = load_model(tmp_path / "faded.safetensors")
+    assert isinstance(loaded, LINFLP)
+    assert loaded.fade == LatentFade(4.0, 2.5)
+    assert loaded.spec == faded.spec
+
+
+@pytest.mark.parametrize(
+    ("fade", "message"),
+    [
+        ({"from_scale": 4.0, "width": 0.0}, "fade width must be a finite number > 0"),
+        ({"from_scale": 0.5, "width": 2.0}, "fade from_scale must be a finite number >= 1"),
+        ({"from_scale": 4.0}, "width"),
+    ],
+)
+def test_a_bad_fade_is_a_spec_error(fade: dict[str, float], message: str) -> None:
+    with pytest.raises(ModelSpecError, match=message):
+        make({"name": "linf-lp", "args": {**tiny_linf_lp(3).spec["args"], "fade": fade}})
 
 
 def test_latent_size_must_match_the_flow() -> None:

@@ -10,6 +10,7 @@ once and shared by both flow directions.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,10 +27,32 @@ CHUNK_QUERIES = 16384
 """Default bound on the queries the flow handles at once (the result does not depend on it)."""
 
 
+@dataclass(frozen=True)
+class LatentFade:
+    """How much of the prior's latent is kept at a scale: all of it up to ``from_scale`` (the top of the
+    prior's training range), beyond it a Gaussian fade of ``width`` in scale toward z = 0."""
+
+    from_scale: float
+    width: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.from_scale) and self.from_scale >= 1):
+            raise TypeError(f"fade from_scale must be a finite number >= 1, got {self.from_scale!r}")
+        if not (math.isfinite(self.width) and self.width > 0):
+            raise TypeError(f"fade width must be a finite number > 0, got {self.width!r}")
+
+    def gain(self, scale: float) -> float:
+        """1 up to ``from_scale``, then ``exp(-((scale - from_scale) / width)^2)``."""
+        if scale <= self.from_scale:
+            return 1.0
+        return math.exp(-(((scale - self.from_scale) / self.width) ** 2))
+
+
 @register("linf-lp")
 class LINFLP(nn.Module):
     """A frozen LINF (``flow``, a ``linf`` spec) and a trainable latent module (``latent``, an
-    ``lp-latent`` spec whose ``dim`` equals the flow's vector size).
+    ``lp-latent`` spec whose ``dim`` equals the flow's vector size); ``fade`` (``from_scale``,
+    ``width``), if given, shrinks the latents beyond the prior's training range (:class:`LatentFade`).
 
     The flow's parameters never require gradients and the flow stays in eval mode whatever
     :meth:`train` is asked; gradients still pass through its inverse into the latent module. No
@@ -38,7 +61,7 @@ class LINFLP(nn.Module):
     Features may be those of an LR crop (tiles): every coordinate is the whole image's.
     """
 
-    def __init__(self, flow: dict[str, Any], latent: dict[str, Any]) -> None:
+    def __init__(self, flow: dict[str, Any], latent: dict[str, Any], fade: dict[str, float] | None = None) -> None:
         super().__init__()
         flow_model = make(flow)
         latent_model = make(latent)
@@ -50,6 +73,7 @@ class LINFLP(nn.Module):
             raise TypeError(f"latent dim {latent_model.dim} does not match the flow's vector size {flow_model.dim}")
         self.flow = flow_model
         self.latent = latent_model
+        self.fade = LatentFade(**fade) if fade is not None else None
         self.flow.requires_grad_(False)
         self.flow.eval()
 
@@ -170,7 +194,16 @@ class LINFLP(nn.Module):
         row_positions = lr_positions(size[0], self.patch_size, full_height, lr.device)[rows.start : rows.stop]
         column_positions = lr_positions(size[1], self.patch_size, full_width, lr.device)[columns.start : columns.stop]
         origin_y, origin_x = features.origin
-        return self.latent(z_init, channels_last(lr), row_positions - origin_y, column_positions - origin_x)
+        z_hat = self.latent(z_init, channels_last(lr), row_positions - origin_y, column_positions - origin_x)
+        gain = self.latent_gain(features.size, size)
+        return z_hat if gain == 1.0 else z_hat * gain
+
+    def latent_gain(self, lr_size: tuple[int, int], size: tuple[int, int]) -> float:
+        """The fade's gain for an LR of ``lr_size`` upscaled to ``size`` (the larger axis scale counts);
+        1 without a fade."""
+        if self.fade is None:
+            return 1.0
+        return self.fade.gain(max(size[0] / lr_size[0], size[1] / lr_size[1]))
 
     def conditions(
         self, features: LRFeatures, size: tuple[int, int], chunk_queries: int = CHUNK_QUERIES
