@@ -19,7 +19,7 @@ from flowsr_cli.config import Settings
 from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images
 from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.hub import Hub
-from flowsr_cli.models import load_model, save_model
+from flowsr_cli.models import load_model, make, save_model
 from flowsr_cli.train.distributed import Cluster
 from flowsr_cli.train.loop import RunFiles, Trainer
 from flowsr_cli.train.objectives import FlowObjective
@@ -374,6 +374,28 @@ def test_train_prior_continues_the_prior_of_a_flow_plus_prior_model(
 
     refused = run_cli("train", "prior", str(photos), "--flow", "linf-lp", "--arch", "lp", "--steps", "1", *common)
     assert refused.exit_code == 2 and "lp-small" in refused.output
+
+
+@pytest.mark.parametrize(("scale_max", "kept"), [(4.0, True), (6.0, False)])
+def test_continuing_a_prior_past_its_fade_drops_the_fade(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch, scale_max: float, kept: bool
+) -> None:
+    monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
+    shipped = load_model(Hub(Settings()).resolve("linf-lp"))
+    faded = make({"name": "linf-lp", "args": {**shipped.spec["args"], "fade": {"from_scale": 4.0, "width": 3.0}}})
+    faded.load_state_dict(shipped.state_dict())
+    save_model(faded, tmp_path / "faded.safetensors")
+    recipe = PRIOR_RECIPE.replace("scale_max = 2.0", f"scale_max = {scale_max}")
+    (tmp_path / "recipe.toml").write_text(recipe.replace("lr_size = 24", "lr_size = 12"))
+    out = tmp_path / "more"
+    result = run_cli(
+        "train", "prior", str(photos), "--flow", str(tmp_path / "faded.safetensors"), "--steps", "1",
+        "--out", str(out), "--recipe", str(tmp_path / "recipe.toml"), "--batch-size", "1", "--workers", "0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    continued = load_model(out / "model.safetensors")
+    assert (continued.fade is not None) == kept
+    assert ("fade beyond x4 is dropped" in result.output) == (not kept)
 
 
 class ParameterNorm(torch.nn.Module):

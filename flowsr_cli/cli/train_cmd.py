@@ -105,6 +105,24 @@ def _continued_prior(path: Path, family: str) -> str | None:
     raise UsageError(f"--flow {path}: its {family} prior has a size no recipe names; train a new prior instead")
 
 
+def _unfaded_beyond(model: nn.Module, scale_max: float, flow: str) -> nn.Module:
+    """A continued LINF-LP as it is, unless the recipe trains past where its fade starts: then the same
+    weights without the fade (it would shrink what the prior is learning), with a warning."""
+    from flowsr_cli.models import make
+
+    fade = getattr(model, "fade", None)
+    if fade is None or scale_max <= fade.from_scale:
+        return model
+    report_warning(
+        f"--flow {flow}: its fade beyond x{fade.from_scale:g} is dropped because this recipe trains up to "
+        f"x{scale_max:g}; recalibrate it with scripts/calibrate_fade.py"
+    )
+    args = {key: value for key, value in model.spec["args"].items() if key != "fade"}
+    unfaded = make({"name": model.spec["name"], "args": args}).to(next(model.parameters()).device)
+    unfaded.load_state_dict(model.state_dict())
+    return unfaded
+
+
 def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) -> Callable[[int], Iterable[Batch]]:
     from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images, make_loader
 
@@ -328,7 +346,7 @@ def train_prior(
     frozen = load_model(flow_path, device_)
     torch.manual_seed(recipe.seed)
     if continued:
-        model = frozen
+        model = _unfaded_beyond(frozen, recipe.scale_max, flow)
     else:
         prior = PRIORS[recipe.arch]
         model = make({"name": prior["name"], "args": {"flow": frozen.spec, "latent": prior["latent"]}}).to(device_)
