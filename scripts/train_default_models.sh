@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Re-trains the bundled `linf` and `linf-lp` models from ../shared/data/train (never data/eval) and
-# exports them in fp16 into flowsr_cli/weights/. About 4 hours on a 2-core CPU.
+# exports them in fp16 into flowsr_cli/weights/. About 4 hours on a 2-core CPU. The prior's fade beyond
+# its training range (x4) is calibrated on training photos (calibrate_fade.py, about 25 minutes).
 # Usage: scripts/train_default_models.sh [RUNS_DIR]   (needs FLOWSR_BACKBONE_DIR for VGG16 weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +31,9 @@ if [[ ! -f $runs/prior-detail/model.safetensors ]]; then
 fi
 python scripts/export_bundled.py linf "$runs/finetune/model.safetensors" \
   --description "LINF, 3x3 patches, small EDSR encoder; trained on a CPU (scales 1-4)"
-python scripts/export_bundled.py linf-lp "$runs/prior-detail/model.safetensors" \
+if [[ ! -f $runs/prior-detail/faded.safetensors ]]; then
+  python scripts/calibrate_fade.py "$runs/prior-detail/model.safetensors" "$data" \
+    --out "$runs/prior-detail/faded.safetensors"
+fi
+python scripts/export_bundled.py linf-lp "$runs/prior-detail/faded.safetensors" \
   --description "LINF with the learned prior (Tsao et al., CVPR 2024); the default model"
