@@ -24,7 +24,7 @@ import torch
 from flowsr_cli.data import find_training_images
 from flowsr_cli.imageio import read_image
 from flowsr_cli.metrics import LPIPS, make_lr
-from flowsr_cli.models import load_model, make, read_model_metadata, save_model
+from flowsr_cli.models import load_model, read_model_metadata, save_model
 from flowsr_cli.models.linf_lp import LINFLP, LatentFade
 from flowsr_cli.pipeline import pixels_to_tensor
 
@@ -98,13 +98,9 @@ def write_faded(source: Path, target: Path, fade: LatentFade, note: str) -> None
     metadata = {key: value for key, value in read_model_metadata(source).items() if key not in ("spec", "format")}
     metadata.pop("format_version", None)
     original = load_model(source)
-    spec = {
-        **original.spec,
-        "args": {**original.spec["args"], "fade": {"from_scale": fade.from_scale, "width": fade.width}},
-    }
-    faded = make(spec)
-    faded.load_state_dict(original.state_dict())
-    save_model(faded, target, fade_calibration=note, **metadata)
+    if not isinstance(original, LINFLP):
+        raise TypeError(f"{source}: not a LINF-LP model")
+    save_model(original.with_fade(fade), target, fade_calibration=note, **metadata)
 
 
 def _floats(text: str) -> list[float]:
@@ -128,7 +124,7 @@ def main() -> None:
     model = load_model(arguments.model)
     if not isinstance(model, LINFLP):
         parser.error(f"{arguments.model}: not a LINF-LP model")
-    model.fade = None
+    model = model.with_fade(None)
     photos = sample_photos(arguments.data, arguments.every, arguments.crop)
     widths = [0.0, *arguments.widths, NO_FADE]
     print(f"{len(photos)} training photos; columns: fade width (0 = the flow's mode, inf = no fade)")

@@ -181,14 +181,6 @@ def test_save_then_load_gives_bit_identical_outputs(tmp_path: Path) -> None:
         assert torch.equal(model(lr, (32, 46)), loaded(lr, (32, 46)))
 
 
-def with_fade(model: LINFLP, fade: dict[str, float]) -> LINFLP:
-    """The same weights with a fade in the spec."""
-    faded = make({"name": "linf-lp", "args": {**model.spec["args"], "fade": fade}})
-    faded.load_state_dict(model.state_dict())
-    assert isinstance(faded, LINFLP)
-    return faded.eval()
-
-
 def test_fade_keeps_the_latent_in_range_and_shrinks_it_beyond() -> None:
     fade = LatentFade(from_scale=4.0, width=2.0)
     assert fade.gain(1.0) == fade.gain(3.5) == fade.gain(4.0) == 1.0
@@ -200,7 +192,9 @@ def test_fade_keeps_the_latent_in_range_and_shrinks_it_beyond() -> None:
 @pytest.mark.parametrize("scale", [3.0, 4.0, 6.0, 7.5])
 def test_a_faded_model_multiplies_the_prior_latent_by_the_gain_of_its_scale(scale: float) -> None:
     model = tiny_linf_lp(3)
-    faded = with_fade(model, {"from_scale": 4.0, "width": 2.0})
+    faded = model.with_fade(LatentFade(4.0, 2.0))
+    assert faded.spec["args"]["fade"] == {"from_scale": 4.0, "width": 2.0} and not faded.training
+    assert "fade" not in faded.with_fade(None).spec["args"]
     lr = random_image(1, 3, 7, 9, seed=2)
     size = output_size(lr, scale)
     gain = LatentFade(4.0, 2.0).gain(max(size[0] / 7, size[1] / 9))
@@ -216,7 +210,7 @@ def test_a_faded_model_multiplies_the_prior_latent_by_the_gain_of_its_scale(scal
 
 
 def test_a_fade_survives_save_and_load(tmp_path: Path) -> None:
-    faded = with_fade(tiny_linf_lp(3), {"from_scale": 4.0, "width": 2.5})
+    faded = tiny_linf_lp(3).with_fade(LatentFade(4.0, 2.5))
     save_model(faded, tmp_path / "faded.safetensors")
     loaded = load_model(tmp_path / "faded.safetensors")
     assert isinstance(loaded, LINFLP)

@@ -19,7 +19,8 @@ from flowsr_cli.config import Settings
 from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images
 from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.hub import Hub
-from flowsr_cli.models import load_model, make, save_model
+from flowsr_cli.models import load_model, save_model
+from flowsr_cli.models.linf_lp import LINFLP, LatentFade
 from flowsr_cli.train.distributed import Cluster
 from flowsr_cli.train.loop import RunFiles, Trainer
 from flowsr_cli.train.objectives import FlowObjective
@@ -382,9 +383,8 @@ def test_continuing_a_prior_past_its_fade_drops_the_fade(
 ) -> None:
     monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
     shipped = load_model(Hub(Settings()).resolve("linf-lp"))
-    faded = make({"name": "linf-lp", "args": {**shipped.spec["args"], "fade": {"from_scale": 4.0, "width": 3.0}}})
-    faded.load_state_dict(shipped.state_dict())
-    save_model(faded, tmp_path / "faded.safetensors")
+    assert isinstance(shipped, LINFLP)
+    save_model(shipped.with_fade(LatentFade(4.0, 3.0)), tmp_path / "faded.safetensors")
     recipe = PRIOR_RECIPE.replace("scale_max = 2.0", f"scale_max = {scale_max}")
     (tmp_path / "recipe.toml").write_text(recipe.replace("lr_size = 24", "lr_size = 12"))
     out = tmp_path / "more"

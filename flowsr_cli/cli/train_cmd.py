@@ -108,19 +108,15 @@ def _continued_prior(path: Path, family: str) -> str | None:
 def _unfaded_beyond(model: nn.Module, scale_max: float, flow: str) -> nn.Module:
     """A continued LINF-LP as it is, unless the recipe trains past where its fade starts: then the same
     weights without the fade (it would shrink what the prior is learning), with a warning."""
-    from flowsr_cli.models import make
+    from flowsr_cli.models.linf_lp import LINFLP
 
-    fade = getattr(model, "fade", None)
-    if fade is None or scale_max <= fade.from_scale:
+    if not isinstance(model, LINFLP) or model.fade is None or scale_max <= model.fade.from_scale:
         return model
     report_warning(
-        f"--flow {flow}: its fade beyond x{fade.from_scale:g} is dropped because this recipe trains up to "
-        f"x{scale_max:g}; recalibrate it with scripts/calibrate_fade.py"
+        f"--flow {flow}: its fade beyond x{model.fade.from_scale:g} is dropped because this recipe trains up "
+        f"to x{scale_max:g}; recalibrate it with scripts/calibrate_fade.py"
     )
-    args = {key: value for key, value in model.spec["args"].items() if key != "fade"}
-    unfaded = make({"name": model.spec["name"], "args": args}).to(next(model.parameters()).device)
-    unfaded.load_state_dict(model.state_dict())
-    return unfaded
+    return model.with_fade(None)
 
 
 def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) -> Callable[[int], Iterable[Batch]]:

@@ -198,6 +198,15 @@ class LINFLP(nn.Module):
         gain = self.latent_gain(features.size, size)
         return z_hat if gain == 1.0 else z_hat * gain
 
+    def with_fade(self, fade: LatentFade | None) -> LINFLP:
+        """A new model with these weights and ``fade`` (None: no fade) in its spec, on the same device."""
+        args = {key: value for key, value in self.spec["args"].items() if key != "fade"}
+        if fade is not None:
+            args["fade"] = {"from_scale": fade.from_scale, "width": fade.width}
+        model = make({"name": self.spec["name"], "args": args})
+        model.load_state_dict(self.state_dict())
+        return model.to(next(self.parameters()).device).train(self.training)
+
     def latent_gain(self, lr_size: tuple[int, int], size: tuple[int, int]) -> float:
         """The fade's gain for an LR of ``lr_size`` upscaled to ``size`` (the larger axis scale counts);
         1 without a fade."""
