@@ -36,4 +36,4 @@ if [[ ! -f $runs/prior-detail/faded.safetensors ]]; then
     --out "$runs/prior-detail/faded.safetensors"
 fi
 python scripts/export_bundled.py linf-lp "$runs/prior-detail/faded.safetensors" \
-  --description "LINF with the learned prior (Tsao et al., CVPR 2024); the default model"
+  --description "LINF with the learned prior (Tsao et al., CVPR 2024), trained for scales 1-4 and faded beyond; the default model"
