@@ -1,4 +1,4 @@
-"""The learned prior's detail-energy term (train/detail.py) and its recipe key."""
+"""The learned prior's detail-energy and patch-grid terms (train/detail.py) and their recipe keys."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flowsr_cli.errors import UsageError
-from flowsr_cli.train.detail import detail_loss, detail_rms
+from flowsr_cli.train.detail import detail_loss, detail_rms, grid_loss, grid_rms
 from flowsr_cli.train.recipe import load_recipe
 
 
@@ -45,5 +45,55 @@ def test_recipe_checks_the_detail_weight() -> None:
     assert load_recipe(None, {"arch": "lp-small", "detail_weight": 25.0}).detail_weight == 25.0
     with pytest.raises(UsageError, match="detail_weight must be >= 0"):
         load_recipe(None, {"detail_weight": -1.0})
-    with pytest.raises(UsageError, match="detail_weight is for LINF priors"):
+    with pytest.raises(UsageError, match="detail_weight and grid_weight are for LINF priors"):
         load_recipe(None, {"arch": "srflow-lp-small", "detail_weight": 1.0})
+
+
+def test_recipe_checks_the_grid_weight() -> None:
+    assert load_recipe(None, {}).grid_weight == 0.0
+    assert load_recipe(None, {"arch": "lp-small", "grid_weight": 50.0}).grid_weight == 50.0
+    with pytest.raises(UsageError, match="grid_weight must be >= 0"):
+        load_recipe(None, {"grid_weight": -1.0})
+    with pytest.raises(UsageError, match="are for LINF priors"):
+        load_recipe(None, {"arch": "srflow-lp-small", "grid_weight": 1.0})
+
+
+def tiled(block: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """A (C, p, p) block repeated over rows x columns patches: (1, C, rows p, columns p)."""
+    return block.repeat(1, rows, columns).unsqueeze(0)
+
+
+def test_grid_rms_measures_a_pattern_repeating_with_the_patch_grid() -> None:
+    block = torch.tensor([[0.3, -0.1, 0.0], [0.1, -0.2, 0.2], [-0.3, 0.1, -0.1]]).expand(3, 3, 3)
+    pattern = tiled(block, 16, 16)
+    rms = grid_rms(pattern, 3)
+    assert rms.shape == (1, 1, 2, 2)
+    inside = grid_rms(pattern, 3, window=4)[..., 1:3, 1:3]  # the windows away from the border
+    expected = (block - block.mean()).pow(2).mean().sqrt().item()
+    assert inside.flatten().tolist() == pytest.approx([expected] * 4, rel=1e-4)
+    assert rms.min().item() > 0.8 * expected  # the replicated border costs little
+
+
+def test_grid_rms_ignores_ramps_and_is_small_for_noise_of_the_same_energy() -> None:
+    block = torch.tensor([[0.3, -0.1, 0.0], [0.1, -0.2, 0.2], [-0.3, 0.1, -0.1]]).expand(3, 3, 3)
+    pattern = tiled(block, 16, 16)
+    energy = pattern.pow(2).mean().sqrt()
+    ramp = (torch.arange(48.0).view(1, 1, 1, 48) * 0.01).expand(1, 3, 48, 48)
+    noise = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    noise = noise * energy / noise.pow(2).mean().sqrt()
+    assert grid_rms(ramp, 3, window=4)[..., 1:3, 1:3].max().item() < 2e-4  # sqrt of the 1e-8 floor: 1e-4
+    assert grid_rms(noise, 3).mean().item() < 0.25 * grid_rms(pattern, 3).mean().item()
+
+
+def test_grid_loss_compares_pattern_strength_and_passes_gradients() -> None:
+    block = torch.tensor([[0.3, -0.1, 0.0], [0.1, -0.2, 0.2], [-0.3, 0.1, -0.1]]).expand(3, 3, 3)
+    base = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    target = base.clone()
+    output = (base + tiled(block, 8, 8)).requires_grad_(True)
+    loss = grid_loss(output, target, base, 3)
+    assert loss.item() == pytest.approx(grid_rms(tiled(block, 8, 8), 3).mean().item(), rel=1e-3)
+    assert grid_loss(target, target, base, 3).item() == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert output.grad is not None and output.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="not a multiple of the patch size 3"):
+        grid_rms(torch.zeros(1, 3, 10, 9), 3)

@@ -318,9 +318,9 @@ def test_prior_objective_minimises_the_texture_term_when_weighted(monkeypatch: p
     assert any(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in model.latent.parameters())
 
 
-def test_prior_objective_adds_the_detail_term_when_weighted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prior_objective_adds_the_detail_and_grid_terms_when_weighted(monkeypatch: pytest.MonkeyPatch) -> None:
     from flowsr_cli.models.linf import LINF
-    from flowsr_cli.train.detail import detail_loss
+    from flowsr_cli.train.detail import detail_loss, grid_loss
     from flowsr_cli.train.objectives import PriorObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
@@ -328,15 +328,18 @@ def test_prior_objective_adds_the_detail_term_when_weighted(monkeypatch: pytest.
     perceptual = VGGPerceptualLoss(torch.device("cpu"))
     lr, hr = torch.rand(2, 3, 12, 12) * 2 - 1, torch.rand(2, 3, 24, 24) * 2 - 1
     plain = PriorObjective(model, perceptual, 1.0, 0.0)(lr, hr, 0, torch.Generator())
-    losses = PriorObjective(model, perceptual, 1.0, 0.0, detail_weight=20.0)(lr, hr, 0, torch.Generator())
-    assert "detail" not in plain
+    objective = PriorObjective(model, perceptual, 1.0, 0.0, detail_weight=20.0, grid_weight=30.0)
+    losses = objective(lr, hr, 0, torch.Generator())
+    assert "detail" not in plain and "grid" not in plain
     with torch.no_grad():
         features = model.encode(lr)
         output = model.render(features, (24, 24))
         base = LINF.bilinear_base(features, (24, 24), range(24), range(24))
         assert losses["detail"].item() == pytest.approx(detail_loss(output, hr, base).item(), rel=1e-4)
-    assert losses["detail"] > 0
-    assert losses["loss"].item() == pytest.approx((losses["vgg"] + 20.0 * losses["detail"]).item())
+        assert losses["grid"].item() == pytest.approx(grid_loss(output, hr, base, 3).item(), rel=1e-4)
+    assert losses["detail"] > 0 and losses["grid"] > 0
+    expected = losses["vgg"] + 20.0 * losses["detail"] + 30.0 * losses["grid"]
+    assert losses["loss"].item() == pytest.approx(expected.item())
     losses["loss"].backward()
     assert all(parameter.grad is None for parameter in model.flow.parameters())
     assert any(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in model.latent.parameters())

@@ -353,5 +353,7 @@ def train_prior(
     if isinstance(model, SRFlowLP):
         objective = SRFlowPriorObjective(model, perceptual, weight, recipe.latent_weight)
     else:
-        objective = PriorObjective(model, perceptual, weight, recipe.latent_weight, recipe.detail_weight)
+        objective = PriorObjective(
+            model, perceptual, weight, recipe.latent_weight, recipe.detail_weight, recipe.grid_weight
+        )
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)

@@ -10,7 +10,7 @@ from flowsr_cli.models.linf import LINF, LatentSource
 from flowsr_cli.models.linf_lp import LINFLP
 from flowsr_cli.models.srflow import SRFlow
 from flowsr_cli.models.srflow_lp import SRFlowLP
-from flowsr_cli.train.detail import detail_loss
+from flowsr_cli.train.detail import detail_loss, grid_loss
 from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
 
@@ -74,7 +74,8 @@ def perceptual_losses(
 class PriorObjective(nn.Module):
     """The learned prior with the flow frozen: VGG perceptual loss of the output (with its texture term if
     weighted) plus ``latent_weight`` x L1(z_hat, z_HR), z_HR being the flow forward of the true residual,
-    plus ``detail_weight`` x the detail-energy term (:func:`detail_loss` around the flow's bilinear base)."""
+    plus ``detail_weight`` x the detail-energy term (:func:`detail_loss` around the flow's bilinear base)
+    plus ``grid_weight`` x the patch-grid term (:func:`grid_loss`, around the same base)."""
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class PriorObjective(nn.Module):
         perceptual_weight: float = 1.0,
         latent_weight: float = 0.0,
         detail_weight: float = 0.0,
+        grid_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -90,6 +92,7 @@ class PriorObjective(nn.Module):
         self.perceptual_weight = perceptual_weight
         self.latent_weight = latent_weight
         self.detail_weight = detail_weight
+        self.grid_weight = grid_weight
 
     def forward(
         self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
@@ -107,11 +110,15 @@ class PriorObjective(nn.Module):
                 z_hr = self.model.latent_of(features, hr)
             losses["latent"] = (z_hat - z_hr).abs().mean()
             losses["loss"] = losses["loss"] + self.latent_weight * losses["latent"]
-        if self.detail_weight > 0:
+        if self.detail_weight > 0 or self.grid_weight > 0:
             with torch.no_grad():
                 base = LINF.bilinear_base(features, size, range(size[0]), range(size[1]))
+        if self.detail_weight > 0:
             losses["detail"] = detail_loss(output, hr, base)
             losses["loss"] = losses["loss"] + self.detail_weight * losses["detail"]
+        if self.grid_weight > 0:
+            losses["grid"] = grid_loss(output, hr, base, self.model.patch_size)
+            losses["loss"] = losses["loss"] + self.grid_weight * losses["grid"]
         return losses
 
 

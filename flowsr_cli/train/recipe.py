@@ -122,6 +122,8 @@ class Recipe:
     latent_weight: float = 0.0
     detail_weight: float = 0.0
     """Weight of the learned prior's detail-energy term (LINF-LP only; train/detail.py)."""
+    grid_weight: float = 0.0
+    """Weight of the learned prior's patch-grid term (LINF-LP only; train/detail.py)."""
 
     def validate(self) -> None:
         """A UsageError naming the first bad value."""
@@ -138,10 +140,11 @@ class Recipe:
             (self.texture_weight >= 0, "texture_weight must be >= 0"),
             (self.texture_weight == 0 or self.perceptual_loss == "deep", "texture_weight needs perceptual_loss deep"),
             (self.detail_weight >= 0, "detail_weight must be >= 0"),
+            (self.grid_weight >= 0, "grid_weight must be >= 0"),
             (0 <= self.seed <= MAX_SEED, f"seed must be an integer from 0 to {MAX_SEED}"),
             (
-                self.detail_weight == 0 or model_name(self.arch) != "srflow-lp",
-                "detail_weight is for LINF priors (SRFlow-LP has no bilinear base)",
+                self.detail_weight == self.grid_weight == 0 or model_name(self.arch) != "srflow-lp",
+                "detail_weight and grid_weight are for LINF priors (SRFlow-LP has no bilinear base)",
             ),
         )
         for ok, message in checks:
