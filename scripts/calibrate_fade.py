@@ -24,7 +24,8 @@ import torch
 from flowsr_cli.data import find_training_images
 from flowsr_cli.imageio import read_image
 from flowsr_cli.metrics import LPIPS, make_lr
-from flowsr_cli.models import load_model, read_model_metadata, save_model
+from flowsr_cli.models import load_model, save_model
+from flowsr_cli.models.checkpoint import model_notes
 from flowsr_cli.models.linf_lp import LINFLP, LatentFade
 from flowsr_cli.pipeline import pixels_to_tensor
 
@@ -95,8 +96,7 @@ def calibrate(
 
 def write_faded(source: Path, target: Path, fade: LatentFade, note: str) -> None:
     """A copy of the model file at ``source`` with ``fade`` in its spec and ``note`` in its metadata."""
-    metadata = {key: value for key, value in read_model_metadata(source).items() if key not in ("spec", "format")}
-    metadata.pop("format_version", None)
+    metadata = model_notes(source)
     original = load_model(source)
     if not isinstance(original, LINFLP):
         raise TypeError(f"{source}: not a LINF-LP model")

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import torch
 
-from flowsr_cli.models.checkpoint import load_model, read_model_metadata, save_model
+from flowsr_cli.models.checkpoint import load_model, model_notes, save_model
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flowsr_cli"
 
 
 def export(name: str, source: Path, description: str, scales: tuple[float, float]) -> dict[str, object]:
     """Write the fp16 file, update the registry, and return the new registry entry."""
-    metadata = {key: value for key, value in read_model_metadata(source).items() if key not in ("spec", "format")}
-    metadata.pop("format_version", None)
+    metadata = model_notes(source)
     target = PACKAGE / "weights" / f"{name}.safetensors"
     target.parent.mkdir(exist_ok=True)
     save_model(load_model(source), target, dtype=torch.float16, **metadata)

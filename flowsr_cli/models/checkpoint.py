@@ -68,6 +68,12 @@ def read_model_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return metadata
 
 
+def model_notes(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata strings a model file carries besides the format's own (format, version, spec)."""
+    own = ("format", "format_version", "spec")
+    return {key: value for key, value in read_model_metadata(path).items() if key not in own}
+
+
 def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a model from its file alone, in float32, in eval mode, on ``device``."""
     from safetensors.torch import load_file
