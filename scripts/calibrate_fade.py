@@ -96,11 +96,10 @@ def calibrate(
 
 def write_faded(source: Path, target: Path, fade: LatentFade, note: str) -> None:
     """A copy of the model file at ``source`` with ``fade`` in its spec and ``note`` in its metadata."""
-    metadata = model_notes(source)
     original = load_model(source)
     if not isinstance(original, LINFLP):
         raise TypeError(f"{source}: not a LINF-LP model")
-    save_model(original.with_fade(fade), target, fade_calibration=note, **metadata)
+    save_model(original.with_fade(fade), target, **{**model_notes(source), "fade_calibration": note})
 
 
 def _floats(text: str) -> list[float]:

@@ -79,3 +79,14 @@ def test_the_script_writes_a_faded_copy_with_the_width_its_table_ranks_first(tmp
     assert all(torch.equal(value, faded.state_dict()[name]) for name, value in original.state_dict().items())
     with safe_open(tmp_path / "faded.safetensors", "pt") as handle:
         assert handle.metadata()["fade_calibration"].startswith(f"width {chosen:g} from x4")
+
+    recalibrate = [
+        *command[:2],
+        str(tmp_path / "faded.safetensors"),
+        *command[3:5],
+        str(tmp_path / "again.safetensors"),
+    ]
+    again = subprocess.run([*recalibrate, *command[6:]], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr  # a faded model is calibrated afresh: its old note is replaced
+    recalibrated = load_model(tmp_path / "again.safetensors")
+    assert isinstance(recalibrated, LINFLP) and recalibrated.fade == LatentFade(4.0, chosen)
