@@ -16,7 +16,7 @@ from flowsr_cli.engine import Upscaler, fixed_scale
 from flowsr_cli.errors import UsageError
 from flowsr_cli.imageio import Image, read_image, write_image
 from flowsr_cli.inputs import walk_images
-from flowsr_cli.pipeline import pixels_to_tensor, tensor_to_pixels
+from flowsr_cli.pipeline import rgb_tensor, tensor_to_pixels
 from flowsr_cli.sizing import Size, format_scale
 
 PROTOCOL = {
@@ -99,8 +99,7 @@ def load_dataset(folder: Path, max_images: int | None, max_pixels: int) -> Datas
     images = []
     for path in paths:
         image = read_image(path, max_pixels=max_pixels)
-        colour = pixels_to_tensor(image.pixels)[:, : 3 if image.channels >= 3 else 1]
-        images.append((path.stem, colour.expand(-1, 3, -1, -1).contiguous()))
+        images.append((path.stem, rgb_tensor(image)))
     return Dataset(folder.name, images)
 
 

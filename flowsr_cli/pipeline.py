@@ -21,6 +21,12 @@ def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return as_float.div_(scale).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
+def rgb_tensor(image: Image) -> torch.Tensor:
+    """An image's colour as a (1, 3, H, W) float32 tensor in [0, 1]: greyscale replicated, alpha dropped."""
+    colour = pixels_to_tensor(image.pixels)[:, : 3 if image.channels >= 3 else 1]
+    return colour.expand(-1, 3, -1, -1).contiguous()
+
+
 def tensor_to_pixels(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     """A (1, C, H, W) float tensor as (H, W, C) pixels of ``dtype``: clamped to [0, 1], rounded."""
     scale = float(np.iinfo(dtype).max)

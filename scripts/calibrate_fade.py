@@ -27,7 +27,7 @@ from flowsr_cli.metrics import LPIPS, make_lr
 from flowsr_cli.models import load_model, save_model
 from flowsr_cli.models.checkpoint import model_notes
 from flowsr_cli.models.linf_lp import LINFLP, LatentFade
-from flowsr_cli.pipeline import pixels_to_tensor
+from flowsr_cli.pipeline import rgb_tensor
 
 NO_FADE = math.inf
 """The width that keeps the whole latent (the model as trained)."""
@@ -56,8 +56,7 @@ def sample_photos(folders: list[Path], every: int, crop: int) -> list[torch.Tens
     """Every ``every``-th training image (sorted by path), RGB in [0, 1], centre-cropped to at most crop x crop."""
     photos = []
     for path in find_training_images(folders)[::every]:
-        image = read_image(path)
-        colour = pixels_to_tensor(image.pixels)[:, : 3 if image.channels >= 3 else 1].expand(-1, 3, -1, -1)
+        colour = rgb_tensor(read_image(path))
         height, width = colour.shape[-2:]
         top, left = max(0, (height - crop) // 2), max(0, (width - crop) // 2)
         photos.append(colour[..., top : top + crop, left : left + crop].contiguous())
