@@ -40,22 +40,14 @@ def test_detail_loss_gradients_reach_the_output() -> None:
     assert output.grad is not None and output.grad.abs().sum() > 0
 
 
-def test_recipe_checks_the_detail_weight() -> None:
-    assert load_recipe(None, {}).detail_weight == 0.0
-    assert load_recipe(None, {"arch": "lp-small", "detail_weight": 25.0}).detail_weight == 25.0
-    with pytest.raises(UsageError, match="detail_weight must be >= 0"):
-        load_recipe(None, {"detail_weight": -1.0})
+@pytest.mark.parametrize("key", ["detail_weight", "grid_weight"])
+def test_recipe_checks_the_detail_and_grid_weights(key: str) -> None:
+    assert getattr(load_recipe(None, {}), key) == 0.0
+    assert getattr(load_recipe(None, {"arch": "lp-small", key: 25.0}), key) == 25.0
+    with pytest.raises(UsageError, match=f"{key} must be >= 0"):
+        load_recipe(None, {key: -1.0})
     with pytest.raises(UsageError, match="detail_weight and grid_weight are for LINF priors"):
-        load_recipe(None, {"arch": "srflow-lp-small", "detail_weight": 1.0})
-
-
-def test_recipe_checks_the_grid_weight() -> None:
-    assert load_recipe(None, {}).grid_weight == 0.0
-    assert load_recipe(None, {"arch": "lp-small", "grid_weight": 50.0}).grid_weight == 50.0
-    with pytest.raises(UsageError, match="grid_weight must be >= 0"):
-        load_recipe(None, {"grid_weight": -1.0})
-    with pytest.raises(UsageError, match="are for LINF priors"):
-        load_recipe(None, {"arch": "srflow-lp-small", "grid_weight": 1.0})
+        load_recipe(None, {"arch": "srflow-lp-small", key: 1.0})
 
 
 def tiled(block: torch.Tensor, rows: int, columns: int) -> torch.Tensor:

@@ -47,8 +47,8 @@ def grid_rms(detail: torch.Tensor, patch: int, window: int = GRID_WINDOW) -> tor
         raise ValueError(f"detail size {height}x{width} is not a multiple of the patch size {patch}")
     rows, columns = height // patch, width // patch
     low, high = patch // 2, (patch - 1) // 2
-    padded = F.pad(detail.float(), (low, high, low, high), mode="replicate")
-    detail = detail.float() - F.avg_pool2d(padded, patch, stride=1)
+    detail = detail.float()
+    detail = detail - F.avg_pool2d(F.pad(detail, (low, high, low, high), mode="replicate"), patch, stride=1)
     phases = detail.view(batch, channels, rows, patch, columns, patch).permute(0, 1, 3, 5, 2, 4)
     phases = phases.reshape(batch, channels * patch * patch, rows, columns)
     block = F.avg_pool2d(phases, (min(window, rows), min(window, columns)))
