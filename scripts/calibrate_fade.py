@@ -3,10 +3,10 @@
 The learned prior is trained at scales 1..FROM (4 by default). Beyond that it extrapolates, and its
 latents carry more detail than the LR can support, so at x8 it loses to the flow's own mode (z = 0).
 The fade keeps ``exp(-((s - FROM) / width)^2)`` of the prior's latent at scale s > FROM. This script
-renders every candidate width on a fixed sample of *training* photos (every N-th file, centre crop)
-at several out-of-range scales, prints the mean LPIPS of each, picks the width with the lowest mean
-over all scales, and writes a copy of the model with that fade in its spec. Evaluation sets are never
-read: pass only training folders.
+renders every candidate width on a fixed sample of *training* photos (every N-th file, shrunk by 2 so
+JPEG artefacts fall below the pixel grid, centre crop) at several out-of-range scales, prints the mean
+LPIPS of each, picks the width with the lowest mean over all scales, and writes a copy of the model
+with that fade in its spec. Evaluation sets are never read: pass only training folders.
 
     python scripts/calibrate_fade.py runs/prior/model.safetensors ../shared/data/train \
         --out runs/prior/faded.safetensors
@@ -52,11 +52,18 @@ class Calibration:
         return min((width for width in self.widths if 0 < width < NO_FADE), key=self.overall)
 
 
-def sample_photos(folders: list[Path], every: int, crop: int) -> list[torch.Tensor]:
-    """Every ``every``-th training image (sorted by path), RGB in [0, 1], centre-cropped to at most crop x crop."""
+def sample_photos(
+    folders: list[Path], every: int, crop: int, start: int = 0, downscale: float = 1.0
+) -> list[torch.Tensor]:
+    """Every ``every``-th training image from index ``start`` (sorted by path), RGB in [0, 1], first
+    shrunk by ``downscale`` (the protocol's antialiased bicubic, 8-bit) if above 1, then centre-cropped
+    to at most crop x crop. Shrinking by 2 puts JPEG blocks and noise below the pixel grid, so the
+    references look like the clean PNGs of the evaluation sets."""
     photos = []
-    for path in find_training_images(folders)[::every]:
+    for path in find_training_images(folders)[start::every]:
         colour = rgb_tensor(read_image(path))
+        if downscale > 1:
+            colour = make_lr(colour, downscale)[1]
         height, width = colour.shape[-2:]
         top, left = max(0, (height - crop) // 2), max(0, (width - crop) // 2)
         photos.append(colour[..., top : top + crop, left : left + crop].contiguous())
@@ -115,6 +122,10 @@ def main() -> None:
     parser.add_argument("--scales", type=_floats, default=[5.0, 6.0, 7.0, 8.0, 10.0, 12.0])
     parser.add_argument("--widths", type=_floats, default=[1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0])
     parser.add_argument("--every", type=int, default=7, help="use every N-th training file")
+    parser.add_argument("--start", type=int, default=0, help="index of the first file used (another sample)")
+    parser.add_argument(
+        "--downscale", type=float, default=2.0, help="shrink each photo by this factor first (1: as stored)"
+    )
     parser.add_argument("--crop", type=int, default=480, help="centre crop side at most, HR pixels")
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
@@ -123,7 +134,7 @@ def main() -> None:
     if not isinstance(model, LINFLP):
         parser.error(f"{arguments.model}: not a LINF-LP model")
     model = model.with_fade(None)
-    photos = sample_photos(arguments.data, arguments.every, arguments.crop)
+    photos = sample_photos(arguments.data, arguments.every, arguments.crop, arguments.start, arguments.downscale)
     widths = [0.0, *arguments.widths, NO_FADE]
     print(f"{len(photos)} training photos; columns: fade width (0 = the flow's mode, inf = no fade)")
     result = calibrate(model, photos, arguments.from_scale, arguments.scales, widths)
@@ -134,7 +145,8 @@ def main() -> None:
     note = (
         f"width {best:g} from x{arguments.from_scale:g}: mean LPIPS {result.overall(best):.4f} "
         f"(no fade {result.overall(NO_FADE):.4f}, mode {result.overall(0.0):.4f}) on {result.images} training "
-        f"photos at {scales}"
+        f"photos at {scales} (every {arguments.every}th from {arguments.start}, shrunk {arguments.downscale:g}x, "
+        f"crop {arguments.crop})"
     )
     write_faded(arguments.model, arguments.out, LatentFade(arguments.from_scale, best), note)
     print(f"chose {note}\nwrote {arguments.out}")

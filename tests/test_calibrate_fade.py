@@ -17,8 +17,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from flowsr_cli.imageio import read_image
+from flowsr_cli.metrics import make_lr
 from flowsr_cli.models import load_model, save_model
 from flowsr_cli.models.linf_lp import LINFLP, LatentFade
+from flowsr_cli.pipeline import rgb_tensor
 from tests.conftest import SHARED
 from tests.test_linf_lp import tiny_linf_lp
 
@@ -50,6 +53,26 @@ def test_the_best_width_is_the_finite_positive_one_with_the_lowest_mean_over_sca
     assert script.fade_gain(4.0, 0.0, 8.0) == 0.0
     assert script.fade_gain(4.0, 0.0, 3.0) == script.fade_gain(4.0, math.inf, 8.0) == 1.0
     assert script.fade_gain(4.0, 2.0, 6.0) == pytest.approx(math.exp(-1))
+
+
+def test_the_sample_starts_where_asked_and_shrinks_each_photo_before_cropping(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    script = load_script(monkeypatch)
+    sources = sorted((SHARED / "data/train/bsds500_train").iterdir())[:4]
+    for path in sources:
+        shutil.copy(path, tmp_path / path.name)
+    as_stored = script.sample_photos([tmp_path], every=2, crop=1000, start=1)
+    shrunk = script.sample_photos([tmp_path], every=2, crop=1000, start=1, downscale=2.0)
+    cropped = script.sample_photos([tmp_path], every=2, crop=64, start=1, downscale=2.0)
+
+    assert len(as_stored) == len(shrunk) == 2
+    assert torch.equal(as_stored[0], rgb_tensor(read_image(tmp_path / sources[1].name)))
+    for original, small, crop in zip(as_stored, shrunk, cropped, strict=True):
+        assert torch.equal(small, make_lr(original, 2.0)[1])
+        assert small.shape[-2:] == (original.shape[-2] // 2, original.shape[-1] // 2)
+        top, left = (small.shape[-2] - 64) // 2, (small.shape[-1] - 64) // 2
+        assert torch.equal(crop, small[..., top : top + 64, left : left + 64])
 
 
 def test_the_script_writes_a_faded_copy_with_the_width_its_table_ranks_first(tmp_path: Path) -> None:
