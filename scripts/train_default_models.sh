@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-trains the bundled `linf` and `linf-lp` models from ../shared/data/train (never data/eval) and
 # exports them in fp16 into flowsr_cli/weights/. About 4 hours on a 2-core CPU. The prior's fade beyond
-# its training range (x4) is calibrated on training photos (calibrate_fade.py, about 20 minutes).
+# its training range (x4) is calibrated on training photos shrunk by 2 (calibrate_fade.py, about 20 minutes).
 # Usage: scripts/train_default_models.sh [RUNS_DIR]   (needs FLOWSR_BACKBONE_DIR for VGG16 weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
