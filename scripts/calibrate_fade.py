@@ -58,7 +58,7 @@ def sample_photos(
     """Every ``every``-th training image from index ``start`` (sorted by path), RGB in [0, 1], first
     shrunk by ``downscale`` (the protocol's antialiased bicubic, 8-bit) if above 1, then centre-cropped
     to at most crop x crop. Shrinking by 2 puts JPEG blocks and noise below the pixel grid, so the
-    references look like the clean PNGs of the evaluation sets."""
+    references look like clean PNGs (Set5, Set14)."""
     photos = []
     for path in find_training_images(folders)[start::every]:
         colour = rgb_tensor(read_image(path))
@@ -145,7 +145,7 @@ def main() -> None:
     note = (
         f"width {best:g} from x{arguments.from_scale:g}: mean LPIPS {result.overall(best):.4f} "
         f"(no fade {result.overall(NO_FADE):.4f}, mode {result.overall(0.0):.4f}) on {result.images} training "
-        f"photos at {scales} (every {arguments.every}th from {arguments.start}, shrunk {arguments.downscale:g}x, "
+        f"photos at {scales} (every {arguments.every}-th from {arguments.start}, shrunk {arguments.downscale:g}x, "
         f"crop {arguments.crop})"
     )
     write_faded(arguments.model, arguments.out, LatentFade(arguments.from_scale, best), note)
