@@ -31,6 +31,8 @@ from flowsr_cli.pipeline import rgb_tensor
 
 NO_FADE = math.inf
 """The width that keeps the whole latent (the model as trained)."""
+DOWNSCALE = 2.0
+"""How much each sampled photo is shrunk before cropping, unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Calibration:
 
 
 def sample_photos(
-    folders: list[Path], every: int, crop: int, start: int = 0, downscale: float = 1.0
+    folders: list[Path], every: int, crop: int, start: int = 0, downscale: float = DOWNSCALE
 ) -> list[torch.Tensor]:
     """Every ``every``-th training image from index ``start`` (sorted by path), RGB in [0, 1], first
     shrunk by ``downscale`` (the protocol's antialiased bicubic, 8-bit) if above 1, then centre-cropped
@@ -124,7 +126,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=7, help="use every N-th training file")
     parser.add_argument("--start", type=int, default=0, help="index of the first file used (another sample)")
     parser.add_argument(
-        "--downscale", type=float, default=2.0, help="shrink each photo by this factor first (1: as stored)"
+        "--downscale", type=float, default=DOWNSCALE, help="shrink each photo by this factor first (1: as stored)"
     )
     parser.add_argument("--crop", type=int, default=480, help="centre crop side at most, HR pixels")
     parser.add_argument("--threads", type=int, default=2)

@@ -62,7 +62,7 @@ def test_the_sample_starts_where_asked_and_shrinks_each_photo_before_cropping(
     sources = sorted((SHARED / "data/train/bsds500_train").iterdir())[:4]
     for path in sources:
         shutil.copy(path, tmp_path / path.name)
-    as_stored = script.sample_photos([tmp_path], every=2, crop=1000, start=1)
+    as_stored = script.sample_photos([tmp_path], every=2, crop=1000, start=1, downscale=1.0)
     shrunk = script.sample_photos([tmp_path], every=2, crop=1000, start=1, downscale=2.0)
     cropped = script.sample_photos([tmp_path], every=2, crop=64, start=1, downscale=2.0)
 
