@@ -440,7 +440,7 @@ def _write_document(path: Path, document: Any) -> None:
 
 def _write_bytes(path: Path, data: bytes) -> None:
     """Replace the config file atomically (creating its folder); a UsageError naming it if that fails."""
-    from flowsr_cli.atomic import atomic_write_bytes
+    from flowsr_cli.io.atomic import atomic_write_bytes
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

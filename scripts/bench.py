@@ -28,14 +28,14 @@ from bench_memory import make_input
 from naive_reference import naive_upscale
 
 from flowsr_cli.config import Settings
-from flowsr_cli.engine import UpscalerRequest, create_upscaler
-from flowsr_cli.evaluation import super_resolve
-from flowsr_cli.hub import Hub
-from flowsr_cli.imageio import read_image
-from flowsr_cli.models import load_model
-from flowsr_cli.models.linf_lp import LINFLP
-from flowsr_cli.pipeline import pixels_to_tensor
-from flowsr_cli.sizing import Size
+from flowsr_cli.engine.pipeline import pixels_to_tensor
+from flowsr_cli.eval.evaluation import super_resolve
+from flowsr_cli.families.linf.prior import LINFLP
+from flowsr_cli.families.model_file import load_model
+from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
+from flowsr_cli.hub.catalog import Hub
+from flowsr_cli.io.reading import read_image
+from flowsr_cli.io.sizing import Size
 
 PATHS = ("flowsr", "naive", "bicubic")
 WARM_UP_SIDE = 48

@@ -37,7 +37,8 @@ def make_model(path: Path) -> None:
     """A paper-size EDSR-baseline-LINF 3x3 with seeded random weights."""
     import torch
 
-    from flowsr_cli.models import make, save_model
+    from flowsr_cli.families.model_file import save_model
+    from flowsr_cli.families.registry import make
 
     torch.manual_seed(0)
     spec = {"name": "linf", "args": {"encoder": {"name": "edsr-baseline", "args": {}}, "patch_size": 3}}

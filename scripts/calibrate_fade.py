@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from flowsr_cli.data import find_training_images
-from flowsr_cli.imageio import read_image
-from flowsr_cli.metrics import LPIPS, make_lr
-from flowsr_cli.models import load_model, save_model
-from flowsr_cli.models.checkpoint import model_notes
-from flowsr_cli.models.linf_lp import LINFLP, LatentFade
-from flowsr_cli.pipeline import rgb_tensor
+from flowsr_cli.engine.pipeline import rgb_tensor
+from flowsr_cli.eval.metrics import LPIPS, make_lr
+from flowsr_cli.families.linf.prior import LINFLP, LatentFade
+from flowsr_cli.families.model_file import load_model, model_notes, save_model
+from flowsr_cli.io.reading import read_image
+from flowsr_cli.train.data import find_training_images
 
 NO_FADE = math.inf
 """The width that keeps the whole latent (the model as trained)."""

@@ -1,5 +1,5 @@
 """Ship a trained model inside the package: cast it to float16 into flowsr_cli/weights/NAME.safetensors
-and register it as a bundled entry (sha256, size, training scale range) in flowsr_cli/registry.json.
+and register it as a bundled entry (sha256, size, training scale range) in flowsr_cli/hub/registry.json.
 
 Usage: python scripts/export_bundled.py NAME MODEL_FILE --description TEXT [--scales 1,4]
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from flowsr_cli.models.checkpoint import load_model, model_notes, save_model
+from flowsr_cli.families.model_file import load_model, model_notes, save_model
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flowsr_cli"
 
@@ -32,7 +32,7 @@ def export(name: str, source: Path, description: str, scales: tuple[float, float
         "size": len(data),
         "scales": list(scales),
     }
-    registry_path = PACKAGE / "registry.json"
+    registry_path = PACKAGE / "hub" / "registry.json"
     registry = json.loads(registry_path.read_text(encoding="utf-8"))
     registry["models"][name] = entry
     registry_path.write_text(json.dumps(registry, indent=2) + "\n", encoding="utf-8")

@@ -22,13 +22,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from flowsr_cli.models.coords import fold_patches, unfold_patches
-from flowsr_cli.models.latent import LR_STRIDE, DenseBlock, LatentModule, lr_positions
-from flowsr_cli.models.linear_flow import ConditionalLinearFlow
-from flowsr_cli.models.linf import LINF
-from flowsr_cli.models.linf_lp import LINFLP
-from flowsr_cli.resize import resize
-from flowsr_cli.sizing import Size
+from flowsr_cli.engine.resize import resize
+from flowsr_cli.families.common.coords import fold_patches, unfold_patches
+from flowsr_cli.families.common.latent import LR_STRIDE, DenseBlock, LatentModule, lr_positions
+from flowsr_cli.families.common.linear_flow import ConditionalLinearFlow
+from flowsr_cli.families.linf.network import LINF
+from flowsr_cli.families.linf.prior import LINFLP
+from flowsr_cli.io.sizing import Size
 
 QUERY_BATCH = 30_000
 """Queries per batch, as upstream's test script uses."""

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from flowsr_cli import metrics
 from flowsr_cli.config import Settings
-from flowsr_cli.engine import UpscalerRequest, create_upscaler
-from flowsr_cli.evaluation import super_resolve
-from flowsr_cli.hub import Hub
-from flowsr_cli.imageio import read_image
-from flowsr_cli.pipeline import pixels_to_tensor
-from flowsr_cli.sizing import Size
+from flowsr_cli.engine.pipeline import pixels_to_tensor
+from flowsr_cli.eval import metrics
+from flowsr_cli.eval.evaluation import super_resolve
+from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
+from flowsr_cli.hub.catalog import Hub
+from flowsr_cli.io.reading import read_image
+from flowsr_cli.io.sizing import Size
 
 PANELS = (
     ("bicubic", UpscalerRequest("bicubic", device="cpu", tile=0)),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flowsr_cli.atomic import TEMP_SUFFIX, atomic_write_bytes, remove_leftovers
+from flowsr_cli.io.atomic import TEMP_SUFFIX, atomic_write_bytes, remove_leftovers
 
 
 def _temp_files(directory: Path) -> list[Path]:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from flowsr_cli.backbones import ALEXNET_FILE, VGG16_FILE, load_lpips_alex, load_vgg16_features
 from flowsr_cli.errors import FlowsrError
-from flowsr_cli.metrics import LPIPS
+from flowsr_cli.eval.backbones import ALEXNET_FILE, VGG16_FILE, load_lpips_alex, load_vgg16_features
+from flowsr_cli.eval.metrics import LPIPS
 from tests.conftest import SHARED, CliInvoker
 
 WEIGHTS = SHARED / "weights"
@@ -203,7 +203,7 @@ def test_vgg16_file_in_place_of_alexnet(tmp_path: Path, monkeypatch: pytest.Monk
 def test_perceptual_features_prefer_vgg19_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.models import vgg19
 
-    from flowsr_cli.backbones import load_perceptual_features
+    from flowsr_cli.eval.backbones import load_perceptual_features
 
     for name in ("alexnet_features.pth", "vgg16_features.pth"):
         (tmp_path / name).symlink_to(SHARED / "weights" / name)

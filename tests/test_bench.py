@@ -11,9 +11,9 @@ from types import ModuleType
 import pytest
 import torch
 
-from flowsr_cli.engine import UpscalerRequest, create_upscaler
-from flowsr_cli.evaluation import super_resolve
-from flowsr_cli.sizing import Size
+from flowsr_cli.eval.evaluation import super_resolve
+from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
+from flowsr_cli.io.sizing import Size
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

@@ -17,11 +17,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from flowsr_cli.imageio import read_image
-from flowsr_cli.metrics import make_lr
-from flowsr_cli.models import load_model, save_model
-from flowsr_cli.models.linf_lp import LINFLP, LatentFade
-from flowsr_cli.pipeline import rgb_tensor
+from flowsr_cli.engine.pipeline import rgb_tensor
+from flowsr_cli.eval.metrics import make_lr
+from flowsr_cli.families.linf.prior import LINFLP, LatentFade
+from flowsr_cli.families.model_file import load_model, save_model
+from flowsr_cli.io.reading import read_image
 from tests.conftest import SHARED
 from tests.test_linf_lp import tiny_linf_lp
 

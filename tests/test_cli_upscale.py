@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from flowsr_cli.imageio import read_image
+from flowsr_cli.io.reading import read_image
 from tests.conftest import CliInvoker
 
 
@@ -55,8 +55,8 @@ def test_integer_scale_name_and_width_height_requests(run_cli: CliInvoker, tmp_p
 def test_bicubic_output_matches_the_resize_module(run_cli: CliInvoker, tmp_path: Path) -> None:
     import torch
 
-    from flowsr_cli.pipeline import pixels_to_tensor, tensor_to_pixels
-    from flowsr_cli.resize import resize
+    from flowsr_cli.engine.pipeline import pixels_to_tensor, tensor_to_pixels
+    from flowsr_cli.engine.resize import resize
 
     source = make_photo(tmp_path / "a.png", (17, 11))
     assert run_cli("upscale", str(source), "--scale", "2.5", "-o", str(tmp_path / "b.png")).exit_code == 0
@@ -278,7 +278,7 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path: Path) -> None:
 @pytest.fixture
 def srflow_file(tmp_path: Path) -> Path:
     """A tiny SRFlow model file (fixed ×4)."""
-    from flowsr_cli.models import save_model
+    from flowsr_cli.families.model_file import save_model
     from tests.test_srflow_engine import sensible_tiny_srflow
 
     path = tmp_path / "srflow.safetensors"
@@ -311,10 +311,10 @@ def test_srflow_is_fixed_x4_unless_resampling(run_cli: CliInvoker, tmp_path: Pat
 
     import torch
 
-    from flowsr_cli.engine import UpscalerRequest, create_upscaler
-    from flowsr_cli.pipeline import pixels_to_tensor, tensor_to_pixels
-    from flowsr_cli.resize import resize
-    from flowsr_cli.sizing import Size
+    from flowsr_cli.engine.pipeline import pixels_to_tensor, tensor_to_pixels
+    from flowsr_cli.engine.resize import resize
+    from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
+    from flowsr_cli.io.sizing import Size
 
     native = torch.empty(1, 3, 52, 84)
 

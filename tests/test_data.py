@@ -1,4 +1,4 @@
-"""Tests for flowsr_cli.data on real photos and real generated image files in nested folders."""
+"""Tests for flowsr_cli.train.data on real photos and real generated image files in nested folders."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from flowsr_cli.data import (
+from flowsr_cli.engine.resize import resize
+from flowsr_cli.errors import FlowsrError, UsageError
+from flowsr_cli.train.data import (
     Batch,
     BatchStream,
     CropRecipe,
@@ -24,8 +26,6 @@ from flowsr_cli.data import (
     make_batch,
     make_loader,
 )
-from flowsr_cli.errors import FlowsrError, UsageError
-from flowsr_cli.resize import resize
 from tests.conftest import SHARED
 from tests.image_factory import gradient8, gradient16
 

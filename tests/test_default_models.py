@@ -12,21 +12,20 @@ import pytest
 import torch
 from PIL import Image
 
-from flowsr_cli import metrics
-from flowsr_cli.models import load_model
-from flowsr_cli.models.checkpoint import read_model_metadata
-from flowsr_cli.models.linf import LINF
-from flowsr_cli.models.linf_lp import LINFLP
-from flowsr_cli.models.srflow import SRFlow
-from flowsr_cli.models.srflow_lp import SRFlowLP
-from flowsr_cli.pipeline import pixels_to_tensor
+from flowsr_cli.engine.pipeline import pixels_to_tensor
+from flowsr_cli.eval import metrics
+from flowsr_cli.families.linf.network import LINF
+from flowsr_cli.families.linf.prior import LINFLP
+from flowsr_cli.families.model_file import load_model, read_model_metadata
+from flowsr_cli.families.srflow.network import SRFlow
+from flowsr_cli.families.srflow.prior import SRFlowLP
 from tests.conftest import SHARED, CliInvoker
 
 BUNDLED = {"linf": LINF, "linf-lp": LINFLP, "srflow": SRFlow, "srflow-lp": SRFlowLP}
 
 
 def registry() -> dict[str, dict[str, object]]:
-    return json.loads(resources.files("flowsr_cli").joinpath("registry.json").read_text(encoding="utf-8"))["models"]
+    return json.loads(resources.files("flowsr_cli.hub").joinpath("registry.json").read_text(encoding="utf-8"))["models"]
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from flowsr_cli.download import DownloadError, RemoteFile, download, part_path, sha256_of
 from flowsr_cli.errors import FlowsrError
+from flowsr_cli.hub.download import DownloadError, RemoteFile, download, part_path, sha256_of
 from tests.http_server import FileServer, Route
 
 BODY = random.Random(0).randbytes(200_000)

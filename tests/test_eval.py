@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowsr_cli.models import save_model
+from flowsr_cli.families.model_file import save_model
 from tests.conftest import SHARED, CliInvoker
 from tests.test_linf import tiny_linf
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from flowsr_cli.models import save_model
+from flowsr_cli.families.model_file import save_model
 from tests.conftest import CliInvoker
 from tests.http_server import FileServer, Route
 from tests.test_linf import tiny_linf
@@ -136,7 +136,7 @@ def test_bundled_entries_resolve_inside_the_package_and_never_download() -> None
     import flowsr_cli
     from flowsr_cli.config import Settings
     from flowsr_cli.errors import FlowsrError
-    from flowsr_cli.hub import Hub, ModelEntry
+    from flowsr_cli.hub.catalog import Hub, ModelEntry
 
     hub = Hub(Settings())
     entry = ModelEntry("packaged", bundled="weights/packaged.safetensors", url="http://127.0.0.1:9/never")

@@ -1,4 +1,4 @@
-"""Tests for flowsr_cli.imageio on real files written by Pillow, imagecodecs and tifffile."""
+"""Tests for flowsr_cli.io (image reading and writing) on real files written by Pillow, imagecodecs and tifffile."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps, PngImagePlugin
 
 from flowsr_cli.errors import ImageError, UsageError
-from flowsr_cli.formats import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, INPUT_EXTENSIONS, format_from_suffix
-from flowsr_cli.imageio import Image, Metadata, encode_image, read_image, write_image
+from flowsr_cli.io.formats import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, INPUT_EXTENSIONS, format_from_suffix
+from flowsr_cli.io.image import Image, Metadata
+from flowsr_cli.io.reading import read_image
+from flowsr_cli.io.writing import encode_image, write_image
 from tests.image_factory import (
     MAKE_TAG,
     ORIENTATION_TAG,
@@ -711,7 +713,7 @@ def test_write_failing_midway_keeps_old_content(tmp_path: Path) -> None:
     script = (
         "import resource, signal, sys\n"
         "from flowsr_cli.errors import ImageError\n"
-        "from flowsr_cli.imageio import Image, write_image\n"
+        "from flowsr_cli.io.image import Image\nfrom flowsr_cli.io.writing import write_image\n"
         "import numpy as np\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from flowsr_cli.models import load_model, make
-from flowsr_cli.models.flow_layers import ActNorm, ActNormConv2d, InvertibleConv1x1, ZeroConv2d
-from flowsr_cli.models.importer import CheckpointImportError, convert_original
-from flowsr_cli.models.srflow import SRFlow
+from flowsr_cli.families.common.flow_layers import ActNorm, ActNormConv2d, InvertibleConv1x1, ZeroConv2d
+from flowsr_cli.families.importing import CheckpointImportError, convert_original
+from flowsr_cli.families.model_file import load_model
+from flowsr_cli.families.registry import make
+from flowsr_cli.families.srflow.network import SRFlow
 from tests.conftest import CliInvoker
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,13 +10,14 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from flowsr_cli.flow_engine import FlowUpscaler
-from flowsr_cli.models import ModelFileError, ModelSpecError, load_model, make, save_model
-from flowsr_cli.models.coords import fold_patches, patch_centres, unfold_patches
-from flowsr_cli.models.importer import CheckpointImportError, convert_original
-from flowsr_cli.models.linf import LINF
-from flowsr_cli.resize import resize
-from flowsr_cli.sizing import Size, SizeRequest
+from flowsr_cli.engine.resize import resize
+from flowsr_cli.families.common.coords import fold_patches, patch_centres, unfold_patches
+from flowsr_cli.families.importing import CheckpointImportError, convert_original
+from flowsr_cli.families.linf.engine import FlowUpscaler
+from flowsr_cli.families.linf.network import LINF
+from flowsr_cli.families.model_file import ModelFileError, load_model, save_model
+from flowsr_cli.families.registry import ModelSpecError, make
+from flowsr_cli.io.sizing import Size, SizeRequest
 from tests.conftest import SHARED, CliInvoker
 
 TINY_ENCODER = {"name": "edsr-baseline", "args": {"channels": 8, "blocks": 1}}

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flowsr_cli.models import ModelSpecError, load_model, make, save_model
-from flowsr_cli.models.coords import cell_size, grid, patch_centres, unfold_patches
-from flowsr_cli.models.latent import LatentModule, lr_positions
-from flowsr_cli.models.linf_lp import LINFLP, LatentFade
-from flowsr_cli.resize import resize
-from flowsr_cli.sizing import Size, SizeRequest
+from flowsr_cli.engine.resize import resize
+from flowsr_cli.families.common.coords import cell_size, grid, patch_centres, unfold_patches
+from flowsr_cli.families.common.latent import LatentModule, lr_positions
+from flowsr_cli.families.linf.prior import LINFLP, LatentFade
+from flowsr_cli.families.model_file import load_model, save_model
+from flowsr_cli.families.registry import ModelSpecError, make
+from flowsr_cli.io.sizing import Size, SizeRequest
 
 TINY_FLOW = {
     "name": "linf",

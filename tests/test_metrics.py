@@ -13,8 +13,9 @@ from resize_right import interp_methods
 from scipy.signal import convolve2d
 from scipy.signal.windows import gaussian
 
+from flowsr_cli.engine.resize import resize
 from flowsr_cli.errors import ImageError
-from flowsr_cli.metrics import (
+from flowsr_cli.eval.metrics import (
     crop_to_scale,
     is_finite,
     lr_psnr,
@@ -27,7 +28,6 @@ from flowsr_cli.metrics import (
     shave,
     ssim_y,
 )
-from flowsr_cli.resize import resize
 from tests.conftest import SHARED
 
 SET5 = SHARED / "data/eval/Set5"

@@ -1,4 +1,4 @@
-"""Tests for flowsr_cli.resize: MATLAB imresize 'bicubic' semantics.
+"""Tests for flowsr_cli.engine.resize: MATLAB imresize 'bicubic' semantics.
 
 Two independent references are used:
 
@@ -26,8 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from resize_right import interp_methods
 
-from flowsr_cli import resize as resize_module
-from flowsr_cli.resize import contributions, cubic, resize
+from flowsr_cli.engine import resize as resize_module
+from flowsr_cli.engine.resize import contributions, cubic, resize
 
 
 def _kernel(t: float) -> float:

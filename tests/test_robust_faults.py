@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from flowsr_cli.imageio import read_image
-from flowsr_cli.models import save_model
+from flowsr_cli.families.model_file import save_model
+from flowsr_cli.io.reading import read_image
 from tests.conftest import CliInvoker
 from tests.image_factory import smooth_rgb
 from tests.test_linf import tiny_linf

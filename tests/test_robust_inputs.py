@@ -17,9 +17,9 @@ from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from flowsr_cli.cli import app
-from flowsr_cli.cli.console import printable
+from flowsr_cli.console import printable
 from flowsr_cli.errors import ImageError
-from flowsr_cli.imageio import read_image
+from flowsr_cli.io.reading import read_image
 from tests.hostile_inputs import REFUSED, output_name, write_corpus
 from tests.image_factory import gradient8, gradient16
 

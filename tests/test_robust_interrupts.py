@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from flowsr_cli.atomic import TEMP_SUFFIX
-from flowsr_cli.imageio import read_image
-from flowsr_cli.models import load_model, save_model
+from flowsr_cli.families.model_file import load_model, save_model
+from flowsr_cli.io.atomic import TEMP_SUFFIX
+from flowsr_cli.io.reading import read_image
 from flowsr_cli.train.state import load_training_state
 from tests.conftest import SHARED
 from tests.test_linf import tiny_linf

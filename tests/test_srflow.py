@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowsr_cli.models import ModelSpecError, load_model, make, save_model
-from flowsr_cli.models.flow_layers import (
+from flowsr_cli.families.common.flow_layers import (
     ActNorm,
     ConditionalAffineCoupling,
     ConditionalAffineInjector,
@@ -24,7 +23,9 @@ from flowsr_cli.models.flow_layers import (
     squeeze2d,
     unsqueeze2d,
 )
-from flowsr_cli.models.srflow import SRFlow
+from flowsr_cli.families.model_file import load_model, save_model
+from flowsr_cli.families.registry import ModelSpecError, make
+from flowsr_cli.families.srflow.network import SRFlow
 
 TINY_ARGS = {
     "rrdb_blocks": 2,

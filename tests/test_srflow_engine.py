@@ -7,19 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowsr_cli import engine, srflow_engine
-from flowsr_cli.engine import ResampledUpscaler, UpscaleReport, UpscalerRequest, create_upscaler
+from flowsr_cli.engine.memory import choose_tile
+from flowsr_cli.engine.resize import resize
+from flowsr_cli.engine.upscaler import ResampledUpscaler, UpscaleReport, fixed_scale
 from flowsr_cli.errors import UsageError
-from flowsr_cli.evaluation import load_dataset
-from flowsr_cli.memory import choose_tile
-from flowsr_cli.metrics import make_lr
-from flowsr_cli.models import make
-from flowsr_cli.models.srflow import SRFlow, SRFlowFeatures
-from flowsr_cli.resize import resize
-from flowsr_cli.sizing import Size
-from flowsr_cli.srflow_engine import DEFAULT_HALO, SRFlowUpscaler, gaussian_latents, plan_blend_axis
+from flowsr_cli.eval.evaluation import load_dataset
+from flowsr_cli.eval.metrics import make_lr
+from flowsr_cli.families.model_file import save_model
+from flowsr_cli.families.registry import make
+from flowsr_cli.families.srflow import engine as srflow_engine
+from flowsr_cli.families.srflow.engine import DEFAULT_HALO, SRFlowUpscaler, gaussian_latents, plan_blend_axis
+from flowsr_cli.families.srflow.network import SRFlow, SRFlowFeatures
+from flowsr_cli.families.srflow.prior import SRFlowLP
+from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
+from flowsr_cli.io.sizing import Size
 from tests.conftest import SHARED
 from tests.test_srflow import randomise_zero_convs
+from tests.test_srflow_lp import tiny_srflow_lp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -236,24 +240,21 @@ def test_a_learned_prior_replaces_the_gaussian_latents(model: SRFlow, lr: torch.
     assert torch.equal(first, expected) and torch.equal(second, expected)
 
 
-def test_create_upscaler_wires_srflow_and_its_learned_prior(
-    model: SRFlow, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import flowsr_cli.models
-
-    loaded: list[torch.nn.Module] = [FakeLP(model)]
-    monkeypatch.setattr(flowsr_cli.models, "load_model", lambda path, device: loaded[0])
-    request = UpscalerRequest(str(tmp_path / "lp.safetensors"), device="cpu", temperature=0.7, tile_pad=8)
+def test_create_upscaler_wires_srflow_and_its_learned_prior(model: SRFlow, tmp_path: Path) -> None:
+    learned_file, plain_file = tmp_path / "lp.safetensors", tmp_path / "flow.safetensors"
+    save_model(tiny_srflow_lp(), learned_file)
+    save_model(model, plain_file)
+    request = UpscalerRequest(str(learned_file), device="cpu", temperature=0.7, tile_pad=8)
     learned = create_upscaler(request)
-    assert isinstance(learned, SRFlowUpscaler) and learned.predictor is loaded[0] and learned.model is model
-    assert learned.halo == 8 and engine.fixed_scale(learned) == 4
+    assert isinstance(learned, SRFlowUpscaler) and isinstance(learned.predictor, SRFlowLP)
+    assert learned.model is learned.predictor.flow and not learned.stochastic
+    assert learned.halo == 8 and fixed_scale(learned) == 4
     gaussian = create_upscaler(UpscalerRequest(request.model, device="cpu", prior="gaussian"))
     assert isinstance(gaussian, SRFlowUpscaler) and gaussian.predictor is None
-    loaded[0] = model
-    plain = create_upscaler(request)
+    plain = create_upscaler(UpscalerRequest(str(plain_file), device="cpu", temperature=0.7))
     assert isinstance(plain, SRFlowUpscaler) and plain.predictor is None and plain.temperature == 0.7
     with pytest.raises(UsageError, match="has no learned prior"):
-        create_upscaler(UpscalerRequest(request.model, device="cpu", prior="learned"))
+        create_upscaler(UpscalerRequest(str(plain_file), device="cpu", prior="learned"))
 
 
 def test_only_x4_unless_resampled(model: SRFlow, lr: torch.Tensor) -> None:

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowsr_cli.models import ModelSpecError, load_model, make, save_model
-from flowsr_cli.models.srflow import SRFlow
-from flowsr_cli.models.srflow_lp import SRFlowLP, standardise
+from flowsr_cli.families.model_file import load_model, save_model
+from flowsr_cli.families.registry import ModelSpecError, make
+from flowsr_cli.families.srflow.network import SRFlow
+from flowsr_cli.families.srflow.prior import SRFlowLP, standardise
 from tests.conftest import SHARED
 
 TINY_FLOW = {
@@ -181,8 +182,8 @@ def test_the_bundled_srflow_lp_tiles_like_its_whole_image() -> None:
     """With the auto halo and the prior's grid, tiles of the trained model match one untiled pass."""
     from PIL import Image as PILImage
 
-    from flowsr_cli.sizing import Size
-    from flowsr_cli.srflow_engine import SRFlowUpscaler
+    from flowsr_cli.families.srflow.engine import SRFlowUpscaler
+    from flowsr_cli.io.sizing import Size
     from tests.test_srflow_engine import collect
 
     model = load_model(Path(__file__).parent.parent / "flowsr_cli/weights/srflow-lp.safetensors").float()

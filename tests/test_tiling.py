@@ -11,15 +11,16 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from flowsr_cli import device as device_module
-from flowsr_cli import flow_engine
-from flowsr_cli.bicubic_engine import BicubicUpscaler
-from flowsr_cli.flow_engine import FlowUpscaler
-from flowsr_cli.memory import MAX_TILE, MAX_WINDOW_BYTES, MIN_TILE, choose_tile, choose_window
-from flowsr_cli.models import make, save_model
-from flowsr_cli.models.linf import LINF
-from flowsr_cli.sizing import Size, SizeRequest
-from flowsr_cli.tiling import patch_positions, plan_axis
+from flowsr_cli.engine import device as device_module
+from flowsr_cli.engine.bicubic import BicubicUpscaler
+from flowsr_cli.engine.memory import MAX_TILE, MAX_WINDOW_BYTES, MIN_TILE, choose_tile, choose_window
+from flowsr_cli.engine.tiling import patch_positions, plan_axis
+from flowsr_cli.families.linf import engine as flow_engine
+from flowsr_cli.families.linf.engine import FlowUpscaler
+from flowsr_cli.families.linf.network import LINF
+from flowsr_cli.families.model_file import save_model
+from flowsr_cli.families.registry import make
+from flowsr_cli.io.sizing import Size, SizeRequest
 from tests.conftest import CliInvoker
 from tests.test_linf import collect
 
@@ -115,7 +116,7 @@ def test_choose_window_fits_the_budget_and_the_cap() -> None:
 def test_auto_tiles_of_the_learned_prior_read_no_more_than_one_window(scale: float) -> None:
     """Auto tiling does a small image whole, and a large one in tiles whose windows (core + the latent
     module's reach) are no larger than the budget's window: the peak does not grow with the image."""
-    from flowsr_cli.prior_engine import LearnedPriorUpscaler, plan_prior_axis
+    from flowsr_cli.families.linf.prior_engine import LearnedPriorUpscaler, plan_prior_axis
 
     model = linf_lp([8, 16, 16])
     upscaler = LearnedPriorUpscaler(model, CPU, "t")
@@ -257,7 +258,7 @@ def linf_lp(widths: list[int]) -> torch.nn.Module:
 
 @pytest.mark.parametrize("scale", [2.0, 3.5])
 def test_the_learned_priors_auto_tile_size_is_reported_in_input_pixels(scale: float) -> None:
-    from flowsr_cli.prior_engine import LearnedPriorUpscaler
+    from flowsr_cli.families.linf.prior_engine import LearnedPriorUpscaler
 
     class SmallBudget(LearnedPriorUpscaler):
         def window_side(self, scale: float, reserved: int = 0) -> int:
@@ -274,7 +275,7 @@ def test_the_learned_priors_auto_tile_size_is_reported_in_input_pixels(scale: fl
 
 @pytest.mark.parametrize(("widths", "scale"), [([8, 16], 2), ([8, 16], 3.5), ([8, 16], 4), ([8, 16, 16], 4)])
 def test_tiled_learned_prior_equals_untiled(lr: torch.Tensor, widths: list[int], scale: float) -> None:
-    from flowsr_cli.prior_engine import LearnedPriorUpscaler, plan_prior_axis
+    from flowsr_cli.families.linf.prior_engine import LearnedPriorUpscaler, plan_prior_axis
 
     model = linf_lp(widths)
     size = SizeRequest(scale=scale).target(LR_SIZE)

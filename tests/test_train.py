@@ -16,11 +16,11 @@ import torch
 from PIL import Image as PILImage
 
 from flowsr_cli.config import Settings
-from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images
 from flowsr_cli.errors import FlowsrError, UsageError
-from flowsr_cli.hub import Hub
-from flowsr_cli.models import load_model, save_model
-from flowsr_cli.models.linf_lp import LINFLP, LatentFade
+from flowsr_cli.families.linf.prior import LINFLP, LatentFade
+from flowsr_cli.families.model_file import load_model, save_model
+from flowsr_cli.hub.catalog import Hub
+from flowsr_cli.train.data import BatchStream, CropRecipe, TrainingImages, find_training_images
 from flowsr_cli.train.distributed import Cluster
 from flowsr_cli.train.loop import RunFiles, Trainer
 from flowsr_cli.train.objectives import FlowObjective
@@ -281,7 +281,7 @@ def test_finetune_alternates_nll_and_l1_steps(
 
 def tiny_prior(monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
     """A tiny LINF-LP in training mode, with VGG16 findable for its perceptual loss."""
-    from flowsr_cli.models import make
+    from flowsr_cli.families.registry import make
 
     monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
     torch.manual_seed(0)
@@ -319,7 +319,7 @@ def test_prior_objective_minimises_the_texture_term_when_weighted(monkeypatch: p
 
 
 def test_prior_objective_adds_the_detail_and_grid_terms_when_weighted(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowsr_cli.models.linf import LINF
+    from flowsr_cli.families.linf.network import LINF
     from flowsr_cli.train.detail import detail_loss, grid_loss
     from flowsr_cli.train.objectives import PriorObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
@@ -418,7 +418,7 @@ def test_a_time_budget_refits_the_step_count_when_early_steps_were_slow(tmp_path
     model = tiny_linf()
 
     def batches(start: int):  # type: ignore[no-untyped-def]
-        from flowsr_cli.data import Batch
+        from flowsr_cli.train.data import Batch
 
         step = start
         while True:

@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images
-from flowsr_cli.models import load_model, make, save_model
-from flowsr_cli.models.flow_layers import ActNorm
-from flowsr_cli.models.srflow import SRFlow
-from flowsr_cli.models.srflow_lp import SRFlowLP
+from flowsr_cli.families.common.flow_layers import ActNorm
+from flowsr_cli.families.model_file import load_model, save_model
+from flowsr_cli.families.registry import make
+from flowsr_cli.families.srflow.network import SRFlow
+from flowsr_cli.families.srflow.prior import SRFlowLP
+from flowsr_cli.train.data import BatchStream, CropRecipe, TrainingImages, find_training_images
 from flowsr_cli.train.distributed import Cluster
 from flowsr_cli.train.loop import RunFiles, Trainer
 from flowsr_cli.train.objectives import SRFlowObjective

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from flowsr_cli import __version__
-from flowsr_cli.cli.console import debug_enabled, report_error
+from flowsr_cli.console import debug_enabled, report_error
 from flowsr_cli.errors import FlowsrError
 
 EXIT_INTERRUPTED = 130

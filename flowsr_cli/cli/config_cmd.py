@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from flowsr_cli import config
-from flowsr_cli.cli.console import printable
+from flowsr_cli.console import printable
 
 config_app = typer.Typer(
     help="Show and edit settings (file: `flowsr config path`; precedence: flag > FLOWSR_* env > file > default).",

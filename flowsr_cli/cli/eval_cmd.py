@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flowsr_cli.cli.console import printable, report_note, stderr_console
 from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, integer_flag
+from flowsr_cli.console import printable, report_note, stderr_console
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from flowsr_cli.engine import Upscaler
-    from flowsr_cli.evaluation import Dataset, Evaluation, Result, Setting
+    from flowsr_cli.engine.upscaler import Upscaler
+    from flowsr_cli.eval.evaluation import Dataset, Evaluation, Result, Setting
 
 _OUTPUT = "Output"
 
@@ -81,8 +81,8 @@ def eval_command(
         if not folder.is_dir():
             raise UsageError(f"{printable(folder)}: not a folder of images")
 
-    from flowsr_cli.evaluation import Evaluation, load_dataset
-    from flowsr_cli.metrics import LPIPS
+    from flowsr_cli.eval.evaluation import Evaluation, load_dataset
+    from flowsr_cli.eval.metrics import LPIPS
 
     chosen = _build_settings(models, prior, temperature_list, baseline == "bicubic", settings)
     _check_fixed_scales(chosen, scale_list)
@@ -107,11 +107,10 @@ def _build_settings(
 ) -> list[tuple[Setting, Upscaler]]:
     import dataclasses
 
-    from flowsr_cli.engine import UpscalerRequest, create_upscaler
-    from flowsr_cli.evaluation import Setting
-    from flowsr_cli.flow_engine import FlowUpscaler
-    from flowsr_cli.hub import Hub
-    from flowsr_cli.srflow_engine import SRFlowUpscaler
+    from flowsr_cli.engine.upscaler import samples_gaussian
+    from flowsr_cli.eval.evaluation import Setting
+    from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
+    from flowsr_cli.hub.catalog import Hub
 
     hub = Hub(settings) if models else None
     chosen: list[tuple[Setting, Upscaler]] = []
@@ -129,10 +128,7 @@ def _build_settings(
             hub=hub,
         )
         upscaler = create_upscaler(request)
-        gaussian = isinstance(upscaler, FlowUpscaler) or (
-            isinstance(upscaler, SRFlowUpscaler) and upscaler.predictor is None
-        )
-        if not gaussian:
+        if not samples_gaussian(upscaler):
             chosen.append((Setting(model, "learned"), upscaler))
             continue
         for temperature in temperatures:
@@ -145,8 +141,8 @@ def _build_settings(
 def _check_fixed_scales(chosen: list[tuple[Setting, Upscaler]], scales: list[float]) -> None:
     """A fixed-scale model (SRFlow: x4) is scored at its own scale only: the others are skipped with a note,
     so one run still compares it with any-scale models; with its scale missing from --scales, a usage error."""
-    from flowsr_cli.engine import fixed_scale
-    from flowsr_cli.sizing import format_scale
+    from flowsr_cli.engine.upscaler import fixed_scale
+    from flowsr_cli.io.sizing import format_scale
 
     natives = {setting.model: fixed_scale(upscaler) for setting, upscaler in chosen}
     for model, native in natives.items():
@@ -178,7 +174,7 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
     from rich.console import Console
     from rich.table import Table
 
-    from flowsr_cli.eval_report import HIGHER_IS_BETTER
+    from flowsr_cli.eval.report import HIGHER_IS_BETTER
 
     shown = (("psnr_y", "PSNR-Y", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("lr_psnr", "LR-PSNR", 2))
     table = Table(title="flowsr eval", title_justify="left")
@@ -221,8 +217,8 @@ def _write_outputs(
     markdown_path: Path | None,
     run_settings: dict[str, object],
 ) -> None:
-    from flowsr_cli import eval_report
-    from flowsr_cli.atomic import atomic_write_bytes
+    from flowsr_cli.eval import report as eval_report
+    from flowsr_cli.io.atomic import atomic_write_bytes
 
     outputs = (
         (json_path, lambda: eval_report.to_json(results, run_settings)),

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flowsr_cli.cli.console import printable
 from flowsr_cli.config import Settings, integer_flag
+from flowsr_cli.console import printable
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from flowsr_cli.hub import Hub, ModelEntry
+    from flowsr_cli.hub.catalog import Hub, ModelEntry
 
 models_app = typer.Typer(
     help="Named models: list, download (checked by sha256), verify, locate, remove, add, import.",
@@ -31,8 +31,8 @@ def import_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing model of that name."),
 ) -> None:
     """Convert an original LINF or SRFlow checkpoint into a flowsr model (weights only; no pickled code is run)."""
-    from flowsr_cli.models import save_model
-    from flowsr_cli.models.importer import convert_original
+    from flowsr_cli.families.importing import convert_original
+    from flowsr_cli.families.model_file import save_model
 
     if _NAME.fullmatch(name) is None:
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
@@ -49,7 +49,7 @@ def import_command(
 
 
 def _hub() -> Hub:
-    from flowsr_cli.hub import Hub
+    from flowsr_cli.hub.catalog import Hub
 
     return Hub(Settings())
 
@@ -108,7 +108,7 @@ def download_command(
 @models_app.command("verify")
 def verify_command(name: str | None = typer.Argument(None, help="One model (default: all that are here).")) -> None:
     """Re-hash model files on disk against their published sha256 (exit 1 on any mismatch)."""
-    from flowsr_cli.hub import changed_digest
+    from flowsr_cli.hub.catalog import changed_digest
 
     hub = _hub()
     entries = [_entry(hub, name)] if name else list(hub.entries().values())
@@ -164,7 +164,7 @@ def add_command(
     description: str = typer.Option("", "--description", help="A line for `flowsr models list`."),
 ) -> None:
     """Register a model served elsewhere (e.g. a team's server); it downloads on first use."""
-    from flowsr_cli.hub import ModelEntry
+    from flowsr_cli.hub.catalog import ModelEntry
 
     if _NAME.fullmatch(name) is None:
         raise UsageError(f"name {name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")

@@ -13,9 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
-from flowsr_cli.batch import DONE, FAILED, SKIPPED, Outcome
-from flowsr_cli.cli.console import printable, report_error, report_note, report_warning, stderr_console
-from flowsr_cli.outputs import Job
+from flowsr_cli.console import printable, report_error, report_note, report_warning, stderr_console
+from flowsr_cli.engine.batch import DONE, FAILED, SKIPPED, Outcome
+from flowsr_cli.io.outputs import Job
 
 
 class ConsoleReporter:

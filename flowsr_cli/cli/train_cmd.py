@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from flowsr_cli.cli.console import printable, report_note, report_warning
 from flowsr_cli.config import Settings, integer_flag, number_flag
+from flowsr_cli.console import printable, report_note, report_warning
 from flowsr_cli.errors import UsageError
 from flowsr_cli.train.recipe import MAX_SEED
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from flowsr_cli.data import Batch
+    from flowsr_cli.train.data import Batch
     from flowsr_cli.train.distributed import Cluster
     from flowsr_cli.train.recipe import Recipe
 
@@ -67,7 +67,7 @@ def _overrides(**values: Any) -> dict[str, Any]:
 
 
 def _device_and_cluster(settings: Settings) -> tuple[torch.device, Cluster]:
-    from flowsr_cli.device import resolve_device
+    from flowsr_cli.engine.device import resolve_device
     from flowsr_cli.train.distributed import join_cluster, local_device
 
     choice = resolve_device(settings["device"])
@@ -80,8 +80,8 @@ def _device_and_cluster(settings: Settings) -> tuple[torch.device, Cluster]:
 
 def _model_file(settings: Settings, model: str, option: str) -> tuple[Path, str]:
     """The file a --flow/--init value names and the architecture (spec name) of the model in it."""
-    from flowsr_cli.hub import Hub
-    from flowsr_cli.models import read_model_metadata
+    from flowsr_cli.families.model_file import read_model_metadata
+    from flowsr_cli.hub.catalog import Hub
 
     hub = Hub(settings)
     path = hub.resolve(model)
@@ -93,7 +93,7 @@ def _model_file(settings: Settings, model: str, option: str) -> tuple[Path, str]
 
 def _continued_prior(path: Path, family: str) -> str | None:
     """For a flow + prior model, the PRIORS name of its prior (its training continues); None for a bare flow."""
-    from flowsr_cli.models import read_model_metadata
+    from flowsr_cli.families.model_file import read_model_metadata
     from flowsr_cli.train.recipe import PRIORS
 
     if family not in {entry["name"] for entry in PRIORS.values()}:
@@ -108,7 +108,7 @@ def _continued_prior(path: Path, family: str) -> str | None:
 def _unfaded_beyond(model: nn.Module, scale_max: float, flow: str) -> nn.Module:
     """A continued LINF-LP as it is, unless the recipe trains past where its fade starts: then the same
     weights without the fade (it would shrink what the prior is learning), with a warning."""
-    from flowsr_cli.models.linf_lp import LINFLP
+    from flowsr_cli.families.linf.prior import LINFLP
 
     if not isinstance(model, LINFLP) or model.fade is None or scale_max <= model.fade.from_scale:
         return model
@@ -120,7 +120,7 @@ def _unfaded_beyond(model: nn.Module, scale_max: float, flow: str) -> nn.Module:
 
 
 def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) -> Callable[[int], Iterable[Batch]]:
-    from flowsr_cli.data import BatchStream, CropRecipe, TrainingImages, find_training_images, make_loader
+    from flowsr_cli.train.data import BatchStream, CropRecipe, TrainingImages, find_training_images, make_loader
 
     crop = CropRecipe(recipe.lr_size, recipe.scale_min, recipe.scale_max, multiple=multiple, hr_crop=recipe.hr_crop)
     images = TrainingImages(find_training_images(data), crop)
@@ -146,29 +146,16 @@ def _validator(
         return None
     import torch
 
-    from flowsr_cli.evaluation import Evaluation, Setting, load_dataset
-    from flowsr_cli.flow_engine import FlowUpscaler
-    from flowsr_cli.models.linf_lp import LINFLP
-    from flowsr_cli.models.srflow import SRFlow
-    from flowsr_cli.models.srflow_lp import SRFlowLP
-    from flowsr_cli.prior_engine import LearnedPriorUpscaler
-    from flowsr_cli.srflow_engine import SRFlowUpscaler
+    from flowsr_cli.engine.upscaler import samples_gaussian
+    from flowsr_cli.eval.evaluation import Evaluation, Setting, load_dataset
+    from flowsr_cli.families.registry import EngineOptions, build_engine
 
     dataset = load_dataset(folder, recipe.val_images, settings["max_pixels"])
 
     def validate() -> dict[str, float]:
-        if isinstance(model, LINFLP):
-            setting, upscaler = Setting("model", "learned"), LearnedPriorUpscaler(model, device, "validation")
-        elif isinstance(model, (SRFlow, SRFlowLP)):
-            predictor = model if isinstance(model, SRFlowLP) else None
-            setting = Setting("model", "gaussian", 0.0) if predictor is None else Setting("model", "learned")
-            flow = model if predictor is None else predictor.flow
-            upscaler = SRFlowUpscaler(
-                flow, device, torch.float32, 0.0, "validation", tile=0, guard=False, predictor=predictor
-            )
-        else:
-            setting = Setting("model", "gaussian", 0.0)
-            upscaler = FlowUpscaler(model, device, torch.float32, 0.0, "validation", tile=0, guard=False)
+        options = EngineOptions("validation", device, torch.float32, temperature=0.0, tile=0, guard=False)
+        upscaler = build_engine(model, options)
+        setting = Setting("model", "gaussian", 0.0) if samples_gaussian(upscaler) else Setting("model", "learned")
         evaluation = Evaluation([(setting, upscaler)], [recipe.val_scale], 1, 0, None)
         ((_, result),) = evaluation.run([dataset], lambda: None)
         return {"psnr_y": result.psnr_y, "ssim": result.ssim, "lr_psnr": result.lr_psnr, "inf_rate": result.inf_rate}
@@ -257,8 +244,9 @@ def train_flow(
 
     import torch
 
-    from flowsr_cli.models import load_model, make
-    from flowsr_cli.models.srflow import SRFlow
+    from flowsr_cli.families.model_file import load_model
+    from flowsr_cli.families.registry import make
+    from flowsr_cli.families.srflow.network import SRFlow
     from flowsr_cli.train.objectives import FlowObjective, SRFlowObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 
@@ -334,8 +322,9 @@ def train_prior(
 
     import torch
 
-    from flowsr_cli.models import load_model, make
-    from flowsr_cli.models.srflow_lp import SRFlowLP
+    from flowsr_cli.families.model_file import load_model
+    from flowsr_cli.families.registry import make
+    from flowsr_cli.families.srflow.prior import SRFlowLP
     from flowsr_cli.train.objectives import PriorObjective, SRFlowPriorObjective
     from flowsr_cli.train.perceptual import VGGPerceptualLoss
 

@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flowsr_cli.cli.console import debug_enabled
 from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, flag_parser, integer_flag, number_flag
+from flowsr_cli.console import debug_enabled
 from flowsr_cli.errors import FlowsrError, UsageError
 
 if TYPE_CHECKING:
-    from flowsr_cli.engine import Upscaler, UpscalerRequest
-    from flowsr_cli.outputs import Job
-    from flowsr_cli.sizing import SizeRequest
+    from flowsr_cli.engine.upscaler import Upscaler
+    from flowsr_cli.families.upscalers import UpscalerRequest
+    from flowsr_cli.io.outputs import Job
+    from flowsr_cli.io.sizing import SizeRequest
 
 
 _OUTPUT = "Output"
@@ -179,9 +180,9 @@ def upscale(
     skipped, so an interrupted batch resumes by running the same command again. Exit code: 0 all
     done, 1 some inputs failed (the rest are written), 2 usage or configuration error.
     """
-    from flowsr_cli.inputs import discover, parse_shard
-    from flowsr_cli.outputs import OutputOptions, output_folder, plan_jobs, select_shard
-    from flowsr_cli.sizing import SizeRequest
+    from flowsr_cli.io.inputs import discover, parse_shard
+    from flowsr_cli.io.outputs import OutputOptions, output_folder, plan_jobs, select_shard
+    from flowsr_cli.io.sizing import SizeRequest
 
     settings = Settings(
         {
@@ -233,8 +234,9 @@ def upscale(
 
 
 def _upscaler_request(settings: Settings, prior: str | None, temperature: float) -> UpscalerRequest:
-    from flowsr_cli.engine import BICUBIC, UpscalerRequest
-    from flowsr_cli.hub import Hub
+    from flowsr_cli.engine.bicubic import BICUBIC
+    from flowsr_cli.families.upscalers import UpscalerRequest
+    from flowsr_cli.hub.catalog import Hub
 
     return UpscalerRequest(
         model=settings["model"],
@@ -264,8 +266,8 @@ def _run(
     json_lines: bool,
     debug: bool,
 ) -> None:
-    from flowsr_cli.batch import FAILED, BatchOptions, BatchRunner
     from flowsr_cli.cli.report import ConsoleReporter
+    from flowsr_cli.engine.batch import FAILED, BatchOptions, BatchRunner
 
     batch_options = BatchOptions(
         request=request,
@@ -281,7 +283,8 @@ def _run(
         reporter.report_problem(argument, reason)
 
     def make_upscaler() -> Upscaler:
-        from flowsr_cli.engine import ResampledUpscaler, create_upscaler, fixed_scale, fixed_scale_error
+        from flowsr_cli.engine.upscaler import ResampledUpscaler, fixed_scale, fixed_scale_error
+        from flowsr_cli.families.upscalers import create_upscaler
 
         upscaler = create_upscaler(_upscaler_request(settings, prior, temperature))
         native = fixed_scale(upscaler)

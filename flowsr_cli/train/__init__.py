@@ -1,1 +1,2 @@
-"""Training: recipes, the training loop, objectives for the flow and the prior, checkpoints, DDP."""
+"""Training: data (seeded crops), recipes, the training loop, objectives for the flow and the prior,
+checkpoints, DDP."""

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from flowsr_cli.atomic import atomic_write_bytes
+from flowsr_cli.engine.sampling import row_seed
 from flowsr_cli.errors import FlowsrError
-from flowsr_cli.models import save_model
-from flowsr_cli.sampling import row_seed
+from flowsr_cli.families.model_file import save_model
+from flowsr_cli.io.atomic import atomic_write_bytes
 from flowsr_cli.train.distributed import Cluster
 from flowsr_cli.train.recipe import Recipe, learning_rate_at, to_toml
 from flowsr_cli.train.state import TrainingState, load_training_state, save_training_state
@@ -35,7 +35,7 @@ were timed must not cut the run short (later changes would move milestones alrea
 """Steps timed, after the warm-up, before a time budget is turned into a step count."""
 
 if TYPE_CHECKING:
-    from flowsr_cli.data import Batch
+    from flowsr_cli.train.data import Batch
 
 Validator = Callable[[], dict[str, float]]
 
@@ -73,7 +73,7 @@ class ProgressView:
     def __init__(self, enabled: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from flowsr_cli.cli.console import stderr_console
+        from flowsr_cli.console import stderr_console
 
         self._progress = (
             Progress(

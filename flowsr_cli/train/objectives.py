@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowsr_cli.models.flow_layers import ActNorm
-from flowsr_cli.models.linf import LINF, LatentSource
-from flowsr_cli.models.linf_lp import LINFLP
-from flowsr_cli.models.srflow import SRFlow
-from flowsr_cli.models.srflow_lp import SRFlowLP
+from flowsr_cli.engine.sampling import LatentSource
+from flowsr_cli.families.common.flow_layers import ActNorm
+from flowsr_cli.families.linf.network import LINF
+from flowsr_cli.families.linf.prior import LINFLP
+from flowsr_cli.families.srflow.network import SRFlow
+from flowsr_cli.families.srflow.prior import SRFlowLP
 from flowsr_cli.train.detail import detail_loss, grid_loss
 from flowsr_cli.train.perceptual import VGGPerceptualLoss
 

@@ -28,7 +28,7 @@ class VGGPerceptualLoss(nn.Module):
 
     def __init__(self, device: torch.device, kind: str = "deep", texture_weight: float = 0.0) -> None:
         super().__init__()
-        from flowsr_cli.backbones import load_lpips, load_perceptual_features
+        from flowsr_cli.eval.backbones import load_lpips, load_perceptual_features
 
         if kind not in PERCEPTUAL_LOSSES:
             raise ValueError(f"perceptual loss {kind!r}: choose {' or '.join(PERCEPTUAL_LOSSES)}")

@@ -71,7 +71,7 @@ DEFAULT_ARCHITECTURES = {"linf": "linf-small", "srflow": "srflow-small"}
 DEFAULT_PRIORS = {"linf": "lp-small", "srflow": "srflow-lp-small"}
 """The --arch of `train prior` for each flow family (spec name)."""
 FIXED_SCALES = {"srflow": 4.0, "srflow-lp": 4.0}
-"""Models (spec names) that train at one scale only: SRFlow is x4 (``flowsr_cli.models.srflow.SCALE``)."""
+"""Models (spec names) that train at one scale only: SRFlow is x4 (``flowsr_cli.families.srflow.network.SCALE``)."""
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "srflow": {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0},
     "srflow-lp": {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0, "latent_weight": 0.1},

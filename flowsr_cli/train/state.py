@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowsr_cli.atomic import atomic_write_bytes
 from flowsr_cli.errors import FlowsrError
+from flowsr_cli.io.atomic import atomic_write_bytes
 
 KIND = "flowsr-training-state"
 

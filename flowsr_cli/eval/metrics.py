@@ -1,0 +1,204 @@
+"""The literature's super-resolution evaluation protocol (DESIGN.md §7), in torch, on any device.
+
+Images are float tensors ``(B, 3, H, W)`` with values in [0, 1] unless a function says otherwise;
+per-image metrics return a tensor of shape ``(B,)``. Super-resolved outputs (``sr``) may contain
+values outside [0, 1] or non-finite values (exploding inverses): the metrics evaluate them after
+``nan_to_num`` (NaN → 0, ±inf → the nearest bound) and clamping to [0, 1], while ``is_finite``
+looks at them as they are. Ground truth and LR inputs are taken as given.
+
+PSNR and SSIM are computed in float64 (float32 on Apple MPS, which has no float64).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from flowsr_cli.engine.resize import resize
+from flowsr_cli.errors import ImageError
+from flowsr_cli.io.sizing import round_half_up
+
+__all__ = [
+    "LPIPS",
+    "crop_to_scale",
+    "is_finite",
+    "lr_psnr",
+    "make_lr",
+    "psnr",
+    "psnr_rgb",
+    "psnr_y",
+    "rgb_to_y",
+    "sample_diversity",
+    "shave",
+    "ssim_y",
+]
+
+_Y_WEIGHTS = (65.481, 128.553, 24.966)
+"""BT.601 luma weights of MATLAB ``rgb2ycbcr`` for RGB in [0, 1], giving Y in [16, 235]."""
+
+_SSIM_WINDOW = 11
+_SSIM_SIGMA = 1.5
+
+
+def crop_to_scale(hr: torch.Tensor, scale: float) -> tuple[torch.Tensor, tuple[int, int]]:
+    """HR cropped (top-left anchored) to a size that ``scale`` divides, and the LR size ``(h, w)``.
+
+    The LR size is ``floor(H/s) × floor(W/s)``; HR keeps ``round(floor(H/s)·s)`` rows (halves up),
+    the same for columns, so non-integer scales work too. An image smaller than ``scale`` is an
+    ImageError.
+    """
+    if not (math.isfinite(scale) and scale >= 1):
+        raise ValueError(f"scale must be a finite number >= 1, got {scale!r}")
+    height, width = hr.shape[-2:]
+    lr_size = (math.floor(height / scale), math.floor(width / scale))
+    if min(lr_size) < 1:
+        raise ImageError(f"the image is {width}×{height}, too small for ×{scale:g}")
+    hr_height, hr_width = (round_half_up(side * scale) for side in lr_size)
+    return hr[..., :hr_height, :hr_width], lr_size
+
+
+def make_lr(hr: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The protocol's ``(hr_cropped, lr)`` pair: MATLAB ``imresize(hr, 1/s)`` bicubic, stored as 8 bits.
+
+    HR is cropped with ``crop_to_scale``, shrunk with the project's MATLAB bicubic at kernel scale
+    ``1/scale`` (antialiased), then quantised as an 8-bit image file would be: clamped to [0, 1] and
+    rounded (halves up, like MATLAB's uint8 conversion) to multiples of 1/255, because the published
+    protocol evaluates models on uint8 LR images.
+    """
+    hr_cropped, lr_size = crop_to_scale(hr, scale)
+    lr = resize(hr_cropped, lr_size, scale=1 / scale)
+    return hr_cropped, torch.floor(lr.clamp(0, 1) * 255 + 0.5) / 255
+
+
+def rgb_to_y(image: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma ``(B, 1, H, W)`` of RGB in [0, 1], as MATLAB ``rgb2ycbcr`` / 255 (black 16/255, white 235/255)."""
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"rgb_to_y expects (B, 3, H, W), got shape {tuple(image.shape)}")
+    weights = torch.tensor(_Y_WEIGHTS, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    return ((image * weights).sum(dim=1, keepdim=True) + 16) / 255
+
+
+def shave(image: torch.Tensor, pixels: int) -> torch.Tensor:
+    """``image`` without ``pixels`` rows and columns at each border."""
+    height, width = image.shape[-2:]
+    if pixels < 0 or 2 * pixels >= min(height, width):
+        raise ValueError(f"cannot shave {pixels} pixels from each border of a {width}×{height} image")
+    if pixels == 0:
+        return image
+    return image[..., pixels:-pixels, pixels:-pixels]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR in dB per image ``(B,)`` over all channels and pixels; +inf where the images are identical."""
+    _check_same_shape(a, b)
+    dtype = _metric_dtype(a.device)
+    mse = (a.to(dtype) - b.to(dtype)).square().flatten(1).mean(dim=1)
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor, scale: float) -> torch.Tensor:
+    """PSNR ``(B,)`` on BT.601 Y of the clamped ``sr`` against ``hr``, ``ceil(scale)`` pixels shaved per border."""
+    _check_same_shape(sr, hr)
+    border = math.ceil(scale)
+    dtype = _metric_dtype(sr.device)
+    return psnr(shave(rgb_to_y(_clean(sr).to(dtype)), border), shave(rgb_to_y(hr.to(dtype)), border))
+
+
+def psnr_rgb(sr: torch.Tensor, hr: torch.Tensor, scale: float) -> torch.Tensor:
+    """PSNR ``(B,)`` on RGB of the clamped ``sr`` against ``hr``, ``ceil(scale)`` pixels shaved per border."""
+    border = math.ceil(scale)
+    return psnr(shave(_clean(sr), border), shave(hr, border))
+
+
+def ssim_y(sr: torch.Tensor, hr: torch.Tensor, scale: float) -> torch.Tensor:
+    """SSIM ``(B,)`` on BT.601 Y (0–255 range) of the clamped ``sr`` against ``hr``, ``ceil(scale)`` shaved.
+
+    Follows the reference convention of Wang et al.'s MATLAB ``ssim_index`` as used by BasicSR's
+    ``calculate_ssim`` (no installed library implements it): an 11×11 Gaussian window with σ 1.5,
+    'valid' filtering (no padding), C1 = (0.01·255)², C2 = (0.03·255)², mean of the SSIM map.
+    """
+    _check_same_shape(sr, hr)
+    border = math.ceil(scale)
+    dtype = _metric_dtype(sr.device)
+    x = shave(rgb_to_y(_clean(sr).to(dtype)), border) * 255
+    y = shave(rgb_to_y(hr.to(dtype)), border) * 255
+    if min(x.shape[-2:]) < _SSIM_WINDOW:
+        raise ValueError(f"SSIM needs at least {_SSIM_WINDOW}×{_SSIM_WINDOW} pixels after shaving")
+    c1 = (0.01 * 255) ** 2
+    c2 = (0.03 * 255) ** 2
+    mu_x, mu_y = _gaussian_filter(x), _gaussian_filter(y)
+    var_x = _gaussian_filter(x * x) - mu_x * mu_x
+    var_y = _gaussian_filter(y * y) - mu_y * mu_y
+    covariance = _gaussian_filter(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * covariance + c2)) / (
+        (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    )
+    return ssim_map.flatten(1).mean(dim=1)
+
+
+def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, scale: float) -> torch.Tensor:
+    """PSNR ``(B,)`` of the clamped ``sr`` shrunk back to ``lr``'s size (same bicubic, kernel ``1/scale``) vs ``lr``.
+
+    RGB, values in [0, 1], no shave; the downscaled SR is not quantised.
+    """
+    downscaled = resize(_clean(sr), tuple(lr.shape[-2:]), scale=1 / scale)
+    return psnr(downscaled, lr)
+
+
+def is_finite(sr: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(B,)``: True where every value of the image is finite (the inf rate uses raw, unclamped outputs)."""
+    return torch.isfinite(sr).flatten(1).all(dim=1)
+
+
+def sample_diversity(samples: Sequence[torch.Tensor]) -> float:
+    """Mean over pixels of the per-pixel population standard deviation across runs (clamped samples)."""
+    if not samples:
+        raise ValueError("sample_diversity needs at least one sample")
+    stacked = torch.stack([_clean(sample) for sample in samples])
+    return stacked.std(dim=0, correction=0).mean().item()
+
+
+class LPIPS:
+    """LPIPS (``lpips`` package, net='alex', version 0.1) on whole images in [0, 1]; never downloads."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        from flowsr_cli.eval.backbones import load_lpips_alex
+
+        self.device = torch.device(device)
+        self.model = load_lpips_alex(self.device)
+
+    def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        """LPIPS distance ``(B,)`` between the clamped ``sr`` and ``hr`` (mapped to [-1, 1] for lpips)."""
+        _check_same_shape(sr, hr)
+        with torch.no_grad():
+            sr_input = _clean(sr).to(self.device, torch.float32) * 2 - 1
+            hr_input = hr.to(self.device, torch.float32) * 2 - 1
+            return self.model(sr_input, hr_input).flatten()
+
+
+def _clean(sr: torch.Tensor) -> torch.Tensor:
+    """``sr`` with NaN → 0, ±inf → the nearest bound, clamped to [0, 1]."""
+    return torch.nan_to_num(sr, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+
+
+def _gaussian_filter(image: torch.Tensor) -> torch.Tensor:
+    """``image (B, 1, H, W)`` filtered with the normalised 11×11 Gaussian (σ 1.5), 'valid' (output 10 px smaller)."""
+    offsets = torch.arange(_SSIM_WINDOW, dtype=image.dtype, device=image.device) - (_SSIM_WINDOW - 1) / 2
+    kernel = torch.exp(-(offsets**2) / (2 * _SSIM_SIGMA**2))
+    kernel = kernel / kernel.sum()
+    filtered = F.conv2d(image, kernel.view(1, 1, _SSIM_WINDOW, 1))
+    return F.conv2d(filtered, kernel.view(1, 1, 1, _SSIM_WINDOW))
+
+
+def _metric_dtype(device: torch.device) -> torch.dtype:
+    """float64 for accurate sums, except where the device has none (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _check_same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
+    """ValueError unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")

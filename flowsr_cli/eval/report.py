@@ -1,0 +1,68 @@
+"""`flowsr eval` results as JSON, CSV and Markdown (one row per dataset x scale x setting)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+
+from flowsr_cli import __version__
+from flowsr_cli.eval.evaluation import PROTOCOL, Result
+
+COLUMNS = (
+    "dataset", "scale", "model", "prior", "temperature", "runs", "images", "psnr_y", "psnr_rgb", "ssim",
+    "lpips", "lr_psnr", "inf_rate", "diversity", "seconds",
+)  # fmt: skip
+
+HIGHER_IS_BETTER = {"psnr_y": True, "psnr_rgb": True, "ssim": True, "lr_psnr": True, "lpips": False, "inf_rate": False}
+
+
+def to_json(results: Sequence[Result], settings: dict[str, object]) -> str:
+    """The JSON document: version, protocol (with the run's seed and runs) and the result rows."""
+    document = {
+        "flowsr_version": __version__,
+        "protocol": {**PROTOCOL, **settings},
+        "results": [result.as_dict() for result in results],
+    }
+    return json.dumps(document, indent=2, allow_nan=True) + "\n"
+
+
+def to_csv(results: Sequence[Result]) -> str:
+    """One CSV line per result, with a header."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    for result in results:
+        writer.writerow(result.as_dict())
+    return buffer.getvalue()
+
+
+def _cell(value: object, digits: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(results: Sequence[Result], labels: Sequence[str]) -> str:
+    """A Markdown table: one row per result, the setting named by its label."""
+    header = "| dataset | scale | setting | PSNR-Y | PSNR-RGB | SSIM | LPIPS | LR-PSNR | inf % | diversity | seconds |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for result, label in zip(results, labels):
+        cells = [
+            result.dataset,
+            f"×{result.scale:g}",
+            label,
+            _cell(result.psnr_y, 2),
+            _cell(result.psnr_rgb, 2),
+            _cell(result.ssim, 4),
+            _cell(result.lpips, 4),
+            _cell(result.lr_psnr, 2),
+            _cell(100 * result.inf_rate, 1),
+            _cell(result.diversity, 4),
+            _cell(result.seconds, 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

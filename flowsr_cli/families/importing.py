@@ -1,0 +1,52 @@
+"""Converting original checkpoints (``torch.save`` pickles of the research code) into flowsr models.
+
+The file is loaded once, with ``torch.load(weights_only=True)``, which refuses anything but tensors and
+plain containers; then each registered family's importer is asked in turn whether it is one of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from flowsr_cli.errors import FlowsrError
+from flowsr_cli.families.registry import importers
+
+
+class CheckpointImportError(FlowsrError):
+    """A checkpoint cannot be converted; the message says what is unrecognised (a usage problem: exit 2)."""
+
+    exit_code = 2
+
+
+def import_failure(path: Path, problem: str) -> CheckpointImportError:
+    """The error for a checkpoint at ``path`` that cannot be imported, naming the file and the problem."""
+    return CheckpointImportError(f"{path}: {problem}")
+
+
+def load_weights_only(path: str | os.PathLike[str]) -> Any:
+    """A checkpoint's contents, loaded without running any pickled code."""
+    location = Path(path)
+    try:
+        return torch.load(location, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise import_failure(location, "not found") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
+        reason = " ".join(str(exc).split())[:300]
+        raise import_failure(location, f"cannot be loaded safely as a weights-only checkpoint ({reason})") from None
+
+
+def convert_original(path: str | os.PathLike[str]) -> nn.Module:
+    """Build the flowsr model holding the weights of an original checkpoint of any registered family."""
+    location = Path(path)
+    checkpoint = load_weights_only(location)
+    known = importers()
+    for importer in known:
+        model = importer.convert(checkpoint, location)
+        if model is not None:
+            return model.eval()
+    raise import_failure(location, "not " + " nor ".join(importer.expects for importer in known))

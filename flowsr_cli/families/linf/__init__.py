@@ -1,0 +1,20 @@
+"""LINF (arbitrary-scale conditional flow) and LINF-LP (LINF with the learned prior): networks, tiled
+engines, and the importer of original LINF checkpoints."""
+
+from flowsr_cli.families.linf.engine import run_linf
+from flowsr_cli.families.linf.importer import LINF_CHECKPOINTS, import_linf
+from flowsr_cli.families.linf.network import LINF
+from flowsr_cli.families.linf.prior import LINFLP
+from flowsr_cli.families.linf.prior_engine import run_linf_lp
+from flowsr_cli.families.registry import Family, Importer, Network, register_family
+
+register_family(
+    Family(
+        "linf",
+        networks={
+            "linf": Network(LINF, engine=run_linf),
+            "linf-lp": Network(LINFLP, engine=run_linf_lp, learned_prior=True),
+        },
+        importer=Importer(LINF_CHECKPOINTS, import_linf),
+    )
+)

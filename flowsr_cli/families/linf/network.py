@@ -1,0 +1,387 @@
+"""LINF (Yao et al., CVPR 2023): local implicit normalizing flow for arbitrary-scale super-resolution.
+
+An encoder turns the LR image into features; for each query (an HR pixel, or the centre of a p x p
+HR patch) local Fourier features of the 4 nearest LR latents condition a small flow over the
+residual ``HR - bilinear(LR)`` of that pixel or patch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from flowsr_cli.engine.sampling import LatentSource
+from flowsr_cli.engine.upscaler import ProgressCallback
+from flowsr_cli.families.common.coords import (
+    bilinear_base,
+    cell_size,
+    fold_patches,
+    grid,
+    patch_centres,
+    unfold_patches,
+)
+from flowsr_cli.families.common.layout import channels_last
+from flowsr_cli.families.common.linear_flow import ConditionalLinearFlow
+from flowsr_cli.families.registry import make
+
+_NEIGHBOUR_OFFSETS = ((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0))
+_SHIFT_EPS = 1e-6
+
+
+@dataclass
+class LRFeatures:
+    """What LINF computes once per LR image (or LR tile) and reuses for every query, in both directions.
+
+    A tile is a crop of the full LR image: ``origin`` is its top-left corner and ``full_size`` the
+    full image's size, so that coordinates stay those of the whole image.
+    """
+
+    lr: torch.Tensor
+    """The LR image or crop, (B, 3, h, w) in [-1, 1] (for the bilinear base)."""
+    encoded: torch.Tensor
+    """Encoder features of the crop, (B, C, h, w). The much wider Fourier amplitudes and frequencies
+    are derived from them per band of queries, so memory follows the query chunk, not the tile."""
+    origin: tuple[int, int] = (0, 0)
+    full_size: tuple[int, int] | None = None
+    fourier_rows: tuple[range, torch.Tensor] | None = None
+    """The last rows of coef and freq computed (see ``LINF._fourier``): bands of queries move down the
+    image and overlap, so each band computes only the rows the previous one did not."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The full LR image's (height, width)."""
+        return self.full_size or (int(self.lr.shape[-2]), int(self.lr.shape[-1]))
+
+
+@dataclass
+class ConditionGrid:
+    """The flow conditioning of a window of latent cells, (B, len(rows), len(columns), condition_size)."""
+
+    values: torch.Tensor
+    rows: range
+    columns: range
+
+    def covers(self, rows: range, columns: range) -> bool:
+        """Whether every cell of rows x columns lies inside the window."""
+        return _within(rows, self.rows) and _within(columns, self.columns)
+
+    def read(self, rows: range, columns: range) -> torch.Tensor:
+        """The conditioning (B, len(rows) * len(columns), condition_size) of cells inside the window, row-major."""
+        top, left = rows.start - self.rows.start, columns.start - self.columns.start
+        window = self.values[:, top : top + len(rows), left : left + len(columns)]
+        return window.reshape(self.values.shape[0], -1, self.values.shape[-1])
+
+
+class LINF(nn.Module):
+    """LINF with a pixel (``patch_size=1``, D=3) or patch (``patch_size=3``, D=27) flow.
+
+    Sizes are spec arguments: the paper's EDSR-baseline-LINF is ``hidden=256, mlp_layers=3,
+    flow_layers=10`` on a 64 x 16 EDSR-baseline encoder.
+    """
+
+    def __init__(
+        self,
+        encoder: dict[str, Any],
+        patch_size: int = 3,
+        hidden: int = 256,
+        mlp_layers: int = 3,
+        flow_layers: int = 10,
+    ) -> None:
+        super().__init__()
+        if hidden % 2:
+            raise TypeError("hidden must be even (frequencies are split into y and x halves)")
+        self.encoder = make(encoder)
+        self.patch_size = patch_size
+        self.hidden = hidden
+        features = self.encoder.out_channels
+        self.coef = nn.Conv2d(features, hidden, 3, padding=1)
+        self.freq = nn.Conv2d(features, hidden, 3, padding=1)
+        self.phase = nn.Linear(2, hidden // 2, bias=False)
+        self.flow = ConditionalLinearFlow(3 * patch_size * patch_size, flow_layers)
+        widths = [4 * hidden] + [hidden] * mlp_layers
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(widths[-1], self.flow.condition_size))
+        self.mlp = nn.Sequential(*layers)
+
+    @property
+    def dim(self) -> int:
+        """Size of one flow vector: 3 (pixel model) or 27 (3x3 patch model)."""
+        return self.flow.features
+
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels of context a tile needs on each side for exact features and queries: the
+        encoder's, the coef/freq conv's and the reach of a query to its neighbouring latents."""
+        return int(self.encoder.receptive_radius) + 2
+
+    def encode(
+        self, lr: torch.Tensor, origin: tuple[int, int] = (0, 0), full_size: tuple[int, int] | None = None
+    ) -> LRFeatures:
+        """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin``; the encoder
+        runs channels-last (see :func:`channels_last`), so its features are laid out that way."""
+        return LRFeatures(lr=lr, encoded=self.encoder(channels_last(lr)), origin=origin, full_size=full_size)
+
+    def _fourier(self, features: LRFeatures, rows: range) -> torch.Tensor:
+        """Amplitudes and frequencies (B, len(rows) * w, 2 * hidden), channels last (coef first), of the
+        crop's LR rows ``rows``; rows the previous call computed are reused, the rest computed exactly."""
+        cached = features.fourier_rows
+        if cached is not None and cached[0].start <= rows.start < cached[0].stop:
+            width = int(features.encoded.shape[-1])
+            reused = range(rows.start, min(rows.stop, cached[0].stop))
+            offset = reused.start - cached[0].start
+            kept = cached[1][:, offset * width : (offset + len(reused)) * width]
+            if reused.stop == rows.stop:
+                return kept
+            table = torch.cat([kept, self._fourier_rows(features.encoded, range(reused.stop, rows.stop))], dim=1)
+        else:
+            table = self._fourier_rows(features.encoded, rows)
+        features.fourier_rows = (rows, table)
+        return table
+
+    def _fourier_rows(self, encoded: torch.Tensor, rows: range) -> torch.Tensor:
+        """coef and freq of exactly ``rows`` in one convolution: the rows around them are read, zeros
+        stand in past the image's top and bottom as the layers' own padding would."""
+        height = encoded.shape[-2]
+        first, last = max(rows.start - 1, 0), min(rows.stop + 1, height)
+        window = F.pad(encoded[:, :, first:last], (0, 0, first - (rows.start - 1), (rows.stop + 1) - last))
+        weight = torch.cat([self.coef.weight, self.freq.weight])
+        bias = torch.cat([self.coef.bias, self.freq.bias])
+        return F.conv2d(window, weight, bias, padding=(0, 1)).flatten(2).transpose(1, 2).contiguous()
+
+    def condition(
+        self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Flow conditioning for query points (B, N, 2) as (y, x) in [-1, 1]: (B, N, condition_size),
+        written into ``out`` (of that shape, each image's (N, condition_size) contiguous) if given, saving
+        a copy.
+
+        The one feature-query function behind both directions (likelihood and sampling).
+        """
+        height, width = features.size
+        crop_width = int(features.lr.shape[-1])
+        origin_y, origin_x = features.origin
+        relative_cell = points.new_tensor([cell[0] * height, cell[1] * width])
+        phase = self.phase(relative_cell)
+        half = self.hidden // 2
+        neighbours = [
+            (
+                self._nearest_latent(points[..., 0], offset_y, height),
+                self._nearest_latent(points[..., 1], offset_x, width),
+            )
+            for offset_y, offset_x in _NEIGHBOUR_OFFSETS
+        ]
+        first_row = min(int(row.min()) for row, _ in neighbours) - origin_y
+        last_row = max(int(row.max()) for row, _ in neighbours) - origin_y
+        table = self._fourier(features, range(first_row, last_row + 1))
+        terms: list[torch.Tensor] = []
+        areas: list[torch.Tensor] = []
+        for row, column in neighbours:
+            relative_y = (points[..., 0] - (-1.0 + (2 * row + 1) / height)) * height
+            relative_x = (points[..., 1] - (-1.0 + (2 * column + 1) / width)) * width
+            local = (row - origin_y - first_row) * crop_width + column - origin_x
+            rows_at = _rows_at(table, local)
+            coef, freq = rows_at[..., : self.hidden], rows_at[..., self.hidden :]
+            angle = math.pi * (
+                freq[..., :half] * relative_y.unsqueeze(-1) + freq[..., half:] * relative_x.unsqueeze(-1) + phase
+            )
+            terms.append(coef * torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1))
+            areas.append((relative_y * relative_x).abs() + 1e-9)
+        total = torch.stack(areas).sum(dim=0)
+        weighted = [term * (areas[3 - index] / total).unsqueeze(-1) for index, term in enumerate(terms)]
+        hidden = torch.cat(weighted, dim=-1)
+        for layer in self.mlp[:-1]:
+            hidden = layer(hidden)
+        last = self.mlp[-1]
+        if out is None:
+            return last(hidden)
+        for item, item_out in zip(hidden, out):
+            torch.addmm(last.bias, item, last.weight.T, out=item_out)
+        return out
+
+    def condition_grid(
+        self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range, chunk_queries: int = 16384
+    ) -> ConditionGrid:
+        """The conditioning of every query of the latent rows x columns of an output of ``size``, in
+        bands of whole rows of at most ``chunk_queries``: computed once, read by both flow directions."""
+        batch = features.lr.shape[0]
+        band = max(1, chunk_queries // len(columns))
+        values = torch.empty(batch, len(rows), len(columns), self.flow.condition_size, device=features.lr.device)
+        for start in range(0, len(rows), band):
+            end = min(len(rows), start + band)
+            band_rows = range(rows.start + start, rows.start + end)
+            out = values[:, start:end].view(batch, -1, values.shape[-1])
+            self._compute_cells_condition(features, size, band_rows, columns, out)
+        return ConditionGrid(values, rows, columns)
+
+    @staticmethod
+    def _nearest_latent(coordinate: torch.Tensor, offset: float, size: int) -> torch.Tensor:
+        shifted = (coordinate + offset / size + _SHIFT_EPS).clamp(-1 + 1e-6, 1 - 1e-6)
+        return ((shifted + 1) * (size / 2)).floor().long().clamp(0, size - 1)
+
+    def log_prob(self, residual: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact log-likelihood (nats) of residual vectors (M, D) given their conditioning; and their latents z."""
+        z, log_p = self.flow(residual, condition)
+        return log_p, z
+
+    def latents(self, residual: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The latents z (M, D) of residual vectors (M, D), as :meth:`log_prob` gives them, without the
+        log-likelihood."""
+        return self.flow.latents(residual, condition)
+
+    def sample(self, condition: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Residual vectors (M, D) for latents ``z`` (M, D) under their conditioning."""
+        return self.flow.inverse(z, condition)
+
+    def nll(
+        self, lr: torch.Tensor, hr: torch.Tensor, queries: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Mean negative log-likelihood in nats per query of HR crops (B, 3, H, W) given their LR, both in
+        [-1, 1]; H and W must be multiples of the patch size. ``queries`` samples that many patches."""
+        height, width = hr.shape[-2:]
+        patch = self.patch_size
+        if height % patch or width % patch:
+            raise ValueError(f"HR size {height}x{width} is not a multiple of the patch size {patch}")
+        features = self.encode(lr)
+        base = bilinear_base(lr, patch_centres(height, 1, lr.device), patch_centres(width, 1, lr.device))
+        residual = unfold_patches(hr - base, patch)
+        points = grid(patch_centres(height, patch, lr.device), patch_centres(width, patch, lr.device))
+        if queries is not None and queries < points.shape[0]:
+            chosen = torch.randperm(points.shape[0], generator=generator)[:queries].to(lr.device)
+            residual, points = residual[:, chosen], points[chosen]
+        condition = self.condition(features, points.expand(hr.shape[0], -1, -1), cell_size(height, width))
+        with torch.autocast(lr.device.type, enabled=False):
+            log_p, _ = self.log_prob(residual.flatten(0, 1).float(), condition.flatten(0, 1).float())
+        return -log_p.mean()
+
+    def render(
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        latent: LatentSource,
+        rows: range | None = None,
+        columns: range | None = None,
+        chunk_queries: int = 16384,
+        progress: ProgressCallback | None = None,
+        conditions: ConditionGrid | None = None,
+    ) -> torch.Tensor:
+        """HR pixels in [-1, 1] of the latent rows x columns given (default: all), i.e. output pixel rows
+        ``[rows.start * p, min(rows.stop * p, H))`` and likewise columns, for latents from ``latent``.
+
+        Queries run in bands of whole latent rows of at most ``chunk_queries`` (bounded memory; the
+        same result for any chunk size). The flow inverse always runs in float32, outside autocast.
+        ``conditions`` (covering these cells) saves recomputing the conditioning.
+        """
+        height, width = size
+        patch = self.patch_size
+        device = features.lr.device
+        all_rows, all_columns = patch_centres(height, patch, device), patch_centres(width, patch, device)
+        rows = rows if rows is not None else range(len(all_rows))
+        columns = columns if columns is not None else range(len(all_columns))
+        batch = features.lr.shape[0]
+        band = max(1, chunk_queries // len(columns))
+        canvas = torch.empty(batch, 3, len(rows) * patch, len(columns) * patch, device=device)
+        for start in range(rows.start, rows.stop, band):
+            end = min(rows.stop, start + band)
+            condition = self.cells_condition(features, size, range(start, end), columns, conditions)
+            z = latent(range(start, end), columns).to(device)
+            with torch.autocast(device.type, enabled=False):
+                residual = self.sample(condition.flatten(0, 1).float(), z.flatten(0, 1).float())
+            band_pixels = fold_patches(residual.view(batch, -1, self.dim), end - start, len(columns), patch)
+            canvas[:, :, (start - rows.start) * patch : (end - rows.start) * patch] = band_pixels
+            if progress is not None:
+                progress((end - rows.start) / len(rows))
+        pixel_rows = range(rows.start * patch, min(rows.stop * patch, height))
+        pixel_columns = range(columns.start * patch, min(columns.stop * patch, width))
+        base = self.bilinear_base(features, size, pixel_rows, pixel_columns)
+        return canvas[..., : len(pixel_rows), : len(pixel_columns)] + base
+
+    def cells_condition(
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        rows: range,
+        columns: range,
+        conditions: ConditionGrid | None = None,
+    ) -> torch.Tensor:
+        """The flow's conditioning (B, len(rows) * len(columns), C) of those latent cells of an output of
+        ``size``, row-major: read from ``conditions`` where it covers them, computed elsewhere."""
+        if conditions is None:
+            return self._compute_cells_condition(features, size, rows, columns)
+        if conditions.covers(rows, columns):
+            return conditions.read(rows, columns)
+        batch = features.lr.shape[0]
+
+        def block(block_rows: range, block_columns: range) -> torch.Tensor:
+            values = (
+                conditions.read(block_rows, block_columns)
+                if conditions.covers(block_rows, block_columns)
+                else self._compute_cells_condition(features, size, block_rows, block_columns)
+            )
+            return values.view(batch, len(block_rows), len(block_columns), -1)
+
+        row_parts = [
+            torch.cat([block(row_part, column_part) for column_part in _split(columns, conditions.columns)], dim=2)
+            for row_part in _split(rows, conditions.rows)
+        ]
+        return torch.cat(row_parts, dim=1).flatten(1, 2)
+
+    def _compute_cells_condition(
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        rows: range,
+        columns: range,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The conditioning of the latent cells rows x columns, computed (into ``out`` if given)."""
+        device = features.lr.device
+        row_centres = patch_centres(size[0], self.patch_size, device)[rows.start : rows.stop]
+        column_centres = patch_centres(size[1], self.patch_size, device)[columns.start : columns.stop]
+        points = grid(row_centres, column_centres).expand(features.lr.shape[0], -1, -1)
+        return self.condition(features, points, cell_size(*size), out)
+
+    @staticmethod
+    def bilinear_base(features: LRFeatures, size: tuple[int, int], rows: range, columns: range) -> torch.Tensor:
+        """Bilinear upsampling of the full LR image at the given output pixels, read from the crop."""
+        device = features.lr.device
+        crop_height, crop_width = features.lr.shape[-2:]
+        full_height, full_width = features.size
+        centres_y = patch_centres(size[0], 1, device)[rows.start : rows.stop]
+        centres_x = patch_centres(size[1], 1, device)[columns.start : columns.stop]
+        local_y = _to_crop(centres_y, full_height, features.origin[0], crop_height)
+        local_x = _to_crop(centres_x, full_width, features.origin[1], crop_width)
+        return bilinear_base(features.lr.float(), local_y, local_x)
+
+
+def _rows_at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[b, index[b, n]]`` for a table (B, M, C) and indices (B, N): whole rows copied at once
+    (faster than ``torch.gather`` with an index expanded over C)."""
+    batch, length, channels = table.shape
+    offsets = torch.arange(batch, device=index.device).unsqueeze(-1) * length
+    return table.reshape(-1, channels).index_select(0, (index + offsets).flatten()).view(batch, -1, channels)
+
+
+def _within(inner: range, outer: range) -> bool:
+    return outer.start <= inner.start and inner.stop <= outer.stop
+
+
+def _split(cells: range, covered: range) -> list[range]:
+    """``cells`` cut at the edges of ``covered``: the non-empty parts before, inside and after it."""
+    start, stop = max(cells.start, covered.start), min(cells.stop, covered.stop)
+    if start >= stop:
+        return [cells]
+    parts = [range(cells.start, start), range(start, stop), range(stop, cells.stop)]
+    return [part for part in parts if len(part)]
+
+
+def _to_crop(coordinates: torch.Tensor, full: int, origin: int, crop: int) -> torch.Tensor:
+    """Coordinates on the full image's [-1, 1] grid as coordinates on a crop's own [-1, 1] grid."""
+    pixels = ((coordinates + 1) * full - 1) / 2 - origin
+    return (2 * pixels + 1) / crop - 1

@@ -1,0 +1,156 @@
+"""SRFlow-LP: a frozen SRFlow whose latents come from a learned prior (Tsao et al., CVPR 2024; DESIGN §6).
+
+For an LR image (B, 3, h, w) in [0, 1], following the paper's SRFlow-LP: the frozen flow encodes the
+bilinear x4 upsampling of the LR (conditioned on the same LR, no dequantisation noise) into one initial
+latent per latent level; each is standardised per pixel across its channels; one :class:`LevelPrior`
+per level maps it, with the flow's conditioning tensor of that level, to the latent z_hat; the flow
+inverse of the z_hats is the output. The LR is encoded once and its features serve every step.
+Images follow SRFlow's conventions (module docstring of :mod:`flowsr_cli.families.srflow.network`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowsr_cli.families.common.latent import DenseBlock, UNet
+from flowsr_cli.families.registry import make
+from flowsr_cli.families.srflow.network import SCALE, SRFlow, SRFlowFeatures
+
+STANDARDISE_EPS = 1e-6
+"""Added to the per-pixel standard deviation (the original adds 1e-8 to an unbiased std)."""
+
+
+def standardise(z: torch.Tensor, eps: float = STANDARDISE_EPS) -> torch.Tensor:
+    """(B, C, H, W) -> zero mean and unit (population) standard deviation over the channels of every pixel."""
+    mean = z.mean(dim=1, keepdim=True)
+    std = z.std(dim=1, keepdim=True, unbiased=False)
+    return (z - mean) / (std + eps)
+
+
+class LevelPrior(nn.Module):
+    """The latent module of one latent level: G(z_init, cond) -> z_hat, both (B, channels, H, W).
+
+    As the LINF prior (:class:`~flowsr_cli.families.common.latent.LatentModule`): two dense-block encoders, one
+    on the standardised initial latent and one on the flow's conditioning tensor of the level (the RRDB
+    features at exactly that level's grid, so no resizing), concatenated into a UNet and a 1x1 head.
+
+    The head starts at zero, so an untrained prior predicts z_hat = 0: the flow's temperature-0
+    output, its most likely and PSNR-oriented image, in distribution by construction. Training starts
+    from that faithful image instead of from a random latent (which could explode in the inverse).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        cond_channels: int,
+        branch_channels: int = 32,
+        growth: int = 32,
+        widths: Sequence[int] = (64, 128, 256, 256),
+    ) -> None:
+        super().__init__()
+        widths = tuple(widths)
+        if not widths:
+            raise TypeError("widths needs at least one level")
+        self.latent_branch = DenseBlock(channels, growth, branch_channels)
+        self.cond_branch = DenseBlock(cond_channels, growth, branch_channels)
+        self.unet = UNet(2 * branch_channels, widths)
+        self.head = nn.Conv2d(self.unet.out_channels, channels, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, z_init: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """z_hat from the standardised z_init and the level's condition (same H x W). The UNet input is
+        zero-padded at the bottom/right to a multiple of its pooling factor and the output cropped back."""
+        height, width = z_init.shape[-2:]
+        joined = torch.cat([self.latent_branch(z_init), self.cond_branch(cond)], dim=1)
+        multiple = self.unet.multiple
+        joined = F.pad(joined, (0, -width % multiple, 0, -height % multiple))
+        return self.head(self.unet(joined))[..., :height, :width]
+
+
+def latent_levels(flow: SRFlow) -> list[tuple[int, int]]:
+    """(channels, level index) of each latent of ``flow``, in :meth:`SRFlow.sample`'s order."""
+    channels = 3
+    levels = []
+    for index, flow_level in enumerate(flow.flow_levels):
+        channels *= 4
+        if flow_level.split is not None:
+            levels.append((flow_level.split.split, index))
+            channels = flow_level.split.kept
+    return [*levels, (channels, len(flow.flow_levels) - 1)]
+
+
+class SRFlowLP(nn.Module):
+    """A frozen SRFlow (``flow``, an ``srflow`` spec) and one trainable :class:`LevelPrior` per latent
+    level (``latent``: its sizes ``branch_channels``, ``growth``, ``widths``; the paper's by default).
+
+    The flow's parameters never require gradients and it stays in eval mode whatever :meth:`train` is
+    asked; gradients still pass through its inverse into the priors. The flow runs in float32 outside
+    autocast. No method disables autograd: callers choose ``torch.no_grad``/``inference_mode``.
+    """
+
+    scale = SCALE
+
+    def __init__(self, flow: dict[str, Any], latent: dict[str, Any]) -> None:
+        super().__init__()
+        flow_model = make(flow)
+        if not isinstance(flow_model, SRFlow):
+            raise TypeError(f"flow must be an 'srflow' spec, got {flow.get('name')!r}")
+        self.flow = flow_model
+        self.flow.requires_grad_(False)
+        self.flow.eval()
+        layout = latent_levels(flow_model)
+        self.levels = [index for _, index in layout]
+        cond_channels = flow_model.conditioner.out_channels
+        self.priors = nn.ModuleList(LevelPrior(channels, cond_channels, **latent) for channels, _ in layout)
+        # Level i's latents are 2^(1-i) x the LR size; a UNet pooling by m there needs LR offsets that are
+        # multiples of m * 2^(i-1), so that tiles pool on the same grid as the whole image.
+        aligned = [prior.unet.multiple * 2 ** (level - 1) for prior, level in zip(self.priors, self.levels)]
+        self.size_multiple = math.lcm(flow_model.size_multiple, *(max(1, int(value)) for value in aligned))
+        """LR offsets and sizes on this grid give every level's flow and UNet the whole image's grid."""
+
+    def train(self, mode: bool = True) -> SRFlowLP:
+        """Set the priors' mode; the frozen flow always stays in eval mode."""
+        super().train(mode)
+        self.flow.eval()
+        return self
+
+    def encode(self, lr: torch.Tensor) -> SRFlowFeatures:
+        """The flow's features of LR images (B, 3, h, w) in [0, 1], shared by every later step."""
+        with torch.autocast(lr.device.type, enabled=False):
+            return self.flow.encode(lr.float())
+
+    def latents_of(self, features: SRFlowFeatures, hr: torch.Tensor) -> list[torch.Tensor]:
+        """The flow's latents of HR images (B, 3, 4h, 4w) in [0, 1] (no dequantisation), in
+        :meth:`SRFlow.sample`'s order: z_HR for the true HR."""
+        with torch.autocast(hr.device.type, enabled=False):
+            return self.flow.log_prob(hr.float(), features).latents
+
+    def initial_latents(self, features: SRFlowFeatures, lr: torch.Tensor) -> list[torch.Tensor]:
+        """The standardised latents of the bilinear x4 upsampling of ``lr`` (the LR ``features`` encode)."""
+        upsampled = F.interpolate(lr.float(), scale_factor=SCALE, mode="bilinear", align_corners=False)
+        return [standardise(z) for z in self.latents_of(features, upsampled)]
+
+    def predict_latents(self, features: SRFlowFeatures, lr: torch.Tensor) -> list[torch.Tensor]:
+        """z_hat for every latent level, in :meth:`SRFlow.sample`'s order (padded sizes, as the flow's)."""
+        z_init = self.initial_latents(features, lr)
+        return [prior(z, features.conditions[level]) for prior, level, z in zip(self.priors, self.levels, z_init)]
+
+    def render_latents(self, features: SRFlowFeatures, latents: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The flow inverse of ``latents``: the output (B, 3, 4h, 4w) on the [0, 1] scale (not clamped)."""
+        with torch.autocast(features.conditions[0].device.type, enabled=False):
+            return self.flow.sample(features, latents=[z.float() for z in latents])
+
+    def render(self, features: SRFlowFeatures, lr: torch.Tensor) -> torch.Tensor:
+        """The output for the LR ``features`` encode: the flow inverse of the predicted latents."""
+        return self.render_latents(features, self.predict_latents(features, lr))
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """``render(encode(lr), lr)``: LR (B, 3, h, w) in [0, 1] -> output (B, 3, 4h, 4w) on the [0, 1] scale."""
+        return self.render(self.encode(lr), lr)

@@ -1,0 +1,1 @@
+"""Named models: the registry of bundled, added and imported models, the cache, checked resumable downloads."""

@@ -1,0 +1,117 @@
+"""Which images a run reads: files, folders, globs or stdin, sorted and de-duplicated."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowsr_cli.errors import UsageError
+from flowsr_cli.io.formats import INPUT_EXTENSIONS
+
+STDIN_ARGUMENT = "-"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One image to read: a file (``path``), or stdin when ``path`` is None.
+
+    ``root`` is the folder argument it was found under, so sub-folders can be mirrored in ``-o DIR``.
+    """
+
+    path: Path | None
+    root: Path | None = None
+
+    @property
+    def display(self) -> str:
+        """How the input is named in messages."""
+        return "<stdin>" if self.path is None else os.fspath(self.path)
+
+
+@dataclass
+class Discovery:
+    """What the command-line arguments name: images, and arguments that named nothing usable."""
+
+    inputs: list[InputFile] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    single_file: bool = False
+    """True when the arguments are exactly one file (or stdin), so ``-o`` may name the output file."""
+
+
+def is_image_name(path: Path) -> bool:
+    """True for non-hidden files with an image extension."""
+    return path.suffix.lower() in INPUT_EXTENSIONS and not path.name.startswith(".")
+
+
+def walk_images(folder: Path, recursive: bool) -> Iterator[Path]:
+    """Image files in ``folder``; with ``recursive``, in its sub-folders too (symlinked folders
+    are followed once, so link loops end)."""
+    if not recursive:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if is_image_name(path) and entry.is_file():
+                    yield path
+        return
+    seen: set[str] = set()
+    for current, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in files:
+            path = Path(current, name)
+            if is_image_name(path) and path.is_file():
+                yield path
+
+
+def discover(arguments: Sequence[str], recursive: bool) -> Discovery:
+    """Expand the arguments into a sorted list of distinct inputs."""
+    if STDIN_ARGUMENT in arguments and len(arguments) > 1:
+        raise UsageError("'-' (stdin) cannot be combined with other inputs")
+    if list(arguments) == [STDIN_ARGUMENT]:
+        return Discovery([InputFile(None)], single_file=True)
+    found: dict[str, InputFile] = {}
+    discovery = Discovery()
+
+    def add(path: Path, root: Path | None) -> None:
+        found.setdefault(os.path.realpath(path), InputFile(path, root))
+
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            before = len(found)
+            for image in walk_images(path, recursive):
+                add(image, path)
+            if len(found) == before:
+                discovery.problems.append((argument, "no images found in this folder"))
+        elif path.exists():
+            add(path, None)
+        elif glob.has_magic(argument):
+            matches = [Path(match) for match in glob.glob(argument, recursive=recursive)]
+            images = [match for match in matches if match.is_file() and is_image_name(match)]
+            for image in images:
+                add(image, None)
+            if not images:
+                discovery.problems.append((argument, "no image files match this pattern"))
+        else:
+            discovery.problems.append((argument, "no such file or folder"))
+    discovery.inputs = sorted(found.values(), key=lambda item: os.fspath(item.path))
+    discovery.single_file = len(arguments) == 1 and Path(arguments[0]).is_file()
+    return discovery
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``I/N`` (0 <= I < N) into (I, N)."""
+    index_text, _, count_text = text.partition("/")
+    try:
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return index, count

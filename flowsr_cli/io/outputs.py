@@ -1,0 +1,160 @@
+"""Where each input's result goes: output names, formats, and inputs that must not be touched."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from flowsr_cli.errors import UsageError
+from flowsr_cli.io.formats import FORMAT_EXTENSIONS, format_from_suffix
+from flowsr_cli.io.inputs import STDIN_ARGUMENT, Discovery, InputFile
+
+FALLBACK_FORMAT = "png"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and what to do with it.
+
+    ``output`` None means stdout; ``format`` None means the decoded input's own format.
+    ``sample`` numbers the outputs when several samples of one input are written (None for one).
+    ``skip`` or ``problem`` say why the input is not processed (skipped, or failed before starting).
+    """
+
+    input: InputFile
+    output: Path | None
+    format: str | None
+    sample: int | None = None
+    skip: str | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """The output-related command-line choices."""
+
+    output: str | None
+    format: str
+    suffix: str
+    label: str
+    samples: int = 1
+
+
+def _writes_to_folder(discovery: Discovery, output: str | None) -> bool:
+    if output is None or not discovery.single_file:
+        return True
+    return Path(output).is_dir() or output.endswith(("/", os.sep))
+
+
+def output_folder(discovery: Discovery, output: str | None) -> Path | None:
+    """The ``-o`` folder outputs go to; None when they go next to inputs, to one file, or to stdout."""
+    if output in (None, STDIN_ARGUMENT) or not _writes_to_folder(discovery, output):
+        return None
+    return Path(output)
+
+
+def _check_output_folder(output: str) -> None:
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"-o {output}: exists and is not a folder; several images need an output folder")
+    if not path.exists() and format_from_suffix(path) is not None:
+        raise UsageError(f"-o {output}: looks like a file name, but several images are upscaled; give a folder")
+
+
+def _file_format(path: Path, requested: str) -> str | None:
+    named = format_from_suffix(path)
+    if requested == "same":
+        return named
+    if named is not None and named != requested:
+        raise UsageError(f"-o {path} has a .{path.suffix.lstrip('.')} name but --format is {requested}")
+    return requested
+
+
+def _output_name(source: Path, requested: str, options: OutputOptions) -> tuple[str, str]:
+    source_format = format_from_suffix(source)
+    if requested == "same":
+        output_format = source_format or FALLBACK_FORMAT
+    else:
+        output_format = requested
+    extension = source.suffix if output_format == source_format else FORMAT_EXTENSIONS[output_format][0]
+    return source.stem + options.suffix.format(size=options.label) + extension, output_format
+
+
+def _plan_one(item: InputFile, options: OutputOptions, to_folder: bool) -> Job:
+    if item.path is None:
+        if options.output in (None, STDIN_ARGUMENT):
+            return Job(item, None, None if options.format == "same" else options.format)
+        target = Path(options.output)
+        return Job(item, target, _file_format(target, options.format))
+    if options.output == STDIN_ARGUMENT:
+        return Job(item, None, _file_format(item.path, options.format) or FALLBACK_FORMAT)
+    if not to_folder:
+        target = Path(options.output)
+        return Job(item, target, _file_format(target, options.format) or format_from_suffix(item.path))
+    name, output_format = _output_name(item.path, options.format, options)
+    folder = item.path.parent
+    if options.output is not None:
+        folder = Path(options.output)
+        if item.root is not None:
+            folder = folder / item.path.parent.relative_to(item.root)
+    return Job(item, folder / name, output_format)
+
+
+def _with_samples(job: Job, samples: int) -> list[Job]:
+    if samples == 1:
+        return [job]
+    if job.output is None:
+        raise UsageError("--samples writes several files; it cannot write to stdout (give -o)")
+    output = job.output
+    return [
+        replace(job, output=output.with_name(f"{output.stem}_s{index}{output.suffix}"), sample=index)
+        for index in range(samples)
+    ]
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _guard_inputs(jobs: list[Job]) -> list[Job]:
+    """Mark inputs that are another input's output as skipped, and outputs that would hit an input
+    or another output as problems."""
+    producers = {_key(job.output): job for job in reversed(jobs) if job.output is not None}
+    guarded: list[Job] = []
+    claimed: dict[str, Job] = {}
+    for job in jobs:
+        if job.input.path is not None:
+            producer = producers.get(_key(job.input.path))
+            if producer is not None and producer is not job:
+                guarded.append(replace(job, skip=f"it is the output of {producer.input.display}"))
+                continue
+        if job.output is not None:
+            key = _key(job.output)
+            if job.input.path is not None and key == _key(job.input.path):
+                job = replace(job, problem="the output would overwrite the input; use --suffix, --format or -o")
+            elif key in claimed:
+                job = replace(job, problem=f"same output file as {claimed[key].input.display}")
+            else:
+                claimed[key] = job
+        guarded.append(job)
+    return guarded
+
+
+def plan_jobs(discovery: Discovery, options: OutputOptions) -> list[Job]:
+    """One job per discovered input, in input order."""
+    if options.output == STDIN_ARGUMENT and not discovery.single_file:
+        raise UsageError("-o - (stdout) takes exactly one input file")
+    to_folder = _writes_to_folder(discovery, options.output)
+    if to_folder and options.output not in (None, STDIN_ARGUMENT):
+        _check_output_folder(options.output)
+    planned = [_plan_one(item, options, to_folder) for item in discovery.inputs]
+    return _guard_inputs([job for one in planned for job in _with_samples(one, options.samples)])
+
+
+def select_shard(jobs: list[Job], index: int, count: int) -> list[Job]:
+    """The jobs of the ``index``-th of ``count`` interleaved slices of the inputs (the same on every
+    machine); all samples of one input stay in one shard."""
+    inputs = list(dict.fromkeys(job.input for job in jobs))
+    chosen = set(inputs[index::count])
+    return [job for job in jobs if job.input in chosen]

@@ -1,0 +1,366 @@
+"""Decoding image files upright, at full bit depth, with their metadata.
+
+Pillow decodes most images and reads all metadata. Pillow silently truncates 16-bit RGB(A) PNG and
+TIFF to 8 bits, so 16-bit PNG pixels go through imagecodecs and 16-bit TIFF pixels through tifffile.
+Every problem is an ``ImageError`` whose one-line message does not name the file (the caller does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import struct
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageCms
+
+from flowsr_cli.errors import ImageError
+from flowsr_cli.io.image import CODEC_ERRORS, DISPLAY_NAMES, TIFF_TEXT_TAGS, Image, Metadata, one_line
+
+if TYPE_CHECKING:
+    import tifffile
+
+DEFAULT_MAX_PIXELS = 200_000_000
+_PILLOW_FORMATS = {
+    "png": ["PNG"],
+    "jpeg": ["JPEG"],
+    "webp": ["WEBP"],
+    "tiff": ["TIFF"],
+    "bmp": ["BMP"],
+    "gif": ["GIF"],
+}
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),
+    (b"MM\x00+", "tiff"),
+    (b"BM", "bmp"),
+)
+_UNRECOGNISED = "not an image (unrecognised data; readable formats: PNG, JPEG, WebP, TIFF, BMP, GIF)"
+_ORIENTATION_TAG = 0x0112
+_EXIF_IFD_TAG = 0x8769
+_GPS_IFD_TAG = 0x8825
+_ICC_TIFF_TAG = 34675
+_X_RESOLUTION_TAG, _Y_RESOLUTION_TAG, _RESOLUTION_UNIT_TAG = 282, 283, 296
+_IMAGE_DESCRIPTION_TAG = 270
+_PNG_BIT_DEPTH_OFFSET = 24
+
+
+def read_image(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    """Decode an image file (path) or file content (bytes), upright and at full bit depth."""
+    data = _read_source(source)
+    if not data:
+        raise ImageError("empty file")
+    fmt = _sniff_format(data)
+    if fmt is None:
+        raise ImageError(_UNRECOGNISED)
+    PILImage.MAX_IMAGE_PIXELS = None  # our own limit below gives the clearer message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if fmt == "tiff":
+                image = _read_tiff(data, max_pixels)
+            else:
+                image = _read_with_pillow(data, fmt, max_pixels)
+        except CODEC_ERRORS as exc:
+            raise ImageError(_describe_decode_error(exc, fmt)) from exc
+    image.warnings.extend(one_line(str(w.message)) for w in caught if issubclass(w.category, UserWarning))
+    return image
+
+
+def _read_source(source: str | os.PathLike | bytes) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _sniff_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+
+
+def _describe_decode_error(exc: BaseException, fmt: str) -> str:
+    name = DISPLAY_NAMES[fmt]
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode the image"
+    detail = one_line(str(exc))
+    if isinstance(exc, EOFError) or "truncated" in detail.lower():
+        return f"truncated {name} data"
+    return f"corrupt {name} data ({detail})" if detail else f"corrupt {name} data"
+
+
+def _check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageError(
+            f"image is {width}×{height} = {_approximate_count(pixels)} pixels, above the "
+            f"max_pixels limit of {max_pixels:,} "
+            "(raise it with `flowsr config set max_pixels N`)"
+        )
+
+
+def _approximate_count(count: int) -> str:
+    if count >= 1_000_000_000:
+        return f"{count / 1e9:.1f} G"
+    if count >= 1_000_000:
+        return f"{count / 1e6:.1f} M"
+    return f"{count:,}"
+
+
+def _open_with_pillow(data: bytes, fmt: str) -> PILImage.Image:
+    try:
+        return PILImage.open(io.BytesIO(data), formats=_PILLOW_FORMATS[fmt])
+    except PILImage.UnidentifiedImageError as exc:
+        raise ImageError(f"{DISPLAY_NAMES[fmt]} header is damaged or truncated") from exc
+
+
+def _read_with_pillow(data: bytes, fmt: str, max_pixels: int) -> Image:
+    notes: list[str] = []
+    with _open_with_pillow(data, fmt) as im:
+        _check_pixel_limit(im.width, im.height, max_pixels)
+        if im.format != "MPO" and getattr(im, "n_frames", 1) > 1:
+            notes.append("animated image: only the first frame is used")
+        im.load()
+        metadata, orientation = _pillow_metadata(im, notes)
+        if fmt == "png" and data[_PNG_BIT_DEPTH_OFFSET] == 16:
+            pixels = _decode_png16(data)
+        else:
+            pixels, metadata.icc_profile = _pillow_pixels(im, metadata.icc_profile, notes)
+    return Image(_apply_orientation(pixels, orientation), fmt, metadata, notes)
+
+
+def _pillow_metadata(im: PILImage.Image, notes: list[str]) -> tuple[Metadata, int]:
+    """Metadata of an opened and loaded Pillow image, plus its EXIF orientation (1-8)."""
+    try:
+        source_exif = im.getexif()
+    except CODEC_ERRORS:
+        notes.append("EXIF data is unreadable and was dropped")
+        source_exif = PILImage.Exif()
+    exif, orientation = _exif_without_orientation(source_exif, notes)
+    text = {str(key): str(value) for key, value in getattr(im, "text", {}).items()}
+    if exif is not None:
+        text.pop("Raw profile type exif", None)
+    if orientation != 1 and "XML:com.adobe.xmp" in text:
+        text["XML:com.adobe.xmp"] = _reset_xmp_orientation(text["XML:com.adobe.xmp"])
+    metadata = Metadata(
+        icc_profile=im.info.get("icc_profile") or None,
+        exif=exif,
+        dpi=_positive_dpi(im.info.get("dpi")),
+        text=text,
+    )
+    return metadata, orientation
+
+
+def _exif_without_orientation(exif: PILImage.Exif, notes: list[str]) -> tuple[bytes | None, int]:
+    """Serialised EXIF with orientation reset to 1, and the orientation it had."""
+    orientation = exif.get(_ORIENTATION_TAG, 1)
+    if orientation not in range(1, 9):
+        orientation = 1
+    if _ORIENTATION_TAG in exif:
+        exif[_ORIENTATION_TAG] = 1
+    if not len(exif):
+        return None, orientation
+    try:
+        return exif.tobytes(), orientation
+    except CODEC_ERRORS:
+        notes.append("EXIF data could not be re-encoded and was dropped")
+        return None, orientation
+
+
+def _reset_xmp_orientation(xmp: str) -> str:
+    xmp = re.sub(r'(tiff:Orientation=")[0-9](")', r"\g<1>1\g<2>", xmp)
+    return re.sub(r"(<tiff:Orientation>)[0-9](</tiff:Orientation>)", r"\g<1>1\g<2>", xmp)
+
+
+def _positive_dpi(dpi: tuple[float, float] | None) -> tuple[float, float] | None:
+    if dpi is None:
+        return None
+    x, y = float(dpi[0]), float(dpi[1])
+    return (x, y) if x > 0 and y > 0 else None
+
+
+def _pillow_pixels(im: PILImage.Image, icc_profile: bytes | None, notes: list[str]) -> tuple[np.ndarray, bytes | None]:
+    """Pixels as an (H, W, C) array, and the ICC profile that still describes them."""
+    if im.mode == "I":
+        return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)[..., np.newaxis], icc_profile
+    if im.mode == "CMYK":
+        return np.asarray(_cmyk_to_rgb(im, icc_profile, notes)), None
+    if im.mode == "LAB":
+        notes.append("CIELab image: converted to sRGB")
+        lab_to_srgb = ImageCms.buildTransform(
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
+        return np.asarray(ImageCms.applyTransform(im, lab_to_srgb)), None
+    target = _pillow_target_mode(im)
+    if target is None:
+        raise ImageError(f"unsupported pixel mode {im.mode}")
+    pixels = np.asarray(im if im.mode == target else im.convert(target))
+    return (pixels if pixels.ndim == 3 else pixels[..., np.newaxis]), icc_profile
+
+
+def _pillow_target_mode(im: PILImage.Image) -> str | None:
+    transparent = im.has_transparency_data
+    if im.mode in ("1", "L"):
+        return "LA" if transparent and im.mode == "L" else "L"
+    if im.mode in ("LA", "La"):
+        return "LA"
+    if im.mode in ("P", "RGB"):
+        return "RGBA" if transparent else "RGB"
+    if im.mode in ("RGBA", "RGBa"):
+        return "RGBA"
+    if im.mode in ("RGBX", "YCbCr"):
+        return "RGB"
+    return None
+
+
+def _cmyk_to_rgb(im: PILImage.Image, icc_profile: bytes | None, notes: list[str]) -> PILImage.Image:
+    """Convert CMYK to sRGB through the embedded profile, or naively if there is none."""
+    if icc_profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except ImageCms.PyCMSError:
+            notes.append("the CMYK colour profile is unusable: colours converted without it")
+    return im.convert("RGB")
+
+
+def _decode_png16(data: bytes) -> np.ndarray:
+    import imagecodecs
+
+    pixels = imagecodecs.png_decode(data)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+
+
+@contextlib.contextmanager
+def _tifffile_silenced() -> Iterator[None]:
+    """tifffile logs what it skips in a damaged file to stderr; the ImageError we raise says it in one line."""
+    logger = logging.getLogger("tifffile")
+    was_disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
+
+
+def _read_tiff(data: bytes, max_pixels: int) -> Image:
+    import tifffile
+
+    notes: list[str] = []
+    with _tifffile_silenced(), tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        _check_pixel_limit(page.imagewidth, page.imagelength, max_pixels)
+        if len(tif.pages) > 1:
+            notes.append("multi-page TIFF: only the first page is used")
+        pixels16 = _tiff16_pixels(page) if page.bitspersample == 16 else None
+        description_is_structural = page.is_shaped or page.is_imagej or page.is_ome
+    metadata, orientation = _tiff_metadata(data, description_is_structural, notes)
+    if pixels16 is not None:
+        pixels = pixels16
+    else:
+        with _open_with_pillow(data, "tiff") as im:
+            im.load()
+            pixels, metadata.icc_profile = _pillow_pixels(im, metadata.icc_profile, notes)
+    return Image(_apply_orientation(pixels, orientation), "tiff", metadata, notes)
+
+
+def _tiff16_pixels(page: tifffile.TiffPage) -> np.ndarray:
+    """16-bit grey or RGB pixels of a tifffile page, with alpha if it has one."""
+    if page.dtype != np.uint16:
+        raise ImageError(f"unsupported TIFF sample type {page.dtype}")
+    colour_channels = {1: 1, 2: 3}.get(int(page.photometric))
+    if colour_channels is None:
+        raise ImageError(f"unsupported 16-bit TIFF colour space {page.photometric.name.lower()}")
+    pixels = page.asarray()
+    if page.planarconfig == 2 and pixels.ndim == 3:
+        pixels = np.moveaxis(pixels, 0, -1)
+    if pixels.ndim == 2:
+        pixels = pixels[..., np.newaxis]
+    extra = tuple(int(kind) for kind in page.extrasamples)
+    alpha_kind = extra[0] if extra and pixels.shape[2] > colour_channels else 0
+    pixels = pixels[..., : colour_channels + (alpha_kind in (1, 2))]
+    if alpha_kind == 1:
+        pixels = _unpremultiply(pixels)
+    return np.ascontiguousarray(pixels)
+
+
+def _unpremultiply(pixels: np.ndarray) -> np.ndarray:
+    """Undo associated (premultiplied) alpha on 16-bit pixels."""
+    alpha = pixels[..., -1:].astype(np.float64)
+    scale = np.divide(65535.0, alpha, out=np.zeros_like(alpha), where=alpha > 0)
+    colour = np.clip(np.rint(pixels[..., :-1] * scale), 0, 65535).astype(np.uint16)
+    return np.concatenate([colour, pixels[..., -1:]], axis=2)
+
+
+def _tiff_metadata(data: bytes, description_is_structural: bool, notes: list[str]) -> tuple[Metadata, int]:
+    """Metadata from the TIFF's first IFD (ICC, resolution, EXIF-compatible tags)."""
+    exif = PILImage.Exif()
+    try:
+        ifd0 = _tiff_first_ifd(data)
+        for tag in (*TIFF_TEXT_TAGS, _ORIENTATION_TAG):
+            if tag in ifd0 and not (tag == _IMAGE_DESCRIPTION_TAG and description_is_structural):
+                exif[tag] = ifd0[tag]
+        for tag in (_EXIF_IFD_TAG, _GPS_IFD_TAG):
+            if tag in ifd0:
+                exif[tag] = ifd0.get_ifd(tag)
+    except CODEC_ERRORS:
+        notes.append("TIFF tags could not be read: metadata dropped")
+        return Metadata(), 1
+    exif_bytes, orientation = _exif_without_orientation(exif, notes)
+    icc = ifd0.get(_ICC_TIFF_TAG)
+    metadata = Metadata(
+        icc_profile=bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None,
+        exif=exif_bytes,
+        dpi=_tiff_dpi(ifd0),
+    )
+    return metadata, orientation
+
+
+def _tiff_first_ifd(data: bytes) -> PILImage.Exif:
+    """The first IFD of a classic or Big TIFF, read by Pillow's EXIF parser (same layout)."""
+    endian = "<" if data[:2] == b"II" else ">"
+    bigtiff = data[2:4] in (b"+\x00", b"\x00+")
+    offset_format, offset_position = ("Q", 8) if bigtiff else ("I", 4)
+    (offset,) = struct.unpack_from(endian + offset_format, data, offset_position)
+    ifd0 = PILImage.Exif()
+    ifd0.bigtiff, ifd0.endian = bigtiff, endian
+    ifd0.load_from_fp(io.BytesIO(data), offset)
+    return ifd0
+
+
+def _tiff_dpi(ifd0: PILImage.Exif) -> tuple[float, float] | None:
+    per_unit = {2: 1.0, 3: 2.54}.get(ifd0.get(_RESOLUTION_UNIT_TAG, 2))  # TIFF default: inch
+    if per_unit is None or _X_RESOLUTION_TAG not in ifd0 or _Y_RESOLUTION_TAG not in ifd0:
+        return None
+    x, y = ifd0[_X_RESOLUTION_TAG], ifd0[_Y_RESOLUTION_TAG]
+    return _positive_dpi((float(x) * per_unit, float(y) * per_unit))
+
+
+def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn pixels upright for an EXIF orientation, as PIL.ImageOps.exif_transpose does."""
+    transforms: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+        1: lambda p: p,
+        2: lambda p: p[:, ::-1],
+        3: lambda p: p[::-1, ::-1],
+        4: lambda p: p[::-1],
+        5: lambda p: p.transpose(1, 0, 2),
+        6: lambda p: np.rot90(p, k=-1),
+        7: lambda p: p[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda p: np.rot90(p, k=1),
+    }
+    return np.ascontiguousarray(transforms[orientation](pixels))
