@@ -15,8 +15,8 @@ from PIL import Image as PILImage
 from flowsr_cli.families.model_file import save_model
 from flowsr_cli.io.reading import read_image
 from tests.conftest import CliInvoker
+from tests.families.linf.test_linf import tiny_linf
 from tests.image_factory import smooth_rgb
-from tests.test_linf import tiny_linf
 
 pytestmark = pytest.mark.robustness
 

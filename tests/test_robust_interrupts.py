@@ -23,7 +23,7 @@ from flowsr_cli.io.atomic import TEMP_SUFFIX
 from flowsr_cli.io.reading import read_image
 from flowsr_cli.train.state import load_training_state
 from tests.conftest import SHARED
-from tests.test_linf import tiny_linf
+from tests.families.linf.test_linf import tiny_linf
 
 pytestmark = pytest.mark.robustness
 

@@ -25,8 +25,8 @@ from flowsr_cli.families.registry import (
     make,
     register_family,
     registered_names,
+    unregister_family,
 )
-from flowsr_cli.families.registry import unregister_family as forget
 from flowsr_cli.io.sizing import Size
 from tests.conftest import CliInvoker
 from tests.image_factory import marker_image
@@ -82,7 +82,7 @@ TOY = Family("toy", {"toy": Network(ToyNetwork, engine=run_toy)}, Importer("a to
 def toy_family() -> Iterator[Family]:
     register_family(TOY)
     yield TOY
-    forget(TOY.name)
+    unregister_family(TOY.name)
 
 
 def expected_output(pixels: np.ndarray, scale: int, gain: float) -> np.ndarray:
@@ -117,7 +117,14 @@ def test_a_family_without_a_learned_prior_refuses_one(toy_family: Family, tmp_pa
     Image.fromarray(marker_image(8, 8)).save(tmp_path / "in.png")
     save_model(make({"name": "toy", "args": {"gain": 1.0}}), tmp_path / "toy.safetensors")
     result = run_cli(
-        "upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "toy.safetensors"), "-s", "2", "--prior", "learned"
+        "upscale",
+        str(tmp_path / "in.png"),
+        "--model",
+        str(tmp_path / "toy.safetensors"),
+        "-s",
+        "2",
+        "--prior",
+        "learned",
     )
     assert result.exit_code == 2
     assert "has no learned prior; use --prior gaussian" in result.output
@@ -126,7 +133,7 @@ def test_a_family_without_a_learned_prior_refuses_one(toy_family: Family, tmp_pa
 def test_unregistered_families_are_gone(tmp_path: Path) -> None:
     register_family(TOY)
     save_model(make({"name": "toy", "args": {"gain": 1.0}}), tmp_path / "toy.safetensors")
-    forget(TOY.name)
+    unregister_family(TOY.name)
     assert "toy" not in registered_names()
     with pytest.raises(ModelSpecError, match="unknown model architecture 'toy'"):
         load_model(tmp_path / "toy.safetensors")
@@ -137,4 +144,3 @@ def test_names_cannot_be_registered_twice(toy_family: Family) -> None:
         register_family(TOY)
     with pytest.raises(ValueError, match=r"\['linf'\] of family 'copycat' are registered already"):
         register_family(Family("copycat", {"linf": Network(ToyNetwork)}))
-

@@ -24,7 +24,7 @@ from flowsr_cli.train.loop import RunFiles, Trainer
 from flowsr_cli.train.objectives import SRFlowObjective
 from flowsr_cli.train.recipe import ARCHITECTURES, load_recipe
 from tests.conftest import SHARED, CliInvoker
-from tests.test_srflow_lp import TINY_FLOW
+from tests.families.srflow.test_srflow_lp import TINY_FLOW
 
 RECIPE = (
     "lr_size = 8\nbatch_size = 2\nworkers = 0\nlearning_rate = 0.001\nlog_every = 1\n"

@@ -22,10 +22,10 @@ from flowsr_cli.eval.metrics import make_lr
 from flowsr_cli.families.linf.prior import LINFLP, LatentFade
 from flowsr_cli.families.model_file import load_model, save_model
 from flowsr_cli.io.reading import read_image
-from tests.conftest import SHARED
-from tests.test_linf_lp import tiny_linf_lp
+from tests.conftest import REPO_ROOT, SHARED
+from tests.families.linf.test_linf_lp import tiny_linf_lp
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "calibrate_fade.py"
+SCRIPT = REPO_ROOT / "scripts" / "calibrate_fade.py"
 
 
 def load_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 from importlib import resources
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -14,8 +13,9 @@ import torch
 from flowsr_cli.eval.evaluation import super_resolve
 from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
 from flowsr_cli.io.sizing import Size
+from tests.conftest import REPO_ROOT
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+SCRIPTS = REPO_ROOT / "scripts"
 
 
 def load_reference(monkeypatch: pytest.MonkeyPatch) -> ModuleType:

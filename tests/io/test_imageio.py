@@ -24,6 +24,7 @@ from flowsr_cli.io.formats import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, INPUT_EXT
 from flowsr_cli.io.image import Image, Metadata
 from flowsr_cli.io.reading import read_image
 from flowsr_cli.io.writing import encode_image, write_image
+from tests.conftest import REPO_ROOT
 from tests.image_factory import (
     MAKE_TAG,
     ORIENTATION_TAG,
@@ -727,7 +728,7 @@ def test_write_failing_midway_keeps_old_content(tmp_path: Path) -> None:
         [sys.executable, "-c", script, str(target)],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO_ROOT,
         timeout=60,
     )
     assert result.returncode == 1

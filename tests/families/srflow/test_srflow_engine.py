@@ -22,8 +22,8 @@ from flowsr_cli.families.srflow.prior import SRFlowLP
 from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
 from flowsr_cli.io.sizing import Size
 from tests.conftest import SHARED
-from tests.test_srflow import randomise_zero_convs
-from tests.test_srflow_lp import tiny_srflow_lp
+from tests.families.srflow.test_srflow import randomise_zero_convs
+from tests.families.srflow.test_srflow_lp import tiny_srflow_lp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,7 +13,7 @@ from flowsr_cli.families.model_file import load_model, save_model
 from flowsr_cli.families.registry import ModelSpecError, make
 from flowsr_cli.families.srflow.network import SRFlow
 from flowsr_cli.families.srflow.prior import SRFlowLP, standardise
-from tests.conftest import SHARED
+from tests.conftest import REPO_ROOT, SHARED
 
 TINY_FLOW = {
     "name": "srflow",
@@ -184,9 +184,9 @@ def test_the_bundled_srflow_lp_tiles_like_its_whole_image() -> None:
 
     from flowsr_cli.families.srflow.engine import SRFlowUpscaler
     from flowsr_cli.io.sizing import Size
-    from tests.test_srflow_engine import collect
+    from tests.families.srflow.test_srflow_engine import collect
 
-    model = load_model(Path(__file__).parent.parent / "flowsr_cli/weights/srflow-lp.safetensors").float()
+    model = load_model(REPO_ROOT / "flowsr_cli/weights/srflow-lp.safetensors").float()
     photo = sorted((SHARED / "data/eval/B100").iterdir())[3]
     with PILImage.open(photo) as image:
         pixels = image.convert("RGB").resize((136, 32), PILImage.Resampling.BICUBIC).tobytes()

@@ -26,7 +26,7 @@ from flowsr_cli.train.loop import RunFiles, Trainer
 from flowsr_cli.train.objectives import FlowObjective
 from flowsr_cli.train.recipe import Recipe, learning_rate_at, load_recipe
 from tests.conftest import SHARED, CliInvoker
-from tests.test_linf import tiny_linf
+from tests.families.linf.test_linf import tiny_linf
 
 RECIPE = "lr_size = 24\nqueries = 256\nlearning_rate = 0.002\nlog_every = 1\ncheckpoint_every = 5\nval_images = 1\n"
 

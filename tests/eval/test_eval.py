@@ -11,7 +11,7 @@ import torch
 
 from flowsr_cli.families.model_file import save_model
 from tests.conftest import SHARED, CliInvoker
-from tests.test_linf import tiny_linf
+from tests.families.linf.test_linf import tiny_linf
 
 SET5 = SHARED / "data/eval/Set5"
 PUBLISHED_BICUBIC_SET5 = {2.0: 33.66, 3.0: 30.39, 4.0: 28.42}
@@ -81,7 +81,7 @@ def test_inf_rate_counts_raw_non_finite_outputs(run_cli: CliInvoker, tmp_path: P
 def test_srflow_is_scored_at_x4_only_per_temperature_with_its_inf_rate(run_cli: CliInvoker, tmp_path: Path) -> None:
     from PIL import Image as PILImage
 
-    from tests.test_srflow_engine import sensible_tiny_srflow
+    from tests.families.srflow.test_srflow_engine import sensible_tiny_srflow
 
     model = str(tmp_path / "srflow.safetensors")
     save_model(sensible_tiny_srflow(), model)

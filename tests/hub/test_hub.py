@@ -14,8 +14,8 @@ from PIL import Image as PILImage
 
 from flowsr_cli.families.model_file import save_model
 from tests.conftest import CliInvoker
+from tests.families.linf.test_linf import tiny_linf
 from tests.http_server import FileServer, Route
-from tests.test_linf import tiny_linf
 
 
 @pytest.fixture

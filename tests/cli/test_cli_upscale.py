@@ -279,7 +279,7 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path: Path) -> None:
 def srflow_file(tmp_path: Path) -> Path:
     """A tiny SRFlow model file (fixed ×4)."""
     from flowsr_cli.families.model_file import save_model
-    from tests.test_srflow_engine import sensible_tiny_srflow
+    from tests.families.srflow.test_srflow_engine import sensible_tiny_srflow
 
     path = tmp_path / "srflow.safetensors"
     save_model(sensible_tiny_srflow(), path)

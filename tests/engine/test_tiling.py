@@ -22,7 +22,7 @@ from flowsr_cli.families.model_file import save_model
 from flowsr_cli.families.registry import make
 from flowsr_cli.io.sizing import Size, SizeRequest
 from tests.conftest import CliInvoker
-from tests.test_linf import collect
+from tests.families.linf.test_linf import collect
 
 CPU = torch.device("cpu")
 LR_SIZE = Size(66, 50)
