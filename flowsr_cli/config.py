@@ -213,6 +213,34 @@ SETTINGS: dict[str, Setting] = {
             "an integer >= 1",
         ),
         Setting(
+            "max_output_pixels",
+            _integer(1),
+            250_000_000,
+            "Largest output of one input (width x height, all its samples together) that will be made.",
+            "an integer >= 1",
+        ),
+        Setting(
+            "max_samples",
+            _integer(1),
+            100,
+            "Most samples (--samples) one run may write per input.",
+            "an integer >= 1",
+        ),
+        Setting(
+            "max_download_mb",
+            _integer(1),
+            4096,
+            "Largest model download in MB when the registry gives no size (a listed size is never exceeded).",
+            "an integer >= 1",
+        ),
+        Setting(
+            "download_timeout",
+            _number(0, exclusive=True),
+            3600.0,
+            "Seconds one model download may take in all before it is abandoned.",
+            "a number > 0",
+        ),
+        Setting(
             "strip_metadata", _boolean, False, "Drop ICC profile, EXIF, DPI and text from outputs.", "true or false"
         ),
         Setting("cache_dir", _path, _default_cache_dir, "Where downloaded models are kept.", "a folder path"),
