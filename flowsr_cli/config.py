@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,11 +108,21 @@ def _boolean(raw: Any) -> bool:
     raise SettingValueError("")
 
 
+MAX_CUDA_INDEX = 127
+"""The largest CUDA device index torch represents (its device index is 8 bits; larger ones wrap)."""
+
+
 def _device(raw: Any) -> str:
     text = str(raw).strip().lower()
-    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+    match = re.fullmatch(r"auto|cpu|cuda(?::([0-9]+))?", text)
+    if match is None:
         raise SettingValueError("")
-    return text
+    if match[1] is None:
+        return text
+    index = int(match[1])
+    if index > MAX_CUDA_INDEX:
+        raise SettingValueError("")
+    return f"cuda:{index}"
 
 
 def _model_name(raw: Any) -> str:
@@ -121,15 +132,16 @@ def _model_name(raw: Any) -> str:
     return text
 
 
-_SUFFIX_FIELDS = {"size"}
-
-
 def _suffix(raw: Any) -> str:
+    """A file-name template whose only replacement field is a bare ``{size}``; ``{{`` and ``}}`` are braces."""
     text = str(raw)
-    if "/" in text or os.sep in text:
+    if "/" in text or os.sep in text or "\0" in text:
         raise SettingValueError("")
-    fields = set(re.findall(r"\{([^{}]*)\}", text))
-    if not fields <= _SUFFIX_FIELDS:
+    try:
+        fields = [field for _, *field in string.Formatter().parse(text) if field[0] is not None]
+    except ValueError as exc:
+        raise SettingValueError("") from exc
+    if any(field != ["size", "", None] for field in fields):
         raise SettingValueError("")
     return text
 
@@ -168,7 +180,9 @@ SETTINGS: dict[str, Setting] = {
             "Model used by `upscale` (a registry name or a .safetensors path).",
             "a model name or path",
         ),
-        Setting("device", _device, "auto", "Where models run.", "auto, cpu, cuda or cuda:N"),
+        Setting(
+            "device", _device, "auto", "Where models run.", f"auto, cpu, cuda or cuda:N (N from 0 to {MAX_CUDA_INDEX})"
+        ),
         Setting(
             "precision",
             _choice("auto", "fp32", "fp16", "bf16"),
@@ -202,7 +216,7 @@ SETTINGS: dict[str, Setting] = {
             _suffix,
             "_{size}",
             "Added to output file names; {size} is the request as given: x3.5, w1920 or h1080.",
-            "text without '/', using only the field {size}",
+            "text without '/', using only the field {size} ({{ and }} for literal braces)",
         ),
         Setting("quality", _integer(1, 100), 95, "JPEG and WebP quality.", "an integer from 1 to 100"),
         Setting(
@@ -230,7 +244,7 @@ SETTINGS: dict[str, Setting] = {
             "max_download_mb",
             _integer(1),
             4096,
-            "Largest model download in MB when the registry gives no size (a listed size is never exceeded).",
+            "Largest model download in MiB when the registry gives no size (a listed size is never exceeded).",
             "an integer >= 1",
         ),
         Setting(

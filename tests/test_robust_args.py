@@ -74,12 +74,16 @@ def options(command: str, flag: str, values: tuple[str, ...], allowed: str) -> l
 
 
 SETTING_FLAGS = (
-    ("--device", ("gpu", "cuda:x"), "auto, cpu, cuda or cuda:N"),
+    (
+        "--device",
+        ("gpu", "cuda:x", "cuda:99999999999999999999", "cuda:128", "cuda:\u0663"),
+        "auto, cpu, cuda or cuda:N",
+    ),
     ("--precision", ("fp8",), "auto, fp32, fp16 or bf16"),
     ("--tile", ("-1", "big"), "auto or an integer >= 0"),
     ("--tile-pad", ("-8", "wide"), "auto or an integer >= 0"),
     ("--format", ("gif",), "same, png, jpg, webp, tiff or bmp"),
-    ("--suffix", ("out/{size}", "_{scale}"), "text without '/', using only the field {size}"),
+    ("--suffix", ("out/{size}", "_{scale}", "{", "_{size", "}"), "text without '/', using only the field {size}"),
     ("--quality", ("0", "101", "best"), "an integer from 1 to 100"),
 )
 TRAINING_FLAGS = (
@@ -289,6 +293,24 @@ def test_bad_value_in_the_environment_is_refused(run_cli: CliInvoker, tmp_path: 
         result = run_cli(*command, env={setting.env_var: bad})
         _assert_refused(result, setting.env_var, key, repr(bad), setting.allowed)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("suffix", ["{", "}", "_{size", "size}", "{size!r}", "{size:>999999999}", "{0}", "{}"])
+def test_config_set_refuses_a_suffix_that_is_not_a_name_template(
+    run_cli: CliInvoker, isolated_settings: Path, suffix: str
+) -> None:
+    allowed = config.SETTINGS["suffix"].allowed
+    _assert_refused(run_cli("config", "set", "--", "suffix", suffix), "config set", "suffix", repr(suffix), allowed)
+    assert not isolated_settings.exists()
+
+
+@pytest.mark.parametrize("suffix", ["{{size}}", "_{size}_{{v2}}", "-big"])
+def test_literal_braces_in_a_suffix_are_kept(run_cli: CliInvoker, tmp_path: Path, suffix: str) -> None:
+    PILImage.new("RGB", (6, 4)).save(tmp_path / "in.png")
+    assert run_cli("config", "set", "--", "suffix", suffix).exit_code == 0
+    result = run_cli("upscale", str(tmp_path / "in.png"), "--scale", "2")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / ("in" + suffix.format(size="x2") + ".png")).is_file()
 
 
 CORRUPT: dict[str, bytes | None] = {

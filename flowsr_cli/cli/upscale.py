@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ import typer
 
 from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, flag_parser, integer_flag, number_flag
 from flowsr_cli.console import debug_enabled
-from flowsr_cli.errors import FlowsrError, UsageError
+from flowsr_cli.errors import FlowsrError, ImageError, UsageError
 
 if TYPE_CHECKING:
     from flowsr_cli.engine.upscaler import Upscaler
@@ -35,6 +36,51 @@ def _prepare_output_folder(folder: Path | None) -> None:
         raise UsageError(f"-o {folder}: cannot create the folder: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"-o {folder}: the folder is not writable")
+
+
+def _check_samples(samples: int, max_samples: int) -> None:
+    """Refuse more samples than the max_samples setting allows, before any job is planned."""
+    if samples > max_samples:
+        raise UsageError(
+            f"--samples {samples}: more than the max_samples limit of {max_samples:,} "
+            "(raise it with `flowsr config set max_samples N` or FLOWSR_MAX_SAMPLES)"
+        )
+
+
+def _will_run(job: Job, overwrite: bool) -> bool:
+    """True if the batch will run this job (it is not failed or skipped before it starts)."""
+    if job.problem is not None or job.skip is not None:
+        return False
+    return overwrite or job.output is None or not job.output.exists()
+
+
+def _input_problem(path: Path, request: SizeRequest, max_pixels: int) -> str | None:
+    """Why the input file cannot be done, as far as its type, size and header show; None if it may be."""
+    from flowsr_cli.io.reading import image_size
+
+    try:
+        size = image_size(path, max_pixels=max_pixels)
+        if size is not None:
+            request.target(size)
+    except ImageError as exc:
+        return str(exc)
+    return None
+
+
+def _check_inputs(jobs: list[Job], request: SizeRequest, max_pixels: int, overwrite: bool) -> list[Job]:
+    """Fail each job whose input the header shows cannot be done (not a regular file, not an image, too many
+    pixels in or out) before any work starts, so the model loads only if some input can be done."""
+    problems: dict[Path, str | None] = {}
+
+    def checked(job: Job) -> Job:
+        path = job.input.path
+        if path is None or not _will_run(job, overwrite):
+            return job
+        if path not in problems:
+            problems[path] = _input_problem(path, request, max_pixels)
+        return replace(job, problem=problems[path])
+
+    return [checked(job) for job in jobs]
 
 
 def upscale(
@@ -199,7 +245,10 @@ def upscale(
         }
     )
     settings.validate()
-    request = SizeRequest.from_options(scale, width, height)
+    _check_samples(samples, settings["max_samples"])
+    request = SizeRequest.from_options(
+        scale, width, height, samples=samples, max_output_pixels=settings["max_output_pixels"]
+    )
     shard_slice = parse_shard(shard) if shard is not None else None
     if json_lines and output == "-":
         raise UsageError("--json writes to stdout, which -o - already uses for the image")
@@ -211,13 +260,13 @@ def upscale(
     if any(job.output is None for job in jobs):
         if json_lines:
             raise UsageError("--json writes to stdout, which the image output already uses; give -o FILE")
-        if sys.stdout.isatty():
+        if sys.stdout is not None and sys.stdout.isatty():
             raise UsageError("refusing to write image data to a terminal; redirect stdout or give -o FILE")
     if not jobs and not discovery.problems:
         raise FlowsrError("no input images found")
     _prepare_output_folder(output_folder(discovery, output))
     _run(
-        jobs,
+        _check_inputs(jobs, request, settings["max_pixels"], overwrite),
         discovery.problems,
         settings,
         request,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,12 @@ from flowsr_cli.errors import UsageError
 from flowsr_cli.io.formats import INPUT_EXTENSIONS
 
 STDIN_ARGUMENT = "-"
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a named pipe (FIFO), not a regular file (pipe an image in as - instead)"),
+    (stat.S_ISCHR, "a character device, not a regular file"),
+    (stat.S_ISBLK, "a block device, not a regular file"),
+    (stat.S_ISSOCK, "a socket, not a regular file"),
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,14 @@ class Discovery:
     problems: list[tuple[str, str]] = field(default_factory=list)
     single_file: bool = False
     """True when the arguments are exactly one file (or stdin), so ``-o`` may name the output file."""
+
+
+def not_regular_reason(mode: int) -> str | None:
+    """Why a file (not a folder) whose ``st_mode`` is ``mode`` is not read: what it is instead; None for a regular
+    file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((reason for is_kind, reason in _NOT_REGULAR if is_kind(mode)), "a special file, not a regular file")
 
 
 def is_image_name(path: Path) -> bool:
@@ -69,6 +84,15 @@ def walk_images(folder: Path, recursive: bool) -> Iterator[Path]:
                 yield path
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why the file ``path`` (not a folder) cannot be an input, or None if it can: it is checked without being
+    opened, as opening a FIFO waits for a writer and opening a device can have effects."""
+    try:
+        return not_regular_reason(path.stat().st_mode)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+
+
 def discover(arguments: Sequence[str], recursive: bool) -> Discovery:
     """Expand the arguments into a sorted list of distinct inputs."""
     if STDIN_ARGUMENT in arguments and len(arguments) > 1:
@@ -90,7 +114,11 @@ def discover(arguments: Sequence[str], recursive: bool) -> Discovery:
             if len(found) == before:
                 discovery.problems.append((argument, "no images found in this folder"))
         elif path.exists():
-            add(path, None)
+            reason = _file_problem(path)
+            if reason is None:
+                add(path, None)
+            else:
+                discovery.problems.append((argument, reason))
         elif glob.has_magic(argument):
             matches = [Path(match) for match in glob.glob(argument, recursive=recursive)]
             images = [match for match in matches if match.is_file() and is_image_name(match)]
@@ -101,7 +129,7 @@ def discover(arguments: Sequence[str], recursive: bool) -> Discovery:
         else:
             discovery.problems.append((argument, "no such file or folder"))
     discovery.inputs = sorted(found.values(), key=lambda item: os.fspath(item.path))
-    discovery.single_file = len(arguments) == 1 and Path(arguments[0]).is_file()
+    discovery.single_file = len(arguments) == 1 and Path(arguments[0]).exists() and not Path(arguments[0]).is_dir()
     return discovery
 
 

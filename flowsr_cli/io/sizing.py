@@ -26,17 +26,33 @@ def format_scale(scale: float) -> str:
     return f"{scale:g}"
 
 
+_RAISE_OUTPUT_LIMIT = "raise it with `flowsr config set max_output_pixels N` or FLOWSR_MAX_OUTPUT_PIXELS"
+
+
 @dataclass(frozen=True)
 class SizeRequest:
-    """What the user asked for: exactly one of a scale factor, an output width or an output height."""
+    """What the user asked for: exactly one of a scale factor, an output width or an output height, made
+    ``samples`` times per input. The outputs of one input have at most ``max_output_pixels`` pixels together
+    (None: no limit), as all of them are held in memory at once."""
 
     scale: float | None = None
     width: int | None = None
     height: int | None = None
+    samples: int = 1
+    max_output_pixels: int | None = None
 
     @classmethod
-    def from_options(cls, scale: float | None, width: int | None, height: int | None) -> SizeRequest:
-        """Validate the three mutually exclusive options; a UsageError says what is wrong."""
+    def from_options(
+        cls,
+        scale: float | None,
+        width: int | None,
+        height: int | None,
+        *,
+        samples: int = 1,
+        max_output_pixels: int | None = None,
+    ) -> SizeRequest:
+        """Validate the three mutually exclusive options; a UsageError says what is wrong, also when the output
+        of even the smallest image would be above ``max_output_pixels``."""
         options = (("--scale", scale), ("--width", width), ("--height", height))
         given = [name for name, value in options if value is not None]
         if len(given) != 1:
@@ -47,7 +63,15 @@ class SizeRequest:
         for name, side in (("--width", width), ("--height", height)):
             if side is not None and side < 1:
                 raise UsageError(f"{name} must be a positive number of pixels, got {side}")
-        return cls(scale, width, height)
+        request = cls(scale, width, height, samples, max_output_pixels)
+        if request._above_limit(request._smallest_output()):
+            value = format_scale(scale) if scale is not None else width or height
+            samples_note = f" for {samples} samples" if samples > 1 else ""
+            raise UsageError(
+                f"{given[0]} {value}: even the smallest image would give more than the max_output_pixels limit "
+                f"of {max_output_pixels:,} pixels{samples_note} ({_RAISE_OUTPUT_LIMIT})"
+            )
+        return request
 
     @property
     def label(self) -> str:
@@ -59,20 +83,50 @@ class SizeRequest:
         return f"h{self.height}"
 
     def target(self, source: Size) -> Size:
-        """The output size for an input of ``source`` size; an ImageError if that would shrink it."""
+        """The output size for an input of ``source`` size; an ImageError if that would shrink it, or if its
+        samples together would be above ``max_output_pixels``."""
+        try:
+            target = self._scaled(source)
+        except OverflowError:
+            raise ImageError(
+                f"the {self.label} output of a {source.width}×{source.height} image is too large to compute"
+            ) from None
+        if target.width < source.width or target.height < source.height:
+            raise ImageError(
+                f"the image is {source.width}×{source.height}, larger than the requested "
+                f"{target.width}×{target.height}; flowsr only enlarges"
+            )
+        if self._above_limit(target):
+            shape = f"{target.width}×{target.height}"
+            if self.samples > 1:
+                shape = f"{self.samples} samples of {shape}"
+            raise ImageError(
+                f"the output would be {shape} = {self._pixels(target):,} pixels, above the max_output_pixels "
+                f"limit of {self.max_output_pixels:,} ({_RAISE_OUTPUT_LIMIT})"
+            )
+        return target
+
+    def _scaled(self, source: Size) -> Size:
         if self.scale is not None:
             scale = self.scale
         elif self.width is not None:
             scale = self.width / source.width
         else:
             scale = self.height / source.height
-        target = Size(
+        return Size(
             self.width if self.width is not None else round_half_up(source.width * scale),
             self.height if self.height is not None else round_half_up(source.height * scale),
         )
-        if target.width < source.width or target.height < source.height:
-            raise ImageError(
-                f"the image is {source.width}×{source.height}, larger than the requested "
-                f"{target.width}×{target.height}; flowsr only enlarges"
-            )
-        return target
+
+    def _smallest_output(self) -> Size:
+        """The output of the smallest input: 1×1 for a scale, one pixel high (wide) for a width (height)."""
+        if self.scale is not None:
+            side = round_half_up(self.scale)
+            return Size(side, side)
+        return Size(self.width or 1, self.height or 1)
+
+    def _pixels(self, size: Size) -> int:
+        return size.width * size.height * self.samples
+
+    def _above_limit(self, size: Size) -> bool:
+        return self.max_output_pixels is not None and self._pixels(size) > self.max_output_pixels
