@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import typer
@@ -28,6 +28,8 @@ class ConsoleReporter:
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
         self._current: TaskID | None = None
+        self._said: set[str] = set()
+        """Warning and error lines already printed: the samples of one input share theirs."""
         if not quiet:
             self._progress = Progress(
                 TextColumn("{task.description}"),
@@ -66,15 +68,20 @@ class ConsoleReporter:
         """Report failures and warnings at once; count the image."""
         name = outcome.job.input.display
         for warning in outcome.warnings:
-            report_warning(f"{name}: {warning}")
+            self._say(report_warning, f"{name}: {warning}")
         if outcome.status == FAILED:
-            report_error(f"{name}: {outcome.reason}")
+            self._say(report_error, f"{name}: {outcome.reason}")
         if self.json_lines:
             # ASCII escapes keep every line valid UTF-8 JSON even for non-UTF-8 file names (as \udcXX,
             # which os.fsencode turns back into the name's bytes).
             typer.echo(json.dumps(outcome.as_record()))
         if self._progress is not None and self._overall is not None:
             self._progress.advance(self._overall)
+
+    def _say(self, report: Callable[[str], None], line: str) -> None:
+        if line not in self._said:
+            self._said.add(line)
+            report(line)
 
     def note(self, message: str) -> None:
         """Something worth saying once per run, e.g. which device runs the model."""
@@ -102,6 +109,6 @@ class ConsoleReporter:
         )
         if failed:
             table = Table("input", "problem", title="Failed inputs", title_justify="left")
-            for name, reason in failed:
+            for name, reason in dict.fromkeys(failed):
                 table.add_row(Text(printable(name)), Text(reason))
             console.print(table)

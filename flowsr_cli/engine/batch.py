@@ -5,7 +5,9 @@ Imaging and torch are imported only when a job needs them, so a rerun that skips
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,12 +18,17 @@ from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.io.atomic import atomic_write_bytes, remove_leftovers
 from flowsr_cli.io.formats import FORMAT_EXTENSIONS
 from flowsr_cli.io.outputs import FALLBACK_FORMAT, Job
+from flowsr_cli.io.provenance import is_flowsr_output, unmarked_file_problem
 from flowsr_cli.io.sizing import Size, SizeRequest
 
 if TYPE_CHECKING:
     from flowsr_cli.engine.upscaler import Upscaler
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+class StdoutError(FlowsrError):
+    """Image data could not be written to stdout: the run stops (exit 1), as nothing more can go there."""
 
 
 @dataclass
@@ -97,8 +104,11 @@ class BatchRunner:
             return Outcome(job, FAILED, job.problem)
         if job.skip is not None:
             return Outcome(job, SKIPPED, job.skip)
-        if job.output is not None and job.output.exists() and not self.options.overwrite:
-            return Outcome(job, SKIPPED, "output exists (use --overwrite to replace it)")
+        if job.output is not None and job.output.exists():
+            if not self.options.overwrite:
+                return Outcome(job, SKIPPED, "output exists (use --overwrite to replace it)")
+            if not is_flowsr_output(job.output):
+                return Outcome(job, FAILED, unmarked_file_problem(job.output))
         return None
 
     def _get_upscaler(self) -> Upscaler:
@@ -151,7 +161,7 @@ class BatchRunner:
                 outcomes.append(self._finish(outcome, started))
                 written += 1
                 started = time.perf_counter()
-        except UsageError:
+        except (UsageError, StdoutError):
             raise
         except Exception as exc:
             if self.options.debug and not isinstance(exc, (FlowsrError, OSError)):
@@ -162,10 +172,12 @@ class BatchRunner:
 
     def _process(self, jobs: list[Job]) -> Iterator[Outcome]:
         from flowsr_cli.engine.pipeline import upscale_image
-        from flowsr_cli.io.reading import read_image
+        from flowsr_cli.io.reading import read_image, read_stream
         from flowsr_cli.io.writing import encode_image
 
-        source = sys.stdin.buffer.read() if jobs[0].input.path is None else jobs[0].input.path
+        source = (
+            read_stream(sys.stdin.buffer, self.options.max_pixels) if jobs[0].input.path is None else jobs[0].input.path
+        )
         image = read_image(source, max_pixels=self.options.max_pixels)
         size_in = Size(image.width, image.height)
         size_out = self.options.request.target(size_in)
@@ -180,8 +192,7 @@ class BatchRunner:
                 result, output_format, quality=self.options.quality, strip_metadata=self.options.strip_metadata
             )
             if job.output is None:
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
+                _write_stdout(data)
             else:
                 job.output.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(job.output, data)
@@ -197,9 +208,40 @@ class BatchRunner:
             )
 
 
+def _write_stdout(data: bytes) -> None:
+    """Write all of ``data`` to stdout, or raise ``StdoutError``: a reader that went away (a closed or
+    broken pipe, e.g. ``| head -c 10``), a full disk and a short write are errors, never a silent success."""
+    try:
+        if sys.stdout is None:
+            raise OSError("stdout is closed")
+        stream = sys.stdout.buffer
+        remaining = memoryview(data)
+        while remaining:
+            written = stream.write(remaining)  # a pipe whose reader closes mid-write takes only a part
+            if not written:
+                raise OSError(f"short write, {len(data) - len(remaining)} of {len(data)} bytes")
+            remaining = remaining[written:]
+        stream.flush()
+    except OSError as exc:
+        _discard_stdout()
+        raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from exc
+
+
+def _discard_stdout() -> None:
+    """Send what is left in stdout's buffer to /dev/null, so Python's flush at exit cannot fail again
+    (it would print "Exception ignored ... BrokenPipeError")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no stdout, or not a file (a test's capture)
+        stdout = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout)
+        os.close(devnull)
+
+
 def _failure_reason(exc: Exception) -> str:
     if isinstance(exc, FlowsrError):
         return str(exc)
     if isinstance(exc, OSError):
         return f"cannot write: {exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return "not enough memory for this image (lower max_output_pixels, or use a smaller --tile)"
     return f"unexpected {type(exc).__name__}: {exc}"

@@ -9,6 +9,7 @@ from pathlib import Path
 from flowsr_cli.errors import UsageError
 from flowsr_cli.io.formats import FORMAT_EXTENSIONS, format_from_suffix
 from flowsr_cli.io.inputs import STDIN_ARGUMENT, Discovery, InputFile
+from flowsr_cli.io.provenance import is_flowsr_output, unmarked_file_problem
 
 FALLBACK_FORMAT = "png"
 
@@ -117,22 +118,40 @@ def _key(path: Path) -> str:
     return os.path.realpath(path)
 
 
+def _is_output_of_another(job: Job, producers: dict[str, Job]) -> bool:
+    producer = producers.get(_key(job.input.path)) if job.input.path is not None else None
+    return producer is not None and producer is not job
+
+
+def _taken_as_earlier_output(path: Path) -> bool:
+    """Whether a file named like another input's output is that input's earlier output: it carries
+    flowsr's mark, or it is a BMP, which cannot carry one (such a BMP is skipped as an input and never
+    replaced, so reruns do not upscale earlier BMP outputs again)."""
+    return format_from_suffix(path) == "bmp" or is_flowsr_output(path)
+
+
 def _guard_inputs(jobs: list[Job]) -> list[Job]:
-    """Mark inputs that are another input's output as skipped, and outputs that would hit an input
-    or another output as problems."""
+    """Mark inputs that are another input's earlier output (flowsr's provenance mark says so) as skipped,
+    and outputs that would hit an input or another output as problems.
+
+    An input named like another input's output but without the mark is the user's file: it is processed
+    like any other input, and the job whose output it would be fails instead of replacing it. Only these
+    colliding files are read (their first bytes)."""
     producers = {_key(job.output): job for job in reversed(jobs) if job.output is not None}
+    colliding = {_key(job.input.path): job.input.path for job in jobs if _is_output_of_another(job, producers)}
+    earlier = {key for key, path in colliding.items() if _taken_as_earlier_output(path)}
     guarded: list[Job] = []
     claimed: dict[str, Job] = {}
     for job in jobs:
-        if job.input.path is not None:
-            producer = producers.get(_key(job.input.path))
-            if producer is not None and producer is not job:
-                guarded.append(replace(job, skip=f"it is the output of {producer.input.display}"))
-                continue
+        if job.input.path is not None and _key(job.input.path) in earlier:
+            guarded.append(replace(job, skip=f"it is the output of {producers[_key(job.input.path)].input.display}"))
+            continue
         if job.output is not None:
             key = _key(job.output)
             if job.input.path is not None and key == _key(job.input.path):
                 job = replace(job, problem="the output would overwrite the input; use --suffix, --format or -o")
+            elif key in colliding and key not in earlier:
+                job = replace(job, problem=unmarked_file_problem(job.output))
             elif key in claimed:
                 job = replace(job, problem=f"same output file as {claimed[key].input.display}")
             else:

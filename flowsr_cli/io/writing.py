@@ -15,6 +15,7 @@ from flowsr_cli.errors import ImageError, UsageError
 from flowsr_cli.io.atomic import atomic_write_bytes
 from flowsr_cli.io.formats import FORMAT_EXTENSIONS
 from flowsr_cli.io.image import CODEC_ERRORS, DISPLAY_NAMES, TIFF_TEXT_TAGS, Image, Metadata, one_line
+from flowsr_cli.io.provenance import MARK_KEY, XMP_TIFF_TAG, mark_json, xmp_packet
 
 _OUTPUT_FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 _EXIF_HEADER = b"Exif\x00\x00"
@@ -27,7 +28,12 @@ _WEBP_MAX_SIDE = 16_383
 def encode_image(
     image: Image, format: str, *, quality: int = 95, strip_metadata: bool = False
 ) -> tuple[bytes, list[str]]:
-    """Encode an image as file bytes in a format; returns the bytes and notes for the user."""
+    """Encode an image as file bytes in a format; returns the bytes and notes for the user.
+
+    Every format but BMP carries flowsr's provenance mark (see ``flowsr_cli.io.provenance``), also with
+    ``strip_metadata``: the mark describes flowsr's own run, not the input's metadata. BMP has no place for
+    it, so BMP outputs are never replaced by ``--overwrite`` (delete them to redo them).
+    """
     fmt = _output_format(format)
     if not 1 <= quality <= 100:
         raise UsageError(f"quality must be between 1 and 100, got {quality}")
@@ -79,8 +85,7 @@ def _encode_png(pixels: np.ndarray, metadata: Metadata, quality: int, notes: lis
 
 def _png_options(metadata: Metadata, notes: list[str]) -> dict[str, object]:
     options: dict[str, object] = _pillow_metadata_options(metadata, dpi=True)
-    if metadata.text:
-        options["pnginfo"] = _png_text_chunks(metadata.text, notes)
+    options["pnginfo"] = _png_text_chunks({**metadata.text, MARK_KEY: mark_json()}, notes)
     return options
 
 
@@ -121,8 +126,6 @@ def _with_canonical_strides(pixels: np.ndarray) -> np.ndarray:
 
 def _png_metadata_chunks(options: dict[str, object]) -> list[bytes]:
     """The ancillary chunks Pillow writes for these save options, taken from a 1×1 PNG."""
-    if not options:
-        return []
     donor = _save_with_pillow(np.zeros((1, 1, 3), np.uint8), "PNG", options)
     return [raw for kind, raw in _png_chunks(donor) if kind not in _PNG_IMAGE_CHUNKS]
 
@@ -145,7 +148,7 @@ def _encode_jpeg(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
         pixels = _flatten_onto_white(pixels)
     pixels = _to_8bit(pixels, "JPEG", notes)
     options = _pillow_metadata_options(metadata, dpi=True)
-    return _save_with_pillow(pixels, "JPEG", {"quality": quality, **options})
+    return _save_with_pillow(pixels, "JPEG", {"quality": quality, "comment": mark_json(), **options})
 
 
 def _encode_webp(pixels: np.ndarray, metadata: Metadata, quality: int, notes: list[str]) -> bytes:
@@ -159,10 +162,11 @@ def _encode_webp(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
             options.pop("icc_profile")
             notes.append("greyscale colour profile dropped: WebP stores greyscale as RGB")
     pixels = _to_8bit(pixels, "WebP", notes)
-    return _save_with_pillow(pixels, "WEBP", {"quality": quality, **options})
+    return _save_with_pillow(pixels, "WEBP", {"quality": quality, "xmp": xmp_packet(mark_json()), **options})
 
 
 def _encode_bmp(pixels: np.ndarray, metadata: Metadata, quality: int, notes: list[str]) -> bytes:
+    """BMP carries no metadata and no provenance mark (see ``encode_image``)."""
     if metadata.icc_profile or metadata.exif:
         notes.append("BMP cannot store the colour profile or EXIF data: dropped")
     if pixels.shape[2] == 2:
@@ -179,7 +183,8 @@ def _encode_tiff(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
     Pillow's libtiff encoder rejects EXIF blocks that have sub-IFDs, so all TIFFs
     go through tifffile.  Of the EXIF data only IFD0 ASCII tags (Make, Model,
     DateTime, Artist, Copyright, Software, ImageDescription, HostComputer) are
-    carried, as plain TIFF tags; the EXIF and GPS sub-IFDs are not written.
+    carried, as plain TIFF tags; the EXIF and GPS sub-IFDs are not written. The
+    provenance mark goes into the XMP tag.
     """
     import tifffile
 
@@ -191,7 +196,7 @@ def _encode_tiff(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
         "predictor": True,
         "metadata": None,
         "software": False,
-        "extratags": _tiff_text_tags(metadata.exif),
+        "extratags": [*_tiff_text_tags(metadata.exif), _tiff_mark_tag()],
     }
     if channels in (2, 4):
         options["extrasamples"] = ("unassalpha",)
@@ -202,6 +207,12 @@ def _encode_tiff(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels[..., 0] if channels == 1 else pixels, **options)
     return buffer.getvalue()
+
+
+def _tiff_mark_tag() -> tuple[int, str, int, bytes, bool]:
+    """tifffile extratag: the provenance mark as an XMP packet (BYTE values)."""
+    packet = xmp_packet(mark_json())
+    return (XMP_TIFF_TAG, "B", len(packet), packet, True)
 
 
 def _tiff_text_tags(exif_bytes: bytes | None) -> list[tuple[int, str, int, bytes, bool]]:

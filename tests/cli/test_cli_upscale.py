@@ -104,13 +104,26 @@ def test_folder_with_a_corrupt_file_writes_the_rest_and_exits_1(run_cli: CliInvo
 def test_skip_existing_by_default_and_overwrite_on_request(run_cli: CliInvoker, tmp_path: Path) -> None:
     source = make_photo(tmp_path / "a.png")
     target = tmp_path / "a_x2.png"
-    target.write_bytes(b"keep me")
+    assert run_cli("upscale", str(source), "--scale", "2").exit_code == 0
+    first = target.stat().st_ino
     result = run_cli("upscale", str(source), "--scale", "2", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["status"] == "skipped"
-    assert target.read_bytes() == b"keep me"
+    assert target.stat().st_ino == first
     assert run_cli("upscale", str(source), "--scale", "2", "--overwrite").exit_code == 0
-    assert image_size(target) == (40, 26)
+    assert target.stat().st_ino != first and image_size(target) == (40, 26)
+
+
+def test_an_existing_file_flowsr_did_not_write_is_skipped_and_never_overwritten(
+    run_cli: CliInvoker, tmp_path: Path
+) -> None:
+    source = make_photo(tmp_path / "a.png")
+    target = tmp_path / "a_x2.png"
+    target.write_bytes(b"keep me")
+    result = run_cli("upscale", str(source), "--scale", "2", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "skipped"
+    assert run_cli("upscale", str(source), "--scale", "2", "--overwrite").exit_code == 1
+    assert target.read_bytes() == b"keep me"
 
 
 def test_rerun_on_a_folder_does_not_upscale_its_own_outputs(run_cli: CliInvoker, tmp_path: Path) -> None:

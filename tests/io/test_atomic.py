@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -48,3 +49,14 @@ def test_leftovers_of_a_killed_write_are_removed_for_the_named_targets_only(tmp_
     assert remove_leftovers([target, tmp_path / "missing" / "a.png"]) == 2
     assert not any(path.exists() for path in stale)
     assert all(path.exists() for path in kept) and not other.exists()
+
+
+def test_a_temporary_file_whose_lock_is_held_is_kept_until_the_lock_is_gone(tmp_path: Path) -> None:
+    live = tmp_path / ".photo_x2.png.live1.part"
+    live.write_bytes(b"being written")
+    with live.open("rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as a write in progress holds it
+        assert remove_leftovers([tmp_path / "photo_x2.png"]) == 0
+        assert live.exists()
+    assert remove_leftovers([tmp_path / "photo_x2.png"]) == 1
+    assert not live.exists()

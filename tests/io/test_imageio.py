@@ -22,6 +22,7 @@ from PIL import ImageCms, ImageOps, PngImagePlugin
 from flowsr_cli.errors import ImageError, UsageError
 from flowsr_cli.io.formats import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, INPUT_EXTENSIONS, format_from_suffix
 from flowsr_cli.io.image import Image, Metadata
+from flowsr_cli.io.provenance import MARK_KEY, mark_json, parse_mark, read_mark
 from flowsr_cli.io.reading import read_image
 from flowsr_cli.io.writing import encode_image, write_image
 from tests.conftest import REPO_ROOT
@@ -403,10 +404,11 @@ def test_png_text_chunks_survive_a_round_trip(tmp_path: Path, bits: int) -> None
     if bits == 16:
         image = Image(gradient16(3), "png", image.metadata)
     write_image(image, tmp_path / "out.png", "png")
+    marked = {**text, MARK_KEY: mark_json()}  # flowsr's provenance mark is one more text chunk
     with PILImage.open(tmp_path / "out.png") as written:
         written.load()
-        assert written.text == text
-    assert read_image(tmp_path / "out.png").metadata.text == text
+        assert written.text == marked
+    assert read_image(tmp_path / "out.png").metadata.text == marked
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp", "tiff"])
@@ -428,7 +430,8 @@ def test_strip_metadata_writes_none(tmp_path: Path, fmt: str, bits: int) -> None
         assert "dpi" not in written.info
         assert MAKE_TAG not in written.getexif()
         assert "Title" not in written.info
-    assert read_image(out).metadata == Metadata()
+    assert read_image(out).metadata == Metadata(text={MARK_KEY: mark_json()} if fmt == "png" else {})
+    assert parse_mark(mark_json()) == read_mark(out), "flowsr's provenance mark is written even when stripping"
     assert image.metadata.icc_profile is not None  # the image itself is unchanged
 
 
@@ -735,3 +738,23 @@ def test_write_failing_midway_keeps_old_content(tmp_path: Path) -> None:
     assert result.stderr.strip() == "ImageError: cannot write: File too large"
     assert target.read_bytes() == b"old content"
     assert _part_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- provenance mark
+
+
+def test_the_mark_can_carry_run_settings_through_an_xmp_packet(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    from flowsr_cli import __version__
+    from flowsr_cli.io.provenance import xmp_packet
+
+    settings = {"model": 'a "quoted" & <odd> name', "scale": 3.5, "seed": 7}
+    mark = mark_json(settings)
+    assert parse_mark(mark) == {"flowsr": __version__, **settings}
+    packet = xmp_packet(mark)
+    ElementTree.fromstring(packet.split(b"?>", 1)[1].rsplit(b"<?", 1)[0])  # well-formed XML
+    tiff = tmp_path / "marked.tif"
+    tifffile.imwrite(tiff, gradient8(3), metadata=None, extratags=[(700, "B", len(packet), packet, True)])
+    assert read_mark(tiff) == parse_mark(mark)
+    assert parse_mark('{"other": "1.0"}') is None and parse_mark("[" * 100_000) is None

@@ -1,0 +1,189 @@
+"""flowsr's provenance mark: a small JSON object that every file flowsr writes carries in its own metadata.
+
+The mark tells flowsr's earlier outputs apart from the user's files: only a marked file is ever taken as
+an earlier output (skipped as an input, replaced by ``--overwrite``); an unmarked file is never replaced.
+The JSON object holds flowsr's version under the key ``"flowsr"`` and has room for the run's settings
+(``{"flowsr": "0.1.0", ...}``). It is written even with ``--strip-metadata``: it describes flowsr's own
+run, not the input's metadata.
+
+Where it is stored:
+
+* PNG (8 and 16 bits): a ``tEXt`` chunk with the keyword ``flowsr``, before the image data;
+* JPEG: a comment (COM) segment holding the JSON;
+* WebP: an XMP chunk, and TIFF (8 and 16 bits): the XMP tag (700); in both an XMP packet whose
+  ``flowsr:provenance`` attribute holds the JSON;
+* BMP: nowhere, the format has no place for it. So BMP outputs are never replaced by ``--overwrite``
+  (delete them to redo them), and a BMP named like another input's output is taken as that output by
+  its name alone (skipped as an input, never replaced).
+
+Reading a mark imports no imaging library: a few bounded header reads that never raise.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import re
+import stat
+import struct
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
+
+from flowsr_cli import __version__
+
+MARK_KEY = "flowsr"
+XMP_TIFF_TAG = 700
+_XMP_NAMESPACE = "urn:flowsr:provenance:1/"
+_XMP_ATTRIBUTE = re.compile(rb'flowsr:provenance="([^"]*)"')
+_MAX_MARK_BYTES = 65_536
+_MAX_STEPS = 256  # chunks, segments or tags looked at before giving up
+
+
+def mark_json(settings: Mapping[str, object] | None = None) -> str:
+    """The mark's text: ``{"flowsr": VERSION}`` plus the run's ``settings`` (ASCII JSON)."""
+    return json.dumps({MARK_KEY: __version__, **(settings or {})}, separators=(",", ":"))
+
+
+def xmp_packet(mark: str) -> bytes:
+    """An XMP packet holding the mark (for WebP and TIFF)."""
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" xmlns:flowsr="{_XMP_NAMESPACE}" '
+        f'flowsr:provenance="{html.escape(mark, quote=True)}"/>'
+        '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
+    ).encode()
+
+
+def parse_mark(text: str) -> dict[str, object] | None:
+    """The mark in ``text``, or None if it is not one."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get(MARK_KEY), str) else None
+
+
+def read_mark(path: str | os.PathLike[str]) -> dict[str, object] | None:
+    """The mark of the image file at ``path``, or None (unmarked, unreadable or not a regular file)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as stream:
+            head = stream.read(16)
+            reader = _reader_for(head)
+            return None if reader is None else reader(stream, head)
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def is_flowsr_output(path: str | os.PathLike[str]) -> bool:
+    """Whether flowsr wrote the file at ``path`` (it carries the mark)."""
+    return read_mark(path) is not None
+
+
+def unmarked_file_problem(path: str | os.PathLike[str]) -> str:
+    """Why a job does not replace the file at ``path``, which flowsr did not write."""
+    return f"{os.fsdecode(path)} exists and was not written by flowsr; not replaced (use --suffix or -o)"
+
+
+_Reader = Callable[[BinaryIO, bytes], dict[str, object] | None]
+
+
+def _reader_for(head: bytes) -> _Reader | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_mark
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_mark
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _webp_mark
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return _tiff_mark
+    return None
+
+
+def _png_mark(stream: BinaryIO, head: bytes) -> dict[str, object] | None:
+    """The ``flowsr`` tEXt chunk among the chunks before the image data."""
+    stream.seek(8)
+    for _ in range(_MAX_STEPS):
+        length, kind = struct.unpack(">I4s", _read_exactly(stream, 8))
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        if kind == b"tEXt" and length <= _MAX_MARK_BYTES:
+            keyword, _, text = _read_exactly(stream, length).partition(b"\0")
+            if keyword == MARK_KEY.encode():
+                return parse_mark(text.decode("latin-1"))
+            stream.seek(4, io.SEEK_CUR)
+        else:
+            stream.seek(length + 4, io.SEEK_CUR)
+    return None
+
+
+def _jpeg_mark(stream: BinaryIO, head: bytes) -> dict[str, object] | None:
+    """A comment segment holding a mark, among the segments before the scan."""
+    stream.seek(2)
+    for _ in range(_MAX_STEPS):
+        prefix, code = _read_exactly(stream, 2)
+        if prefix != 0xFF or code in (0xD9, 0xDA):  # not a marker, end of image, start of scan
+            return None
+        if code == 0xFF:  # a fill byte before the marker
+            stream.seek(-1, io.SEEK_CUR)
+            continue
+        if code == 0x01 or 0xD0 <= code <= 0xD7:  # markers without a length
+            continue
+        (length,) = struct.unpack(">H", _read_exactly(stream, 2))
+        if length < 2:
+            return None
+        if code == 0xFE and length - 2 <= _MAX_MARK_BYTES:
+            mark = parse_mark(_read_exactly(stream, length - 2).decode("utf-8"))
+            if mark is not None:
+                return mark
+        else:
+            stream.seek(length - 2, io.SEEK_CUR)
+    return None
+
+
+def _webp_mark(stream: BinaryIO, head: bytes) -> dict[str, object] | None:
+    """The XMP chunk of a RIFF WebP file (after the image data: the chunks between are skipped)."""
+    stream.seek(12)
+    for _ in range(_MAX_STEPS):
+        kind, size = struct.unpack("<4sI", _read_exactly(stream, 8))
+        if kind == b"XMP ":
+            return _xmp_mark(_read_exactly(stream, size)) if size <= _MAX_MARK_BYTES else None
+        stream.seek(size + (size & 1), io.SEEK_CUR)
+    return None
+
+
+def _tiff_mark(stream: BinaryIO, head: bytes) -> dict[str, object] | None:
+    """The XMP tag of the first IFD of a classic or Big TIFF."""
+    endian = "<" if head[:2] == b"II" else ">"
+    big = head[2] == 0x2B or head[3] == 0x2B
+    offset_format, value_size = ("Q", 8) if big else ("I", 4)
+    (offset,) = struct.unpack(endian + offset_format, head[8:16] if big else head[4:8])
+    stream.seek(offset)
+    count_format = "Q" if big else "H"
+    (count,) = struct.unpack(endian + count_format, _read_exactly(stream, struct.calcsize(count_format)))
+    entry_format = endian + ("HHQQ" if big else "HHII")
+    for _ in range(min(count, _MAX_STEPS)):
+        tag, _kind, length, value_offset = struct.unpack(entry_format, _read_exactly(stream, 4 + 2 * value_size))
+        if tag == XMP_TIFF_TAG:
+            if not value_size < length <= _MAX_MARK_BYTES:
+                return None
+            stream.seek(value_offset)
+            return _xmp_mark(_read_exactly(stream, length))
+    return None
+
+
+def _xmp_mark(packet: bytes) -> dict[str, object] | None:
+    found = _XMP_ATTRIBUTE.search(packet)
+    return None if found is None else parse_mark(html.unescape(found.group(1).decode("utf-8")))
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise ValueError("truncated file")
+    return data
