@@ -21,8 +21,6 @@ models_app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
 
 @models_app.command("import")
 def import_command(
@@ -30,18 +28,23 @@ def import_command(
     name: str = typer.Option(..., "--name", help="The name to use with --model.", show_default=False),
     force: bool = typer.Option(False, "--force", help="Replace an existing model of that name."),
 ) -> None:
-    """Convert an original LINF or SRFlow checkpoint into a flowsr model (weights only; no pickled code is run)."""
+    """Convert an original LINF or SRFlow checkpoint into a flowsr model (weights only; no pickled code is run);
+    its sha256 is recorded, and checked before each use."""
     from flowsr_cli.families.importing import convert_original
     from flowsr_cli.families.model_file import save_model
+    from flowsr_cli.hub.catalog import check_name
 
-    if _NAME.fullmatch(name) is None:
-        raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
-    target = _hub().cached_path(name)
+    check_name(name, "--name")
+    hub = _hub()
+    if name in hub.registry:
+        raise UsageError(f"--name {name!r} is a registered model (`flowsr models list`); choose another name")
+    target = hub.cached_path(name)
     if target.exists() and not force:
         raise UsageError(f"a model named {name!r} exists ({printable(target)}); use --force to replace it")
     model = convert_original(checkpoint)
     target.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, target, source=checkpoint.name)
+    hub.record_import(name, target, checkpoint.absolute())
     parameters = sum(parameter.numel() for parameter in model.parameters())
     typer.echo(f"imported {name}: {parameters / 1e6:.2f} M parameters -> {printable(target)}")
     scale = getattr(model, "scale", 3.5)  # fixed-scale models (SRFlow: 4) say which scale they do
@@ -55,7 +58,7 @@ def _hub() -> Hub:
 
 
 def _entry(hub: Hub, name: str) -> ModelEntry:
-    entry = hub.entries().get(name)
+    entry = hub.find(name)
     if entry is None:
         known = ", ".join(hub.entries()) or "none yet"
         raise UsageError(f"no model named {name!r}; known: {known}")
@@ -108,7 +111,7 @@ def download_command(
 @models_app.command("verify")
 def verify_command(name: str | None = typer.Argument(None, help="One model (default: all that are here).")) -> None:
     """Re-hash model files on disk against their published sha256 (exit 1 on any mismatch)."""
-    from flowsr_cli.hub.catalog import changed_digest
+    from flowsr_cli.hub.catalog import changed_digest, reimport_command
 
     hub = _hub()
     entries = [_entry(hub, name)] if name else list(hub.entries().values())
@@ -118,6 +121,10 @@ def verify_command(name: str | None = typer.Argument(None, help="One model (defa
         if not path.is_file():
             if name:
                 raise UsageError(f"{entry.name}: not downloaded ({printable(path)})")
+            continue
+        if entry.source == "imported" and not entry.sha256:
+            remedy = reimport_command(entry)
+            typer.echo(f"{entry.name}: no recorded sha256 (imported by an older flowsr; to record one: {remedy})")
             continue
         if not entry.sha256:
             typer.echo(f"{entry.name}: no published checksum ({entry.source})")
@@ -150,6 +157,8 @@ def remove_command(name: str = typer.Argument(..., help="The model to delete fro
     if not path.is_file():
         raise UsageError(f"{name} is not in the cache")
     path.unlink()
+    if entry.source == "imported":
+        hub.forget_import(name)
     typer.echo(f"removed {printable(path)}")
 
 
@@ -164,10 +173,9 @@ def add_command(
     description: str = typer.Option("", "--description", help="A line for `flowsr models list`."),
 ) -> None:
     """Register a model served elsewhere (e.g. a team's server); it downloads on first use."""
-    from flowsr_cli.hub.catalog import ModelEntry
+    from flowsr_cli.hub.catalog import ModelEntry, check_name
 
-    if _NAME.fullmatch(name) is None:
-        raise UsageError(f"name {name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    check_name(name, "name")
     if re.fullmatch(r"[0-9a-fA-F]{64}", sha256) is None:
         raise UsageError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
     if not url.startswith(("https://", "http://")):

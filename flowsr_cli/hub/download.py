@@ -3,6 +3,8 @@
 The bytes go to ``<target>.part`` in the target's folder; an interrupted run leaves it there and the next
 run resumes it with a ``Range`` request. Only a complete file whose sha256 matches is renamed to
 ``target``. An exclusive ``flock`` on ``<target>.lock`` keeps two processes from writing the same file.
+A download never grows past the file's known size (else ``max_download_mb``) and ends within
+``download_timeout`` seconds (:class:`DownloadLimits`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from flowsr_cli.io.atomic import TEMP_SUFFIX
 
 LOCK_SUFFIX = ".lock"
 MAX_REDIRECTS = 5
+MEGABYTE = 1 << 20
 _STREAM_CHUNK = 1 << 16
 
 ProgressUpdate = Callable[[int, int | None], None]
@@ -41,8 +44,63 @@ class RemoteFile:
     size: int | None = None
 
 
+@dataclass(frozen=True)
+class DownloadLimits:
+    """What one download may cost: ``max_mb`` megabytes when the file's size is not known (the
+    max_download_mb setting; a known size is always the limit) and ``seconds`` in all, retries included
+    (download_timeout). None: no limit."""
+
+    max_mb: int | None = None
+    seconds: float | None = None
+
+
 class DownloadError(FlowsrError):
     """A download failed or was refused; the message names the URL and the cause."""
+
+
+class _Budget:
+    """The limits of one download: the most bytes its file may have and the moment it must be done by."""
+
+    def __init__(self, remote: RemoteFile, limits: DownloadLimits) -> None:
+        self.remote = remote
+        self.limits = limits
+        self.ends = None if limits.seconds is None else time.monotonic() + limits.seconds
+
+    def remaining(self) -> float | None:
+        """Seconds left (never below a millisecond), or None without a deadline."""
+        return None if self.ends is None else max(self.ends - time.monotonic(), 0.001)
+
+    def timeouts(self, timeout: tuple[float, float]) -> tuple[float, float]:
+        """Connect and read timeouts that end no later than the deadline."""
+        left = self.remaining()
+        return timeout if left is None else (min(timeout[0], left), min(timeout[1], left))
+
+    def check_size(self, total: int, part: Path) -> None:
+        """Stop (deleting ``part``) when the file would grow to ``total`` bytes, past its limit."""
+        size, max_mb = self.remote.size, self.limits.max_mb
+        limit = size if size is not None else (None if max_mb is None else max_mb * MEGABYTE)
+        if limit is None or total <= limit:
+            return
+        part.unlink(missing_ok=True)
+        if size is not None:
+            raise DownloadError(
+                f"{self.remote.url} sends more than the {size} bytes registered for it; the download was stopped "
+                "and deleted (if the file really changed, register its new size and sha256 with `flowsr models add`)"
+            )
+        raise DownloadError(
+            f"{self.remote.url} is larger than max_download_mb ({max_mb} MB); the download was stopped and deleted; "
+            "raise the limit with `flowsr config set max_download_mb MB` or FLOWSR_MAX_DOWNLOAD_MB"
+        )
+
+    def check_time(self, kept: int, pause: float = 0.0) -> None:
+        """Stop when the deadline has passed, or would pass during a ``pause``; ``kept`` bytes stay for a resume."""
+        if self.ends is None or time.monotonic() + pause < self.ends:
+            return
+        raise DownloadError(
+            f"the download of {self.remote.url} did not finish within download_timeout ({self.limits.seconds:g} s); "
+            f"stopped with {kept} bytes kept for the next run to resume; raise the limit with "
+            "`flowsr config set download_timeout SECONDS` or FLOWSR_DOWNLOAD_TIMEOUT"
+        )
 
 
 class _TransientError(Exception):
@@ -77,6 +135,7 @@ def download(
     backoff: float = 1.0,
     session: requests.Session | None = None,
     allow_redirect_hosts: Collection[str] = frozenset(),
+    limits: DownloadLimits = DownloadLimits(),
 ) -> Path:
     """Make sure ``target`` holds ``remote`` and return it.
 
@@ -84,7 +143,9 @@ def download(
     :func:`sha256_of`). Otherwise the file is streamed into ``<target>.part``, resuming what an earlier
     run left there, retried ``retries`` times with delays of ``backoff * 2**n`` seconds on connection
     errors, timeouts, cut-off bodies and HTTP 5xx, verified and renamed into place. Redirects may only
-    stay on the URL's host or go to ``allow_redirect_hosts``. Raises :class:`DownloadError`.
+    stay on the URL's host or go to ``allow_redirect_hosts``. Past its ``limits`` (bytes: the part is
+    deleted; time, counted once the lock is held: the part is kept to resume) it stops. Raises
+    :class:`DownloadError`.
     """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, not {retries}")
@@ -103,8 +164,10 @@ def download(
             if target.exists():
                 return target
             part = part_path(target)
+            budget = _Budget(remote, limits)
             with _progress_bar(progress, target.name) as update, _session_for(session) as http:
-                _fetch_with_retries(http, remote, part, timeout, retries, backoff, allowed_hosts, update)
+                fetch = _Fetch(http, remote, part, timeout, allowed_hosts, update, budget)
+                _fetch_with_retries(fetch, retries, backoff)
             _verify(remote, part)
             os.replace(part, target)
     except OSError as error:
@@ -169,52 +232,58 @@ def _progress_bar(enabled: bool, label: str) -> Iterator[ProgressUpdate]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _fetch_with_retries(
-    http: requests.Session,
-    remote: RemoteFile,
-    part: Path,
-    timeout: tuple[float, float],
-    retries: int,
-    backoff: float,
-    allowed_hosts: set[str],
-    update: ProgressUpdate,
-) -> None:
+@dataclass(frozen=True)
+class _Fetch:
+    """One download in progress: where it comes from and goes, and what it may cost."""
+
+    http: requests.Session
+    remote: RemoteFile
+    part: Path
+    timeout: tuple[float, float]
+    allowed_hosts: set[str]
+    update: ProgressUpdate
+    budget: _Budget
+
+    def kept(self) -> int:
+        """The bytes ``part`` holds so far."""
+        return self.part.stat().st_size if self.part.exists() else 0
+
+
+def _fetch_with_retries(fetch: _Fetch, retries: int, backoff: float) -> None:
     """Bring ``part`` to the complete length, retrying transient failures; each try resumes ``part``."""
+    url = fetch.remote.url
     attempts = retries + 1
     last_error: BaseException | None = None
     for attempt in range(attempts):
         if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
+            pause = backoff * 2 ** (attempt - 1)
+            fetch.budget.check_time(fetch.kept(), pause)
+            time.sleep(pause)
         try:
-            _fetch_once(http, remote, part, timeout, allowed_hosts, update)
+            _fetch_once(fetch)
             return
         except requests.exceptions.SSLError as error:
-            raise DownloadError(f"could not download {remote.url}: {_describe(error)}") from error
+            raise DownloadError(f"could not download {url}: {_describe(error)}") from error
         except _RETRYABLE as error:
+            fetch.budget.check_time(fetch.kept())  # a timeout at the deadline is the deadline's
             last_error = error
         except requests.RequestException as error:
-            raise DownloadError(f"could not download {remote.url}: {_describe(error)}") from error
+            raise DownloadError(f"could not download {url}: {_describe(error)}") from error
     plural = "s" if attempts != 1 else ""
-    raise DownloadError(
-        f"could not download {remote.url} after {attempts} attempt{plural}: {_describe(last_error)}"
-    ) from last_error
+    message = f"could not download {url} after {attempts} attempt{plural}: {_describe(last_error)}"
+    raise DownloadError(message) from last_error
 
 
-def _fetch_once(
-    http: requests.Session,
-    remote: RemoteFile,
-    part: Path,
-    timeout: tuple[float, float],
-    allowed_hosts: set[str],
-    update: ProgressUpdate,
-) -> None:
+def _fetch_once(fetch: _Fetch) -> None:
     """One request: append the rest of the file to ``part`` (206), or rewrite it (200)."""
-    offset = part.stat().st_size if part.exists() else 0
+    remote, part, budget = fetch.remote, fetch.part, fetch.budget
+    offset = fetch.kept()
     if remote.size is not None and offset == remote.size:
         return
     if remote.size is not None and offset > remote.size:
         offset = 0
-    response = _open(http, remote.url, offset, timeout, allowed_hosts)
+    budget.check_time(offset)
+    response = _open(fetch.http, remote.url, offset, budget.timeouts(fetch.timeout), fetch.allowed_hosts)
     with response:
         status = response.status_code
         if status == HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE and offset:
@@ -229,29 +298,41 @@ def _fetch_once(
             part.unlink(missing_ok=True)
             raise _TransientError(f"the server answered a resume from byte {start} with {_content_range(response)}")
         expected = _content_length(response)
-        total = remote.size if remote.size is not None else (None if expected is None else start + expected)
-        received = 0
-        update(start, total)
-        with open(part, "ab" if start else "wb") as handle:
-            for block in _body_blocks(response):
-                handle.write(block)
-                received += len(block)
-                update(start + received, total)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if expected is not None:
+            budget.check_size(start + expected, part)
+        received = _write_body(fetch, response, start, expected)
         if expected is not None and received < expected:
             raise _TransientError(f"the connection closed after {received} of {expected} bytes")
+
+
+def _write_body(fetch: _Fetch, response: requests.Response, start: int, expected: int | None) -> int:
+    """Write the body to ``part`` from byte ``start`` within the budget; returns the bytes received."""
+    remote, budget = fetch.remote, fetch.budget
+    total = remote.size if remote.size is not None else (None if expected is None else start + expected)
+    received = 0
+    fetch.update(start, total)
+    with open(fetch.part, "ab" if start else "wb") as handle:
+        for block in _body_blocks(response):
+            budget.check_size(start + received + len(block), fetch.part)
+            handle.write(block)
+            received += len(block)
+            fetch.update(start + received, total)
+            budget.check_time(start + received)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return received
 
 
 def _body_blocks(response: requests.Response) -> Iterator[bytes]:
     """The body exactly as sent, in blocks: undecoded, because ``Range`` offsets count these bytes.
 
     Unlike ``iter_content``, a block that arrived before the connection broke is still yielded, so a
-    resume starts after it. A broken connection (reset, cut short, TLS failure) becomes
+    resume starts after it; a block is what one read brought (``read1``), so a trickling server cannot
+    keep the caller from checking its limits. A broken connection (reset, cut short, TLS failure) becomes
     ``ChunkedEncodingError``, a stalled one ``ConnectionError``, as ``requests`` itself does.
     """
     try:
-        while block := response.raw.read(_STREAM_CHUNK, decode_content=False):
+        while block := response.raw.read1(_STREAM_CHUNK, decode_content=False):
             yield block
     except ReadTimeoutError as error:
         raise requests.ConnectionError(error) from error
