@@ -7,6 +7,7 @@ plain containers; then each registered family's importer is asked in turn whethe
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,33 @@ class CheckpointImportError(FlowsrError):
 
 
 def import_failure(path: Path, problem: str) -> CheckpointImportError:
-    """The error for a checkpoint at ``path`` that cannot be imported, naming the file and the problem."""
-    return CheckpointImportError(f"{path}: {problem}")
+    """The error for a checkpoint at ``path`` that cannot be imported, naming the file and the problem (on one line)."""
+    return CheckpointImportError(f"{path}: {' '.join(problem.split())}")
+
+
+def is_plain_tensor(value: object) -> bool:
+    """Whether ``value`` is what an original checkpoint's weights are: a dense CPU tensor of real numbers
+    (not sparse, quantized, nested, complex or on the meta device)."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.layout == torch.strided
+        and value.device.type == "cpu"
+        and not (value.is_quantized or value.is_nested or value.is_complex())
+    )
+
+
+def listed(names: list[str], shown: int = 3) -> str:
+    """The first few names, and "..." when there are more."""
+    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
 
 
 def load_weights_only(path: str | os.PathLike[str]) -> Any:
     """A checkpoint's contents, loaded without running any pickled code."""
     location = Path(path)
     try:
-        return torch.load(location, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on what it checks (e.g. sparse tensors), not the user's
+            return torch.load(location, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise import_failure(location, "not found") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ import torch
 from torch import nn
 
 from flowsr_cli.errors import FlowsrError
-from flowsr_cli.families.registry import make
+from flowsr_cli.families.registry import ModelSpecError, check_spec, make
 from flowsr_cli.io.atomic import atomic_write_bytes
 
 FORMAT_NAME = "flowsr-model"
 FORMAT_VERSION = 1
+MAX_SPEC_CHARACTERS = 1 << 16
+"""The longest spec a model file may carry (the bundled ones are under 600 characters)."""
 
 
 class ModelFileError(FlowsrError):
@@ -45,7 +48,8 @@ def save_model(
 
 
 def read_model_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The header of a flowsr model file: its spec (parsed) and any other metadata strings."""
+    """The header of a flowsr model file: its spec (parsed and checked against the registry, see
+    :func:`~flowsr_cli.families.registry.check_spec`) and any other metadata strings."""
     from safetensors import safe_open
 
     location = Path(path)
@@ -58,14 +62,40 @@ def read_model_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelFileError(f"model file {location}: not a readable .safetensors file ({exc})") from None
     if metadata.get("format") != FORMAT_NAME or "spec" not in metadata:
         raise ModelFileError(f"model file {location}: not a flowsr model (no spec in its metadata)")
-    version = int(metadata.get("format_version", "0"))
-    if version > FORMAT_VERSION:
+    _check_version(location, metadata.get("format_version", "0"))
+    metadata["spec"] = _parsed_spec(location, metadata["spec"])
+    return metadata
+
+
+def _check_version(location: Path, version: str) -> None:
+    if not (version.isascii() and version.isdigit()):
+        raise ModelFileError(f"model file {location}: format version {version[:20]!r} is not a whole number")
+    digits = version.lstrip("0")
+    if len(digits) > 9 or int(digits or "0") > FORMAT_VERSION:
         raise ModelFileError(
-            f"model file {location}: format version {version} is newer than this flowsr understands "
+            f"model file {location}: format version {version[:20]} is newer than this flowsr understands "
             f"({FORMAT_VERSION}); upgrade flowsr"
         )
-    metadata["spec"] = json.loads(metadata["spec"])
-    return metadata
+
+
+def _parsed_spec(location: Path, text: str) -> Any:
+    """The spec a model file carries, parsed from JSON and checked (nothing is built)."""
+    if len(text) > MAX_SPEC_CHARACTERS:
+        raise ModelFileError(
+            f"model file {location}: its spec is {len(text):,} characters long; flowsr specs take at most "
+            f"{MAX_SPEC_CHARACTERS:,}"
+        )
+    try:
+        spec = json.loads(text)
+    except RecursionError:
+        raise ModelFileError(f"model file {location}: its spec is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:
+        raise ModelFileError(f"model file {location}: its spec is not valid JSON ({exc})") from None
+    try:
+        check_spec(spec)
+    except ModelSpecError as exc:
+        raise ModelSpecError(f"model file {location}: {exc}") from None
+    return spec
 
 
 def model_notes(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -78,21 +108,34 @@ def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu")
     """Rebuild a model from its file alone, in float32, in eval mode, on ``device``."""
     from safetensors.torch import load_file
 
-    metadata = read_model_metadata(path)
-    model = make(metadata["spec"])
-    tensors = load_file(str(path))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong_shape = sorted(name for name in set(expected) & set(tensors) if expected[name].shape != tensors[name].shape)
-    if missing or unexpected or wrong_shape:
-        details = "; ".join(
-            f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
-            if names
-        )
-        raise ModelFileError(f"model file {path}: weights do not fit the spec ({details})")
+    location = Path(path)
+    metadata = read_model_metadata(location)
+    try:
+        model = make(metadata["spec"])
+    except ModelSpecError as exc:
+        raise ModelSpecError(f"model file {location}: {exc}") from None
+    try:
+        tensors = load_file(str(location))
+    except Exception as exc:  # safetensors raises its own error types for malformed data
+        raise ModelFileError(f"model file {location}: its weights cannot be read ({exc})") from None
+    mismatch = weights_mismatch(model.state_dict(), tensors)
+    if mismatch:
+        raise ModelFileError(f"model file {location}: weights do not fit the spec ({mismatch})")
     model.load_state_dict(
         {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in tensors.items()}
     )
     return model.to(device).eval()
+
+
+def weights_mismatch(expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """How ``tensors`` fail to match a model's state dict ``expected`` (the weights missing, unexpected or
+    of the wrong shape, a few of each), or None when every name and shape matches."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong_shape = sorted(name for name in set(expected) & set(tensors) if expected[name].shape != tensors[name].shape)
+    details = [
+        f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+        if names
+    ]
+    return "; ".join(details) or None

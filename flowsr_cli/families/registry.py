@@ -6,10 +6,13 @@ is adding a folder that calls :func:`register_family`, and no other module names
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import inspect
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from flowsr_cli.errors import FlowsrError, UsageError
 
@@ -23,9 +26,48 @@ Spec = dict[str, Any]
 
 
 class ModelSpecError(FlowsrError):
-    """A spec names an unknown architecture or gives it arguments it does not take (exit 2)."""
+    """A spec names an unknown architecture, gives it arguments it does not take, sizes beyond its bounds, or
+    describes a model larger than the memory available (exit 2)."""
 
     exit_code = 2
+
+
+MAX_INTEGER = 1 << 16
+"""The largest integer (in magnitude) a spec may hold anywhere, unless its network bounds that argument."""
+MAX_ITEMS = 256
+"""The most items of any list or object in a spec."""
+MAX_DEPTH = 16
+"""The deepest nesting of lists and objects in a spec (a LINF-LP's spec nests 6 deep)."""
+
+
+def _is_integer(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Inclusive bounds of an integer argument or, with ``items``, of every item of a list of at most
+    that many integers."""
+
+    low: int
+    high: int
+    items: int | None = None
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value`` ("must be ..."), or None when it is within these bounds."""
+        if self.items is None:
+            return None if self._fits(value) else f"must be an integer from {self.low} to {self.high}"
+        if isinstance(value, (list, tuple)) and len(value) <= self.items and all(map(self._fits, value)):
+            return None
+        return f"must be a list of at most {self.items} integers from {self.low} to {self.high}"
+
+    def _fits(self, value: object) -> bool:
+        return _is_integer(value) and self.low <= value <= self.high
 
 
 @dataclass(frozen=True)
@@ -62,11 +104,25 @@ class Network:
     """One architecture a spec can name."""
 
     factory: Callable[..., nn.Module]
-    """Called with the spec's ``args`` as keyword arguments."""
+    """Called with the spec's ``args`` as keyword arguments; it may declare ``spec_bounds`` and
+    ``spec_parts`` (see :attr:`bounds` and :attr:`parts`)."""
     engine: EngineBuilder | None = None
     """For a whole model: builds its upscaler. None for parts (encoders, latent modules)."""
     learned_prior: bool = False
     """True when the model predicts its latents (``--prior learned`` is its default)."""
+
+    @property
+    def bounds(self) -> Mapping[str, Bound]:
+        """The factory's ``spec_bounds``: bounds of integer arguments by name (``"latent.widths"``: the
+        ``widths`` entry of the object given as ``latent``), checked before anything is built; integers
+        without one only have to be within ``MAX_INTEGER``."""
+        return getattr(self.factory, "spec_bounds", {})
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The factory's ``spec_parts``: arguments that are specs of other networks (e.g. LINF's
+        ``encoder``), checked as specs in turn."""
+        return getattr(self.factory, "spec_parts", ())
 
 
 @dataclass(frozen=True)
@@ -122,19 +178,124 @@ def _network(name: str) -> Network:
     raise ModelSpecError(f"unknown model architecture {name!r}; known: {', '.join(registered_names())}")
 
 
-def make(spec: Mapping[str, Any]) -> nn.Module:
-    """Build the model a spec describes; the module keeps a copy of its spec in ``module.spec``."""
+def check_spec(spec: object) -> None:
+    """Refuse (:class:`ModelSpecError`) a spec that names no registered network, gives it arguments it does
+    not take, or holds sizes beyond its network's bounds; the specs of its parts are checked in turn.
+    Nothing is built, so a spec from an untrusted file costs nothing to check."""
+    _checked(spec)
+
+
+def _checked(spec: object, depth: int = 1) -> tuple[str, Network, dict[str, Any]]:
+    """The name, network and arguments of a spec that passes :func:`check_spec` (its args ``depth`` levels deep)."""
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ModelSpecError(f"a model spec needs a 'name' string, got {spec!r}")
+        raise ModelSpecError(f"a model spec needs a 'name' string, got {_shown(spec)}")
     name = spec["name"]
-    args = dict(spec.get("args") or {})
     network = _network(name)
+    args = spec.get("args", {})
+    if not isinstance(args, Mapping) or not all(isinstance(key, str) for key in args):
+        raise ModelSpecError(f"model {name!r}: its args must be an object of named arguments, got {_shown(args)}")
+    if depth > MAX_DEPTH:
+        raise ModelSpecError(f"model {name!r}: its spec is nested deeper than {MAX_DEPTH} levels")
     try:
-        module = network.factory(**copy.deepcopy(args))
+        inspect.signature(network.factory).bind(**args)
     except TypeError as exc:
         raise ModelSpecError(f"bad arguments for model {name!r}: {exc}") from None
+    for key, bound in network.bounds.items():
+        _check_bound(name, args, key, bound)
+    for key in network.parts:
+        if key in args:
+            try:
+                _checked(args[key], depth + 2)
+            except ModelSpecError as exc:
+                raise ModelSpecError(f"model {name!r}: argument {key}: {exc}") from None
+    plain = {key: value for key, value in args.items() if key not in network.parts}
+    problem = next(_value_problems(plain, "", depth), None)
+    if problem is not None:
+        raise ModelSpecError(f"model {name!r}: argument {problem[0]} {problem[1]}")
+    return name, network, dict(args)
+
+
+def _value_problems(value: object, where: str, depth: int) -> Iterator[tuple[str, str]]:
+    """(where, problem) for what no spec holds: nesting deeper than MAX_DEPTH, containers of more than
+    MAX_ITEMS items, integers beyond MAX_INTEGER and numbers that are not finite."""
+    if depth > MAX_DEPTH:
+        yield where, f"is nested deeper than {MAX_DEPTH} levels"
+    elif isinstance(value, (Mapping, list, tuple)):
+        if len(value) > MAX_ITEMS:
+            yield where, f"holds {len(value)} items, more than the {MAX_ITEMS} any spec needs"
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            yield from _value_problems(item, f"{where}.{key}" if where else str(key), depth + 1)
+    elif _is_integer(value) and abs(value) > MAX_INTEGER:
+        yield where, f"= {_shown(value)} is more than any size flowsr takes (at most {MAX_INTEGER})"
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield where, f"= {value!r} is not a finite number"
+
+
+def _check_bound(name: str, args: Mapping[str, Any], key: str, bound: Bound) -> None:
+    """Refuse an argument (``key``, dotted for an entry of an object argument) outside its bound."""
+    value: object = args
+    parts = key.split(".")
+    for index, part in enumerate(parts):
+        if not isinstance(value, Mapping):
+            parent = ".".join(parts[:index])
+            raise ModelSpecError(f"model {name!r}: argument {parent} must be an object, got {_shown(value)}")
+        if part not in value:
+            return
+        value = value[part]
+    problem = bound.problem(value)
+    if problem is not None:
+        raise ModelSpecError(f"model {name!r}: argument {key} = {_shown(value)} {problem}")
+
+
+_BUILDING: ContextVar[bool] = ContextVar("building", default=False)
+"""True while :func:`make` builds a model, so the parts it makes are not estimated again."""
+
+
+def make(spec: Mapping[str, Any]) -> nn.Module:
+    """Build the model a spec describes; the module keeps a copy of its spec in ``module.spec``.
+
+    The spec is checked first (:func:`check_spec`), then the whole model is built once on torch's meta
+    device (no memory) to count its weights: a model that would not fit in the memory available is refused
+    before anything is allocated."""
+    name, network, args = _checked(spec)
+    if _BUILDING.get():
+        return _build(name, network, args)
+    token = _BUILDING.set(True)
+    try:
+        _check_memory(name, network, args)
+        return _build(name, network, args)
+    finally:
+        _BUILDING.reset(token)
+
+
+def _build(name: str, network: Network, args: dict[str, Any]) -> nn.Module:
+    try:
+        module = network.factory(**copy.deepcopy(args))
+    except (TypeError, ValueError) as exc:
+        raise ModelSpecError(f"bad arguments for model {name!r}: {' '.join(str(exc).split())}") from None
     module.spec = {"name": name, "args": args}
     return module
+
+
+def _check_memory(name: str, network: Network, args: dict[str, Any]) -> None:
+    """Refuse a model whose weights (float32) need more than the memory available, counted on the meta device."""
+    import torch
+
+    from flowsr_cli.engine.memory import available_memory
+
+    try:
+        with torch.device("meta"):
+            shadow = _build(name, network, args)
+    except RuntimeError as exc:  # e.g. a negative size in a network that does not bound it
+        raise ModelSpecError(f"bad arguments for model {name!r}: {' '.join(str(exc).split())}") from None
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in (*shadow.parameters(), *shadow.buffers()))
+    available = available_memory(torch.device("cpu"))
+    if needed > available:
+        raise ModelSpecError(
+            f"model {name!r} needs {needed / 1e9:,.1f} GB for its weights, more than the "
+            f"{available / 1e9:,.1f} GB of memory available"
+        )
 
 
 def build_engine(model: nn.Module, options: EngineOptions) -> Upscaler:

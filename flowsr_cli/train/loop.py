@@ -154,11 +154,13 @@ class Trainer:
         return total
 
     def run(self, resume: Path | None = None) -> Path:
-        """Train to the planned step count (Ctrl-C writes a checkpoint first); returns the exported model."""
-        self.files.folder.mkdir(parents=True, exist_ok=True)
+        """Train to the planned step count (Ctrl-C writes a checkpoint first); returns the exported model.
+
+        A ``resume`` checkpoint is checked and restored before anything is written."""
         state = TrainingState(step=0, total_steps=self.recipe.steps if not self.recipe.time_budget else 0)
         if resume is not None:
             state = load_training_state(resume, self.model, self.optimizer)
+        self.files.folder.mkdir(parents=True, exist_ok=True)
         self.objective.train()
         if self.cluster.is_main:
             atomic_write_bytes(self.files.recipe, to_toml(self.recipe).encode("utf-8"))

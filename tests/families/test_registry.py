@@ -3,6 +3,7 @@ registration) runs through the real CLI without any existing engine module knowi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from torch import nn
 from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, UpscaleReport
 from flowsr_cli.families.model_file import load_model, save_model
 from flowsr_cli.families.registry import (
+    MAX_INTEGER,
+    Bound,
     EngineOptions,
     Family,
     Importer,
@@ -144,3 +147,41 @@ def test_names_cannot_be_registered_twice(toy_family: Family) -> None:
         register_family(TOY)
     with pytest.raises(ValueError, match=r"\['linf'\] of family 'copycat' are registered already"):
         register_family(Family("copycat", {"linf": Network(ToyNetwork)}))
+
+
+class BoundedToy(nn.Module):
+    """A network that bounds one argument and takes another network's spec as a part."""
+
+    spec_bounds = {"copies": Bound(1, 4), "inner.taps": Bound(0, 3, items=2)}
+    spec_parts = ("part",)
+
+    def __init__(self, copies: int, inner: object = None, part: object = None, other: int = 0) -> None:
+        super().__init__()
+        self.gains = nn.Parameter(torch.ones(copies))
+
+
+def test_a_family_declares_bounds_and_parts_that_make_checks_before_building(toy_family: Family) -> None:
+    register_family(Family("bounded", {"bounded": Network(BoundedToy)}))
+    try:
+        assert make({"name": "bounded", "args": {"copies": 4, "inner": {"taps": [0, 3]}}}).gains.shape == (4,)
+        refused = {
+            "argument copies = 5 must be an integer from 1 to 4": {"copies": 5},
+            "argument inner.taps = [0, 7] must be a list of at most 2 integers from 0 to 3": {
+                "copies": 1,
+                "inner": {"taps": [0, 7]},
+            },
+            "argument inner must be an object": {"copies": 1, "inner": [1]},
+            "argument part: model 'toy': argument gain = inf is not a finite number": {
+                "copies": 1,
+                "part": {"name": "toy", "args": {"gain": float("inf")}},
+            },
+            f"argument other = {MAX_INTEGER + 1} is more than any size flowsr takes": {
+                "copies": 1,
+                "other": MAX_INTEGER + 1,
+            },
+        }
+        for message, args in refused.items():
+            with pytest.raises(ModelSpecError, match=re.escape(f"model 'bounded': {message}")):
+                make({"name": "bounded", "args": args})
+    finally:
+        unregister_family("bounded")

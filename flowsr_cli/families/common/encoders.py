@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import torch
 from torch import nn
+
+from flowsr_cli.families.registry import Bound
+
+WIDTH = Bound(1, 1024)
+"""Channels and growth: the papers use 32 to 256."""
+BLOCKS = Bound(0, 128)
+"""Residual blocks: the papers use 16 to 32 (EDSR) and 23 (RRDB)."""
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -26,6 +36,8 @@ class EDSRBaseline(nn.Module):
 
     The paper's size is 64 channels x 16 blocks (~1.22 M parameters).
     """
+
+    spec_bounds: ClassVar[Mapping[str, Bound]] = {"channels": WIDTH, "blocks": BLOCKS}
 
     def __init__(self, channels: int = 64, blocks: int = 16) -> None:
         super().__init__()
@@ -69,6 +81,8 @@ class RRDB(nn.Module):
 
 class RRDBEncoder(nn.Module):
     """ESRGAN's RRDB trunk without its upsampler (paper: 23 blocks, 64 channels, growth 32, ~16.7 M)."""
+
+    spec_bounds: ClassVar[Mapping[str, Bound]] = {"channels": WIDTH, "blocks": BLOCKS, "growth": WIDTH}
 
     def __init__(self, channels: int = 64, blocks: int = 23, growth: int = 32) -> None:
         super().__init__()

@@ -8,6 +8,9 @@ so LR features and latents stay aligned for any output size. A UNet maps the con
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,10 +18,17 @@ from torch import nn
 from flowsr_cli.families.common.coords import patch_centres
 from flowsr_cli.families.common.derived import tensors_key
 from flowsr_cli.families.common.layout import like
+from flowsr_cli.families.registry import Bound
 
 LR_STRIDE = 3
 """The LR branch's conv has kernel 3 and stride 3: cell k covers LR pixels 3k..3k+2."""
 DENSE_CONVS = 5
+WIDTH = Bound(1, 1024)
+"""Branch channels and growth (the paper: 32)."""
+UNET_WIDTHS = Bound(1, 4096, items=8)
+"""The UNet's widths per level (the paper: 64, 128, 256, 256); each level doubles the size multiple."""
+LATENT_BOUNDS: Mapping[str, Bound] = {"branch_channels": WIDTH, "growth": WIDTH, "widths": UNET_WIDTHS}
+"""Bounds of the sizes of a latent module (LINF's and each of SRFlow-LP's levels)."""
 
 
 def lr_positions(out_length: int, patch: int, lr_length: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -139,6 +149,8 @@ class LatentModule(nn.Module):
     The paper's size (~4.6 M parameters) is the default: ``branch_channels=32, growth=32,
     widths=(64, 128, 256, 256)``.
     """
+
+    spec_bounds: ClassVar[Mapping[str, Bound]] = {"dim": Bound(1, 3 * 15 * 15), **LATENT_BOUNDS}
 
     def __init__(
         self,

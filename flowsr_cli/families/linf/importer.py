@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowsr_cli.families.importing import import_failure
+from flowsr_cli.errors import FlowsrError
+from flowsr_cli.families.importing import import_failure, is_plain_tensor, listed
 from flowsr_cli.families.registry import make
 
 LINF_CHECKPOINTS = "an original LINF checkpoint (expected {'model': {'name', 'args', 'sd'}})"
@@ -27,8 +28,44 @@ _RRDB_OLD = re.compile(r"^encoder\.RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(
 _RRDB_NEW = re.compile(r"^encoder\.body\.(\d+)\.rdb([123])\.conv([1-5])\.(weight|bias)$")
 
 
-def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _state(path: Path, state: object) -> dict[str, torch.Tensor]:
+    """The checkpoint's ``sd`` with DataParallel's ``module.`` prefixes stripped, if it is a state dict."""
+    if not isinstance(state, Mapping):
+        raise import_failure(path, f"its 'sd' is of type {type(state).__name__}, not a state dict")
+    not_text = sorted(repr(key) for key in state if not isinstance(key, str))
+    if not_text:
+        raise import_failure(path, f"its 'sd' has keys that are not text: {listed(not_text)}")
+    not_tensors = sorted(key for key, value in state.items() if not is_plain_tensor(value))
+    if not_tensors:
+        raise import_failure(path, f"its 'sd' has entries that are not tensors of numbers: {listed(not_tensors)}")
     return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _mapping(path: Path, value: object, name: str) -> Mapping[str, Any]:
+    """An optional mapping entry of the checkpoint (``args``, ``encoder_spec``); empty when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise import_failure(path, f"its {name!r} is of type {type(value).__name__}, not a mapping of arguments")
+    return value
+
+
+def _integer(path: Path, args: Mapping[str, Any], key: str, default: int) -> int:
+    """An integer argument of the original model (the original code reads them from its YAML config)."""
+    value = args.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise import_failure(path, f"its argument {key} = {value!r:.40} is not an integer")
+    return value
+
+
+def _conv_width(path: Path, state: Mapping[str, torch.Tensor], key: str) -> int:
+    """The output channels of the convolution weight ``key``."""
+    if key not in state:
+        raise import_failure(path, f"missing weight {key}")
+    shape = tuple(state[key].shape)
+    if len(shape) != 4:
+        raise import_failure(path, f"{key} has shape {shape} where a convolution weight belongs")
+    return shape[0]
 
 
 def _count_indices(state: Mapping[str, torch.Tensor], pattern: str) -> int:
@@ -41,17 +78,16 @@ def _encoder_spec(path: Path, encoder: Mapping[str, Any], state: Mapping[str, to
     if any(key.startswith("encoder.tail.") for key in state):
         raise import_failure(path, "its encoder has an upsampling tail; LINF encoders are built with no_upsampling")
     if name == "edsr-baseline":
-        channels = state["encoder.head.0.weight"].shape[0]
+        channels = _conv_width(path, state, "encoder.head.0.weight")
         blocks = _count_indices(state, r"^encoder\.body\.(\d+)\.body\.0\.weight$")
-        return {"name": "edsr-baseline", "args": {"channels": int(channels), "blocks": blocks}}
+        return {"name": "edsr-baseline", "args": {"channels": channels, "blocks": blocks}}
     if name == "rrdb":
-        channels = state["encoder.conv_first.weight"].shape[0]
+        channels = _conv_width(path, state, "encoder.conv_first.weight")
         blocks = _count_indices(state, r"^encoder\.(?:RRDB_trunk|body)\.(\d+)\.")
-        growth = next(
-            value.shape[0] for key, value in state.items() if re.search(r"[rR][dD][bB]1\.conv1\.weight$", key)
-        )
-        return {"name": "rrdb", "args": {"channels": int(channels), "blocks": blocks, "growth": int(growth)}}
-    raise import_failure(path, f"unsupported encoder {name!r}; flowsr imports edsr-baseline and rrdb encoders")
+        first_dense = next((key for key in state if re.search(r"[rR][dD][bB]1\.conv1\.weight$", key)), None)
+        growth = _conv_width(path, state, first_dense or "encoder.RRDB_trunk.0.RDB1.conv1.weight")
+        return {"name": "rrdb", "args": {"channels": channels, "blocks": blocks, "growth": growth}}
+    raise import_failure(path, f"unsupported encoder {name!r:.40}; flowsr imports edsr-baseline and rrdb encoders")
 
 
 def _rrdb_key(block: str, dense: str, conv: str, kind: str) -> str:
@@ -89,19 +125,18 @@ def import_linf(checkpoint: Any, location: Path) -> nn.Module | None:
     if not isinstance(original, Mapping) or not {"name", "sd"} <= set(original):
         return None
     name = original["name"]
-    if name not in _ORIGINAL_NAMES:
-        raise import_failure(location, f"model {name!r} is not LINF ('linf' or 'linf-patch')")
-    args = dict(original.get("args") or {})
-    state = _strip_wrappers(original["sd"])
-    patch_size = _ORIGINAL_NAMES[name] or int(args.get("patch_size", 3))
+    if not isinstance(name, str) or name not in _ORIGINAL_NAMES:
+        raise import_failure(location, f"model {name!r:.40} is not LINF ('linf' or 'linf-patch')")
+    args = _mapping(location, original.get("args"), "args")
+    state = _state(location, original["sd"])
     spec = {
         "name": "linf",
         "args": {
-            "encoder": _encoder_spec(location, args.get("encoder_spec") or {}, state),
-            "patch_size": patch_size,
-            "hidden": int(args.get("hidden_dim", 256)),
-            "mlp_layers": int(args.get("num_layer", 3)),
-            "flow_layers": int(args.get("flow_layers", 10)),
+            "encoder": _encoder_spec(location, _mapping(location, args.get("encoder_spec"), "encoder_spec"), state),
+            "patch_size": _ORIGINAL_NAMES[name] or _integer(location, args, "patch_size", 3),
+            "hidden": _integer(location, args, "hidden_dim", 256),
+            "mlp_layers": _integer(location, args, "num_layer", 3),
+            "flow_layers": _integer(location, args, "flow_layers", 10),
         },
     }
     converted: dict[str, torch.Tensor] = {}
@@ -113,9 +148,11 @@ def import_linf(checkpoint: Any, location: Path) -> nn.Module | None:
         elif target:
             converted[target] = value.flatten(1) if target.startswith("mlp.") and value.dim() == 4 else value
     if unknown:
-        listed = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise import_failure(location, f"unrecognised weights: {listed}")
-    model = make(spec)
+        raise import_failure(location, f"unrecognised weights: {listed(unknown, 5)}")
+    try:
+        model = make(spec)
+    except FlowsrError as exc:
+        raise import_failure(location, f"its arguments do not make a LINF flowsr can build: {exc}") from None
     try:
         model.load_state_dict({key: value.float() for key, value in converted.items()})
     except RuntimeError as exc:

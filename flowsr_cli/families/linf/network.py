@@ -8,8 +8,9 @@ residual ``HR - bilinear(LR)`` of that pixel or patch.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from flowsr_cli.families.common.coords import (
 )
 from flowsr_cli.families.common.layout import channels_last
 from flowsr_cli.families.common.linear_flow import ConditionalLinearFlow
-from flowsr_cli.families.registry import make
+from flowsr_cli.families.registry import Bound, make
 
 _NEIGHBOUR_OFFSETS = ((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0))
 _SHIFT_EPS = 1e-6
@@ -84,6 +85,14 @@ class LINF(nn.Module):
     flow_layers=10`` on a 64 x 16 EDSR-baseline encoder.
     """
 
+    spec_bounds: ClassVar[Mapping[str, Bound]] = {
+        "patch_size": Bound(1, 15),
+        "hidden": Bound(2, 8192),
+        "mlp_layers": Bound(0, 64),
+        "flow_layers": Bound(0, 256),
+    }
+    spec_parts: ClassVar[tuple[str, ...]] = ("encoder",)
+
     def __init__(
         self,
         encoder: dict[str, Any],
@@ -96,6 +105,8 @@ class LINF(nn.Module):
         if hidden % 2:
             raise TypeError("hidden must be even (frequencies are split into y and x halves)")
         self.encoder = make(encoder)
+        if not all(isinstance(getattr(self.encoder, size, None), int) for size in ("out_channels", "receptive_radius")):
+            raise TypeError(f"encoder must be an LR encoder (edsr-baseline, rrdb), got {encoder['name']!r}")
         self.patch_size = patch_size
         self.hidden = hidden
         features = self.encoder.out_channels

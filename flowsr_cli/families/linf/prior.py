@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -59,6 +59,8 @@ class LINFLP(nn.Module):
     ``chunk_queries`` bounds how many queries the flow handles at once (memory), not the result.
     Features may be those of an LR crop (tiles): every coordinate is the whole image's.
     """
+
+    spec_parts: ClassVar[tuple[str, ...]] = ("flow", "latent")
 
     def __init__(self, flow: dict[str, Any], latent: dict[str, Any], fade: dict[str, float] | None = None) -> None:
         super().__init__()

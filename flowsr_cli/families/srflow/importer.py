@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from flowsr_cli.errors import FlowsrError
-from flowsr_cli.families.importing import import_failure
+from flowsr_cli.families.importing import import_failure, is_plain_tensor, listed
 from flowsr_cli.families.registry import make
 
 SRFLOW_CHECKPOINTS = "an SRFlow state dict (RRDB.*, flowUpsamplerNet.*)"
@@ -36,7 +36,9 @@ _WRAPPERS = ("state_dict", "params_ema", "params", "model")
 _IGNORED = ("RRDB.upconv2.", "RRDB.HRconv.", "RRDB.conv_last.", "flowUpsamplerNet.f.")
 _RRDB_RENAMES = {"RRDB.conv_first.": "conv_first.", "RRDB.trunk_conv.": "conv_body.", "RRDB.upconv1.": "upconv."}
 _RRDB_BLOCK = re.compile(r"^RRDB\.RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)$")
-_FLOW_LAYER = re.compile(r"^flowUpsamplerNet\.layers\.(\d+)\.(.+)$")
+_FLOW_LAYER = re.compile(r"^flowUpsamplerNet\.layers\.(\d{1,9})\.(.+)$")
+MAX_FLOW_LAYERS = 1024
+"""More ``flowUpsamplerNet.layers`` than any SRFlow flowsr builds has (6 levels of 1 + 16 + 64 + 1 layers)."""
 _PLAIN_STEP = frozenset({"actnorm.bias", "actnorm.logs", "invconv.weight"})
 _NET_KEYS = ("0.weight", "0.actnorm.bias", "0.actnorm.logs", "2.weight", "2.actnorm.bias", "2.actnorm.logs")
 _NETS = {"fFeatures": 2, "fAffine": 3}
@@ -64,16 +66,16 @@ def find_srflow_state(checkpoint: object) -> dict[str, object] | None:
     return None
 
 
-def _listed(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-
-
 def _flow_layers(state: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """The weights of ``flowUpsamplerNet.layers.{i}`` by i (squeezes have none), named within the layer."""
     grouped: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         if match := _FLOW_LAYER.match(key):
             grouped.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    if max(grouped, default=0) >= MAX_FLOW_LAYERS:
+        raise ValueError(
+            f"flowUpsamplerNet.layers.{max(grouped)}: more flow layers than any SRFlow (at most {MAX_FLOW_LAYERS})"
+        )
     return [grouped.get(index, {}) for index in range(max(grouped, default=-1) + 1)]
 
 
@@ -82,7 +84,7 @@ def _layer_codes(layers: list[dict[str, torch.Tensor]]) -> str:
     for index, layer in enumerate(layers):
         code = _KINDS.get(frozenset(layer), "s" if not layer else None)
         if code is None:
-            raise ValueError(f"flowUpsamplerNet.layers.{index} is no SRFlow layer ({_listed(sorted(layer))})")
+            raise ValueError(f"flowUpsamplerNet.layers.{index} is no SRFlow layer ({listed(sorted(layer))})")
         codes.append(code)
     return "".join(codes)
 
@@ -100,6 +102,16 @@ def _published_taps(blocks: int, taps: int) -> list[int]:
     return [1 + tap * step for tap in range(taps)]
 
 
+def _conv_shape(tensors: Mapping[str, torch.Tensor], key: str, prefix: str = "") -> tuple[int, ...]:
+    """The shape of the convolution weight ``key`` (named ``prefix + key`` in the file), which has channels."""
+    if key not in tensors:
+        raise ValueError(f"missing {prefix}{key}")
+    shape = tuple(tensors[key].shape)
+    if len(shape) != 4 or 0 in shape:
+        raise ValueError(f"{prefix}{key} has shape {shape} where a convolution weight belongs")
+    return shape
+
+
 def _spec(state: Mapping[str, torch.Tensor], codes: str, layers: list[dict[str, torch.Tensor]]) -> dict[str, object]:
     if "RRDB.upconv3.weight" in state:
         raise ValueError("it is an x8 or larger SRFlow (RRDB.upconv3); flowsr's SRFlow is x4")
@@ -109,16 +121,17 @@ def _spec(state: Mapping[str, torch.Tensor], codes: str, layers: list[dict[str, 
     unconditional, steps = {level.count("u") for level in levels}, {level.count("c") for level in levels}
     if len(unconditional) > 1 or len(steps) > 1:
         raise ValueError("its levels have different numbers of steps; flowsr's SRFlow uses the same K on every level")
-    for key in ("RRDB.conv_first.weight", "RRDB.RRDB_trunk.0.RDB1.conv1.weight"):
-        if key not in state:
-            raise ValueError(f"missing {key}")
-    channels = state["RRDB.conv_first.weight"].shape[0]
+    channels = _conv_shape(state, "RRDB.conv_first.weight")[0]
+    growth = _conv_shape(state, "RRDB.RRDB_trunk.0.RDB1.conv1.weight")[0]
     blocks = len({match.group(1) for key in state if (match := _RRDB_BLOCK.match(key))})
-    conditional = next((layer for layer in layers if frozenset(layer) == _CONDITIONAL_STEP), None)
+    index, conditional = next(
+        ((index, layer) for index, layer in enumerate(layers) if frozenset(layer) == _CONDITIONAL_STEP), (0, None)
+    )
     hidden, taps = 64, 0
     if conditional is not None:
-        hidden = conditional["affine.fAffine.0.weight"].shape[0]
-        taps, rest = divmod(conditional["affine.fFeatures.0.weight"].shape[1], channels)
+        prefix = f"flowUpsamplerNet.layers.{index}."
+        hidden = _conv_shape(conditional, "affine.fAffine.0.weight", prefix)[0]
+        taps, rest = divmod(_conv_shape(conditional, "affine.fFeatures.0.weight", prefix)[1], channels)
         if rest or taps < 1:
             raise ValueError(f"its condition width is not a multiple of its {channels} RRDB channels")
         taps -= 1
@@ -127,7 +140,7 @@ def _spec(state: Mapping[str, torch.Tensor], codes: str, layers: list[dict[str, 
         "args": {
             "rrdb_blocks": blocks,
             "rrdb_channels": channels,
-            "growth": state["RRDB.RRDB_trunk.0.RDB1.conv1.weight"].shape[0],
+            "growth": growth,
             "feature_blocks": _published_taps(blocks, taps),
             "steps": steps.pop(),
             "unconditional_steps": unconditional.pop(),
@@ -189,14 +202,14 @@ def _check_fit(model: nn.Module, renamed: Renamed) -> None:
     )
     for label, names in (("missing weights for", missing), ("unexpected", unexpected), ("wrong shape:", wrong)):
         if names:
-            raise ValueError(f"{label} {_listed(names)}")
+            raise ValueError(f"{label} {listed(names)}")
 
 
 def convert_srflow(state: Mapping[str, object]) -> nn.Module:
     """Build a flowsr SRFlow holding the weights of an original SRFlow state dict (see the module docstring)."""
-    not_tensors = sorted(key for key, value in state.items() if not torch.is_tensor(value))
+    not_tensors = sorted(key for key, value in state.items() if not is_plain_tensor(value))
     if not_tensors:
-        raise ValueError(f"entries that are not tensors: {_listed(not_tensors)}")
+        raise ValueError(f"entries that are not tensors of numbers: {listed(not_tensors)}")
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     layers = _flow_layers(tensors)
     codes = _layer_codes(layers)
@@ -212,7 +225,7 @@ def convert_srflow(state: Mapping[str, object]) -> nn.Module:
         else:
             renamed[name] = (key, value)
     if unknown:
-        raise ValueError(f"unexpected {_listed(sorted(unknown))}")
+        raise ValueError(f"unexpected {listed(sorted(unknown))}")
     try:
         model = make(spec)
     except FlowsrError as exc:

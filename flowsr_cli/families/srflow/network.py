@@ -24,9 +24,9 @@ Conventions (all methods follow them):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from torch import nn
 
 from flowsr_cli.families.common.encoders import RRDB
 from flowsr_cli.families.common.flow_layers import FlowStep, Split, Squeeze, gaussian_log_density, standard_normal
+from flowsr_cli.families.registry import Bound
 
 SCALE = 4
 DEQUANTISATION_BINS = 32
@@ -157,6 +158,18 @@ class SRFlow(nn.Module):
     """
 
     scale = SCALE
+    spec_bounds: ClassVar[Mapping[str, Bound]] = {
+        "rrdb_blocks": Bound(0, 128),
+        "rrdb_channels": Bound(1, 1024),
+        "growth": Bound(1, 1024),
+        "feature_blocks": Bound(0, 127, items=128),
+        "steps": Bound(0, 64),
+        "unconditional_steps": Bound(0, 16),
+        "hidden": Bound(1, 4096),
+        "levels": Bound(1, 6),
+        "split_levels": Bound(1, 5, items=6),
+    }
+    """The paper's x4 model has 23 blocks of 64 channels, K = 16 and 3 levels; x8 models have 4 levels."""
 
     def __init__(
         self,

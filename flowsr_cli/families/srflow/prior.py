@@ -11,15 +11,15 @@ Images follow SRFlow's conventions (module docstring of :mod:`flowsr_cli.familie
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowsr_cli.families.common.latent import DenseBlock, UNet
-from flowsr_cli.families.registry import make
+from flowsr_cli.families.common.latent import LATENT_BOUNDS, DenseBlock, UNet
+from flowsr_cli.families.registry import Bound, make
 from flowsr_cli.families.srflow.network import SCALE, SRFlow, SRFlowFeatures
 
 STANDARDISE_EPS = 1e-6
@@ -96,6 +96,8 @@ class SRFlowLP(nn.Module):
     """
 
     scale = SCALE
+    spec_bounds: ClassVar[Mapping[str, Bound]] = {f"latent.{key}": bound for key, bound in LATENT_BOUNDS.items()}
+    spec_parts: ClassVar[tuple[str, ...]] = ("flow",)
 
     def __init__(self, flow: dict[str, Any], latent: dict[str, Any]) -> None:
         super().__init__()
