@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, integer_flag
-from flowsr_cli.console import printable, report_note, stderr_console
+from flowsr_cli.console import printable, report_error, report_note, stderr_console
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from flowsr_cli.engine.upscaler import Upscaler
-    from flowsr_cli.eval.evaluation import Dataset, Evaluation, Result, Setting
+    from flowsr_cli.eval.evaluation import Dataset, Evaluation, Result, Setting, Skip
 
 _OUTPUT = "Output"
 
@@ -68,6 +68,13 @@ def eval_command(
 
     LR inputs are made with the MATLAB-style bicubic; outputs come from the same engine as
     `flowsr upscale` (with the exploding-inverse guard off, so the inf rate is the model's own).
+
+    An unreadable image, or one too small for a scale, gets one error line and is left out there;
+    the tables count the images scored and skipped per dataset and scale. A dataset with nothing
+    to score at a scale stops the run before any work.
+
+    Exit code: 0 every image scored, 1 some images skipped (the results of the rest are written)
+    or nothing to score, 2 usage or configuration error.
     """
     settings = Settings({"device": device, "offline": offline})
     settings.validate()
@@ -95,11 +102,29 @@ def eval_command(
         lpips=LPIPS(),
         save_images=save_images,
     )
+    skipped = _report_skips(evaluation, loaded)
     scored = _run_with_progress(evaluation, loaded)
     results = [result for _, result in scored]
     row_labels = [setting.label for setting, _ in scored]
     _print_table(results, row_labels, [setting.label for setting, _ in evaluation.settings])
-    _write_outputs(results, row_labels, json_path, csv_path, markdown_path, {"seed": seed, "runs": runs})
+    run_settings = {"seed": seed, "runs": runs}
+    _write_outputs(results, row_labels, skipped, json_path, csv_path, markdown_path, run_settings)
+    if skipped:
+        files = sum(dataset.files for dataset in loaded)
+        stderr_console().print(
+            f"{len(skipped)} of {files} images skipped at one scale or more (named above)", style="bold red"
+        )
+        raise typer.Exit(1)
+
+
+def _report_skips(evaluation: Evaluation, datasets: list[Dataset]) -> list[Skip]:
+    """One error line per image left out (unreadable, or too small for some scales), in file order."""
+    skipped = []
+    for dataset in datasets:
+        skipped.extend(sorted([*dataset.unreadable, *evaluation.too_small(dataset)], key=lambda skip: skip.path))
+    for skip in skipped:
+        report_error(f"{skip.path}: {skip.reason}")
+    return skipped
 
 
 def _build_settings(
@@ -180,6 +205,8 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
     table = Table(title="flowsr eval", title_justify="left")
     table.add_column("dataset", no_wrap=True)
     table.add_column("scale", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("skipped", justify="right")
     for label in setting_labels:
         for _, name, _ in shown:
             table.add_column(f"{label}\n{name}", justify="right")
@@ -192,7 +219,8 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
             key: (max if HIGHER_IS_BETTER[key] else min)(getattr(result, key) for result in by_label.values())
             for key, _, _ in shown
         }
-        cells = [dataset, f"×{scale:g}"]
+        counts = next(iter(by_label.values()))
+        cells = [dataset, f"×{scale:g}", str(counts.images), str(counts.skipped)]
         for label in setting_labels:
             result = by_label.get(label)
             if result is None:  # a fixed-scale model at another scale
@@ -205,13 +233,14 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
             cells.append(f"{100 * result.inf_rate:.1f}")
         table.add_row(*cells)
     console = Console()
-    needed = 20 + len(setting_labels) * (len(shown) + 1) * 11
+    needed = 40 + len(setting_labels) * (len(shown) + 1) * 11
     Console(width=max(console.width, needed)).print(table)
 
 
 def _write_outputs(
     results: list[Result],
     row_labels: list[str],
+    skipped: list[Skip],
     json_path: Path | None,
     csv_path: Path | None,
     markdown_path: Path | None,
@@ -221,7 +250,7 @@ def _write_outputs(
     from flowsr_cli.io.atomic import atomic_write_bytes
 
     outputs = (
-        (json_path, lambda: eval_report.to_json(results, run_settings)),
+        (json_path, lambda: eval_report.to_json(results, run_settings, skipped)),
         (csv_path, lambda: eval_report.to_csv(results)),
         (markdown_path, lambda: eval_report.to_markdown(results, row_labels)),
     )

@@ -140,8 +140,10 @@ def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) 
 
 
 def _validator(
-    model: nn.Module, folder: Path | None, recipe: Recipe, device: torch.device, settings: Settings
+    model: nn.Module, folder: Path | None, recipe: Recipe, device: torch.device, settings: Settings, announce: bool
 ) -> Callable[[], dict[str, float]] | None:
+    """Validation on ``folder`` through the same engine as `upscale`; images it cannot score are named
+    (when ``announce``) and left out, and a folder with nothing to score is an error before training."""
     if folder is None:
         return None
     import torch
@@ -150,13 +152,17 @@ def _validator(
     from flowsr_cli.eval.evaluation import Evaluation, Setting, load_dataset
     from flowsr_cli.families.registry import EngineOptions, build_engine
 
+    options = EngineOptions("validation", device, torch.float32, temperature=0.0, tile=0, guard=False)
+    upscaler = build_engine(model, options)
+    setting = Setting("model", "gaussian", 0.0) if samples_gaussian(upscaler) else Setting("model", "learned")
+    evaluation = Evaluation([(setting, upscaler)], [recipe.val_scale], 1, 0, None)
     dataset = load_dataset(folder, recipe.val_images, settings["max_pixels"])
+    if announce:
+        for skip in [*dataset.unreadable, *evaluation.too_small(dataset)]:
+            report_warning(f"--val {printable(skip.path)}: {skip.reason}")
+    evaluation.check([dataset])
 
     def validate() -> dict[str, float]:
-        options = EngineOptions("validation", device, torch.float32, temperature=0.0, tile=0, guard=False)
-        upscaler = build_engine(model, options)
-        setting = Setting("model", "gaussian", 0.0) if samples_gaussian(upscaler) else Setting("model", "learned")
-        evaluation = Evaluation([(setting, upscaler)], [recipe.val_scale], 1, 0, None)
         ((_, result),) = evaluation.run([dataset], lambda: None)
         return {"psnr_y": result.psnr_y, "ssim": result.ssim, "lr_psnr": result.lr_psnr, "inf_rate": result.inf_rate}
 
@@ -189,7 +195,7 @@ def _train(
         RunFiles(out),
         cluster,
         device,
-        validate=_validator(model, val, recipe, device, settings),
+        validate=_validator(model, val, recipe, device, settings, cluster.is_main),
     )
     try:
         exported = trainer.run(resume)

@@ -3,22 +3,25 @@ literature's protocol (DESIGN §7)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from flowsr_cli.console import printable
 from flowsr_cli.engine.pipeline import rgb_tensor, tensor_to_pixels
 from flowsr_cli.engine.upscaler import Upscaler, fixed_scale
-from flowsr_cli.errors import UsageError
+from flowsr_cli.errors import FlowsrError, ImageError, UsageError
 from flowsr_cli.eval import metrics
 from flowsr_cli.io.image import Image
 from flowsr_cli.io.inputs import walk_images
 from flowsr_cli.io.reading import read_image
-from flowsr_cli.io.sizing import Size, format_scale
+from flowsr_cli.io.sizing import Size, format_scale, round_half_up
 from flowsr_cli.io.writing import write_image
 
 PROTOCOL = {
@@ -30,6 +33,7 @@ PROTOCOL = {
     "lr_psnr": "SR downscaled with the same bicubic, PSNR against the LR input (RGB)",
     "inf_rate": "share of outputs (images x runs) with any non-finite value before clamping",
     "diversity": "mean per-pixel standard deviation across runs (stochastic settings, runs >= 2)",
+    "skipped": "unreadable images, and at each scale the images whose crop is too small to score",
 }
 
 
@@ -71,6 +75,9 @@ class Result:
     temperature: float | None
     runs: int
     images: int
+    """Images scored."""
+    skipped: int
+    """Files of the dataset not scored at this scale (unreadable or too small)."""
     psnr_y: float
     psnr_rgb: float
     ssim: float
@@ -85,24 +92,80 @@ class Result:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """A named folder of HR images, loaded as (name, float RGB tensor) pairs."""
+class HRImage(NamedTuple):
+    """One readable file of a dataset: its name (stem), its pixels as float RGB ``(1, 3, H, W)`` in [0, 1]
+    and its path."""
 
     name: str
-    images: list[tuple[str, torch.Tensor]]
+    pixels: torch.Tensor
+    path: Path
+
+    @property
+    def smaller_side(self) -> int:
+        """The height or the width, whichever is smaller."""
+        return min(self.pixels.shape[-2:])
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A file of a dataset left out: unreadable (at every scale) or too small (at ``scales``)."""
+
+    dataset: str
+    path: Path
+    reason: str
+    scales: tuple[float, ...] = ()
+    """The scales it is left out at; empty for all of them."""
+
+    def as_dict(self) -> dict[str, object]:
+        """The skip as plain values (``scales`` None: every scale)."""
+        scales = list(self.scales) or None
+        return {"dataset": self.dataset, "file": printable(self.path), "reason": self.reason, "scales": scales}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A folder of HR images: the readable ones, and the unreadable ones with their reasons."""
+
+    folder: Path
+    images: list[HRImage]
+    unreadable: list[Skip]
+
+    @property
+    def name(self) -> str:
+        """How the dataset is named in tables (the folder's name)."""
+        return self.folder.name
+
+    @property
+    def files(self) -> int:
+        """Image files taken from the folder, readable or not."""
+        return len(self.images) + len(self.unreadable)
 
 
 def load_dataset(folder: Path, max_images: int | None, max_pixels: int) -> Dataset:
-    """Every image of ``folder`` (sorted by name, at most ``max_images``), as RGB in [0, 1]."""
+    """Every image file of ``folder`` (sorted by name, at most ``max_images``); unreadable ones are kept as skips."""
     paths = sorted(walk_images(folder, recursive=False))[:max_images]
     if not paths:
         raise UsageError(f"{folder}: no images to evaluate on")
-    images = []
+    images, unreadable = [], []
     for path in paths:
-        image = read_image(path, max_pixels=max_pixels)
-        images.append((path.stem, rgb_tensor(image)))
-    return Dataset(folder.name, images)
+        try:
+            images.append(HRImage(path.stem, rgb_tensor(read_image(path, max_pixels=max_pixels)), path))
+        except ImageError as exc:
+            unreadable.append(Skip(folder.name, path, str(exc)))
+    return Dataset(folder, images, unreadable)
+
+
+def smallest_side(scale: float, lpips: bool) -> int:
+    """The smallest HR side the protocol scores at ``scale``: after the crop to a multiple of ``scale``
+    (``metrics.crop_to_scale``) it must keep the shaved border on both sides, the SSIM window and, with
+    ``lpips``, what LPIPS needs."""
+    needed = 2 * math.ceil(scale) + metrics.SSIM_WINDOW
+    if lpips:
+        needed = max(needed, metrics.LPIPS_MIN_SIDE)
+    side = needed
+    while round_half_up(math.floor(side / scale) * scale) < needed:
+        side += 1
+    return side
 
 
 def supports(upscaler: Upscaler, scale: float) -> bool:
@@ -136,23 +199,65 @@ class Evaluation:
 
     def steps(self, datasets: Sequence[Dataset]) -> int:
         """Upscales the whole evaluation performs (for a progress bar)."""
-        per_dataset = sum(
-            self._runs(setting)
-            for setting, upscaler in self.settings
+        return sum(
+            self._runs(setting) * len(self._scorable(dataset, scale))
+            for dataset in datasets
             for scale in self.scales
+            for setting, upscaler in self.settings
             if supports(upscaler, scale)
         )
-        return per_dataset * sum(len(dataset.images) for dataset in datasets)
 
     def _runs(self, setting: Setting) -> int:
         return self.runs if setting.stochastic else 1
 
+    def _scales(self) -> list[float]:
+        """The scales some setting is scored at."""
+        return [scale for scale in self.scales if any(supports(upscaler, scale) for _, upscaler in self.settings)]
+
+    def _scorable(self, dataset: Dataset, scale: float) -> list[HRImage]:
+        """The readable images of ``dataset`` large enough to score at ``scale``."""
+        side = smallest_side(scale, self.lpips is not None)
+        return [image for image in dataset.images if image.smaller_side >= side]
+
+    def too_small(self, dataset: Dataset) -> list[Skip]:
+        """The readable images of ``dataset`` too small to score at some scales: one skip each, naming them."""
+        sides = {scale: smallest_side(scale, self.lpips is not None) for scale in self._scales()}
+        needs = "the border shave, SSIM and LPIPS" if self.lpips is not None else "the border shave and SSIM"
+        skips = []
+        for image in dataset.images:
+            small = {scale: side for scale, side in sides.items() if image.smaller_side < side}
+            if small:
+                height, width = image.pixels.shape[-2:]
+                at = " and ".join(
+                    f"×{format_scale(scale)} (needs {side}×{side} or more)" for scale, side in small.items()
+                )
+                reason = f"{width}×{height} is too small for {needs}: skipped at {at}"
+                skips.append(Skip(dataset.name, image.path, reason, tuple(small)))
+        return skips
+
+    def check(self, datasets: Sequence[Dataset]) -> None:
+        """FlowsrError naming the first dataset that has no image to score at some scale."""
+        for dataset in datasets:
+            empty = [f"×{format_scale(scale)}" for scale in self._scales() if not self._scorable(dataset, scale)]
+            if empty:
+                unreadable, readable = len(dataset.unreadable), len(dataset.images)
+                raise FlowsrError(
+                    f"{dataset.folder}: no image can be scored at {', '.join(empty)} "
+                    f"({unreadable} unreadable, {readable} too small)"
+                )
+
     def run(self, datasets: Sequence[Dataset], advance: Callable[[], None]) -> list[tuple[Setting, Result]]:
-        """Score every setting on every dataset and scale it supports; ``advance`` is called once per upscale."""
+        """Score every setting on every dataset and scale it supports; ``advance`` is called once per upscale.
+
+        Images too small for a scale are left out there; a dataset with nothing to score at a scale is a
+        FlowsrError before any work."""
+        self.check(datasets)
         results = []
         for dataset in datasets:
-            for scale in self.scales:
-                pairs = [metrics.make_lr(hr, scale) for _, hr in dataset.images]
+            for scale in self._scales():
+                pairs = [
+                    (image.name, *metrics.make_lr(image.pixels, scale)) for image in self._scorable(dataset, scale)
+                ]
                 for setting, upscaler in self.settings:
                     if supports(upscaler, scale):
                         results.append((setting, self._score(dataset, scale, pairs, setting, upscaler, advance)))
@@ -162,7 +267,7 @@ class Evaluation:
         self,
         dataset: Dataset,
         scale: float,
-        pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
         setting: Setting,
         upscaler: Upscaler,
         advance: Callable[[], None],
@@ -172,7 +277,7 @@ class Evaluation:
         scores: dict[str, list[float]] = {key: [] for key in ("psnr_y", "psnr_rgb", "ssim", "lpips", "lr_psnr")}
         finite: list[bool] = []
         diversities: list[float] = []
-        for (name, _), (hr, lr) in zip(dataset.images, pairs):
+        for name, hr, lr in pairs:
             size = Size(hr.shape[-1], hr.shape[-2])
             outputs = []
             for run in range(runs):
@@ -198,6 +303,7 @@ class Evaluation:
             temperature=setting.temperature,
             runs=runs,
             images=len(pairs),
+            skipped=dataset.files - len(pairs),
             **{key: float(np.mean(values)) if values else None for key, values in scores.items()},
             inf_rate=1.0 - float(np.mean(finite)),
             diversity=float(np.mean(diversities)) if diversities else None,

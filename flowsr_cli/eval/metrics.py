@@ -39,7 +39,7 @@ __all__ = [
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 """BT.601 luma weights of MATLAB ``rgb2ycbcr`` for RGB in [0, 1], giving Y in [16, 235]."""
 
-_SSIM_WINDOW = 11
+SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
 
 
@@ -125,8 +125,8 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, scale: float) -> torch.Tensor:
     dtype = _metric_dtype(sr.device)
     x = shave(rgb_to_y(_clean(sr).to(dtype)), border) * 255
     y = shave(rgb_to_y(hr.to(dtype)), border) * 255
-    if min(x.shape[-2:]) < _SSIM_WINDOW:
-        raise ValueError(f"SSIM needs at least {_SSIM_WINDOW}×{_SSIM_WINDOW} pixels after shaving")
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs at least {SSIM_WINDOW}×{SSIM_WINDOW} pixels after shaving")
     c1 = (0.01 * 255) ** 2
     c2 = (0.03 * 255) ** 2
     mu_x, mu_y = _gaussian_filter(x), _gaussian_filter(y)
@@ -161,6 +161,10 @@ def sample_diversity(samples: Sequence[torch.Tensor]) -> float:
     return stacked.std(dim=0, correction=0).mean().item()
 
 
+LPIPS_MIN_SIDE = 31
+"""The smallest side LPIPS (AlexNet) takes: an 11-pixel convolution at stride 4, then two 3-pixel max-pools."""
+
+
 class LPIPS:
     """LPIPS (``lpips`` package, net='alex', version 0.1) on whole images in [0, 1]; never downloads."""
 
@@ -186,11 +190,11 @@ def _clean(sr: torch.Tensor) -> torch.Tensor:
 
 def _gaussian_filter(image: torch.Tensor) -> torch.Tensor:
     """``image (B, 1, H, W)`` filtered with the normalised 11×11 Gaussian (σ 1.5), 'valid' (output 10 px smaller)."""
-    offsets = torch.arange(_SSIM_WINDOW, dtype=image.dtype, device=image.device) - (_SSIM_WINDOW - 1) / 2
+    offsets = torch.arange(SSIM_WINDOW, dtype=image.dtype, device=image.device) - (SSIM_WINDOW - 1) / 2
     kernel = torch.exp(-(offsets**2) / (2 * _SSIM_SIGMA**2))
     kernel = kernel / kernel.sum()
-    filtered = F.conv2d(image, kernel.view(1, 1, _SSIM_WINDOW, 1))
-    return F.conv2d(filtered, kernel.view(1, 1, 1, _SSIM_WINDOW))
+    filtered = F.conv2d(image, kernel.view(1, 1, SSIM_WINDOW, 1))
+    return F.conv2d(filtered, kernel.view(1, 1, 1, SSIM_WINDOW))
 
 
 def _metric_dtype(device: torch.device) -> torch.dtype:

@@ -8,22 +8,24 @@ import json
 from collections.abc import Sequence
 
 from flowsr_cli import __version__
-from flowsr_cli.eval.evaluation import PROTOCOL, Result
+from flowsr_cli.eval.evaluation import PROTOCOL, Result, Skip
 
 COLUMNS = (
-    "dataset", "scale", "model", "prior", "temperature", "runs", "images", "psnr_y", "psnr_rgb", "ssim",
+    "dataset", "scale", "model", "prior", "temperature", "runs", "images", "skipped", "psnr_y", "psnr_rgb", "ssim",
     "lpips", "lr_psnr", "inf_rate", "diversity", "seconds",
 )  # fmt: skip
 
 HIGHER_IS_BETTER = {"psnr_y": True, "psnr_rgb": True, "ssim": True, "lr_psnr": True, "lpips": False, "inf_rate": False}
 
 
-def to_json(results: Sequence[Result], settings: dict[str, object]) -> str:
-    """The JSON document: version, protocol (with the run's seed and runs) and the result rows."""
+def to_json(results: Sequence[Result], settings: dict[str, object], skipped: Sequence[Skip]) -> str:
+    """The JSON document: version, protocol (with the run's seed and runs), the result rows and the files
+    left out (with why, and at which scales)."""
     document = {
         "flowsr_version": __version__,
         "protocol": {**PROTOCOL, **settings},
         "results": [result.as_dict() for result in results],
+        "skipped": [skip.as_dict() for skip in skipped],
     }
     return json.dumps(document, indent=2, allow_nan=True) + "\n"
 
@@ -48,13 +50,19 @@ def _cell(value: object, digits: int) -> str:
 
 def to_markdown(results: Sequence[Result], labels: Sequence[str]) -> str:
     """A Markdown table: one row per result, the setting named by its label."""
-    header = "| dataset | scale | setting | PSNR-Y | PSNR-RGB | SSIM | LPIPS | LR-PSNR | inf % | diversity | seconds |"
+    names = (
+        "dataset", "scale", "setting", "images", "skipped", "PSNR-Y", "PSNR-RGB", "SSIM", "LPIPS", "LR-PSNR",
+        "inf %", "diversity", "seconds",
+    )  # fmt: skip
+    header = "| " + " | ".join(names) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for result, label in zip(results, labels):
         cells = [
             result.dataset,
             f"×{result.scale:g}",
             label,
+            str(result.images),
+            str(result.skipped),
             _cell(result.psnr_y, 2),
             _cell(result.psnr_rgb, 2),
             _cell(result.ssim, 4),

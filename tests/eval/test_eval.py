@@ -28,12 +28,14 @@ def test_bicubic_on_set5_matches_the_published_figures(run_cli: CliInvoker, tmp_
     result = run_cli("eval", str(SET5), "--baseline", "bicubic", "--scales", "2,3,4", "--json", str(out))
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
-    assert set(document) == {"flowsr_version", "protocol", "results"}
+    assert set(document) == {"flowsr_version", "protocol", "results", "skipped"}
+    assert document["skipped"] == []
     rows = document["results"]
     assert [row["scale"] for row in rows] == [2.0, 3.0, 4.0]
     for row in rows:
         assert row["dataset"] == "Set5" and row["prior"] == "bicubic" and row["temperature"] is None
         assert row["images"] == 5 and row["runs"] == 1 and row["inf_rate"] == 0.0 and row["diversity"] is None
+        assert row["skipped"] == 0
         assert abs(row["psnr_y"] - PUBLISHED_BICUBIC_SET5[row["scale"]]) < 0.1, row
         assert 0 < row["lpips"] < 1 and row["lr_psnr"] > 35 and 0.7 < row["ssim"] < 1
     assert "Set5" in result.stdout and "PSNR-Y" in result.stdout

@@ -437,3 +437,45 @@ def test_a_time_budget_refits_the_step_count_when_early_steps_were_slow(tmp_path
     assert time.monotonic() - started < 8
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert max(steps) > 45
+
+
+def _validation_folder(tmp_path: Path, photos: Path, good: bool) -> Path:
+    folder = tmp_path / "val"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    PILImage.new("RGB", (4, 4), "grey").save(folder / "speck.png")
+    if good:
+        PILImage.open(sorted(photos.rglob("*.jpg"))[1]).crop((0, 0, 48, 36)).save(folder / "view.png")
+    return folder
+
+
+def test_validation_names_the_images_it_cannot_score_and_trains_on(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, tiny_model: Path
+) -> None:
+    recipe = RECIPE.replace("val_images = 1\n", "val_images = 3\nval_every = 1\nval_scale = 2.0\n")
+    (tmp_path / "recipe.toml").write_text(recipe)
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", "flow", str(photos), "--out", str(out), "--init", str(tiny_model), "--recipe",
+        str(tmp_path / "recipe.toml"), "--steps", "2", "--batch-size", "2", "--workers", "0",
+        "--val", str(_validation_folder(tmp_path, photos, good=True)),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: --val")]
+    assert len(warnings) == 2 and "broken.png" in warnings[0] and "speck.png: 4×4 is too small" in warnings[1]
+    assert len(losses(out / "log.jsonl", "validation")) == 2
+
+
+def test_a_validation_folder_with_nothing_to_score_stops_before_training(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, tiny_model: Path
+) -> None:
+    (tmp_path / "recipe.toml").write_text(RECIPE.replace("val_images = 1\n", "val_images = 3\n"))
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", "flow", str(photos), "--out", str(out), "--init", str(tiny_model), "--recipe",
+        str(tmp_path / "recipe.toml"), "--steps", "2", "--workers", "0",
+        "--val", str(_validation_folder(tmp_path, photos, good=False)),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "no image can be scored" in result.stderr and "(1 unreadable, 1 too small)" in result.stderr
+    assert not (out / "log.jsonl").exists()
