@@ -132,6 +132,7 @@ def _build_settings(
 ) -> list[tuple[Setting, Upscaler]]:
     import dataclasses
 
+    from flowsr_cli.engine.bicubic import BICUBIC
     from flowsr_cli.engine.upscaler import samples_gaussian
     from flowsr_cli.eval.evaluation import Setting
     from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
@@ -154,7 +155,7 @@ def _build_settings(
         )
         upscaler = create_upscaler(request)
         if not samples_gaussian(upscaler):
-            chosen.append((Setting(model, "learned"), upscaler))
+            chosen.append((Setting(model, "bicubic" if model == BICUBIC else "learned"), upscaler))
             continue
         for temperature in temperatures:
             chosen.append(

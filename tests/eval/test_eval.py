@@ -41,6 +41,18 @@ def test_bicubic_on_set5_matches_the_published_figures(run_cli: CliInvoker, tmp_
     assert "Set5" in result.stdout and "PSNR-Y" in result.stdout
 
 
+def test_bicubic_named_as_a_model_is_labelled_bicubic(run_cli: CliInvoker, tmp_path: Path) -> None:
+    out = tmp_path / "set5.json"
+    result = run_cli(
+        "eval", str(SET5), "--model", "bicubic", "--baseline", "none", "--scales", "2", "--max-images", "1",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["model"] == "bicubic" and row["prior"] == "bicubic"
+    assert "(learned)" not in result.stdout
+
+
 def test_flow_settings_runs_diversity_and_all_formats(run_cli: CliInvoker, tmp_path: Path) -> None:
     save_model(tiny_linf(3), tmp_path / "tiny.safetensors")
     outputs = {kind: tmp_path / f"r.{kind}" for kind in ("json", "csv", "md")}
