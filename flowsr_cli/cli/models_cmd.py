@@ -13,7 +13,8 @@ from flowsr_cli.console import printable
 from flowsr_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from flowsr_cli.hub.catalog import Hub, ModelEntry
+    from flowsr_cli.hub.catalog import Hub
+    from flowsr_cli.hub.manifest import ModelEntry
 
 models_app = typer.Typer(
     help="Named models: list, download (checked by sha256), verify, locate, remove, add, import.",
@@ -32,7 +33,7 @@ def import_command(
     its sha256 is recorded, and checked before each use."""
     from flowsr_cli.families.importing import convert_original
     from flowsr_cli.families.model_file import save_model
-    from flowsr_cli.hub.catalog import check_name
+    from flowsr_cli.hub.manifest import check_name
 
     check_name(name, "--name")
     hub = _hub()
@@ -173,7 +174,7 @@ def add_command(
     description: str = typer.Option("", "--description", help="A line for `flowsr models list`."),
 ) -> None:
     """Register a model served elsewhere (e.g. a team's server); it downloads on first use."""
-    from flowsr_cli.hub.catalog import ModelEntry, check_name
+    from flowsr_cli.hub.manifest import ModelEntry, check_name
 
     check_name(name, "name")
     if re.fullmatch(r"[0-9a-fA-F]{64}", sha256) is None:

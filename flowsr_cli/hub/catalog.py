@@ -1,7 +1,8 @@
-"""Named models: the package's registry manifest, the user's own entries, the cache, and resolving a
-``--model`` value to a file (downloading it on first use).
+"""Named models: flowsr's own, the user's and the imported ones, the cache, and resolving a ``--model``
+value to a file (downloading it on first use); their manifests are read by :mod:`flowsr_cli.hub.manifest`.
 
-Every model name is checked (:func:`name_problem`), so a name never leads outside the cache. A ``--model``
+Every model name is checked (:func:`~flowsr_cli.hub.manifest.name_problem`), so a name never leads outside
+the cache. A ``--model``
 value written as a path (a folder separator, a leading ``~`` or the ``.safetensors`` suffix) is that file;
 any other value is a name first, and a file of that name in the current folder is used only when no
 model has the name. Models made by ``flowsr models import`` have their sha256 recorded in
@@ -12,193 +13,37 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
-import math
 import os
-import re
-import reprlib
 import shlex
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from flowsr_cli.config import Settings, config_path
+from flowsr_cli.config import Settings
 from flowsr_cli.console import report_note, report_warning
 from flowsr_cli.errors import FlowsrError, UsageError
-
-MANIFEST_VERSION = 1
-USER_MANIFEST = "models.json"
-IMPORTED_MANIFEST = "imported.json"
-MODEL_SUFFIX = ".safetensors"
-MAX_NAME_LENGTH = 100
-NAME_RULE = (
-    f"use letters, digits, '.', '_' or '-' (starting with a letter or digit), at most {MAX_NAME_LENGTH} "
-    f"characters, not ending in {MODEL_SUFFIX}"
+from flowsr_cli.hub.manifest import (
+    IMPORTED_MANIFEST,
+    MODEL_SUFFIX,
+    ManifestError,
+    ModelEntry,
+    check_name,
+    check_record,
+    manifest_bytes,
+    name_problem,
+    package_entries,
+    read_manifest,
+    user_entries,
+    user_manifest_path,
 )
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_SHORT = reprlib.Repr()
-"""Values quoted in messages, shortened (a manifest can hold anything)."""
-_SHORT.maxstring = _SHORT.maxother = 80
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One named model: where its single .safetensors file comes from and how to check it."""
-
-    name: str
-    description: str = ""
-    sha256: str = ""
-    size: int | None = None
-    url: str | None = None
-    bundled: str | None = None
-    """Package-relative location of a file that ships inside flowsr (works offline)."""
-    scales: tuple[float, float] | None = None
-    source: str = "registry"
-    """registry (the package's manifest), user (the user's manifest) or imported (a converted checkpoint)."""
-    checkpoint: str | None = None
-    """For an imported model: the checkpoint it was converted from (to import it again)."""
-
-    def as_manifest(self) -> dict[str, Any]:
-        """The entry as stored in a manifest."""
-        stored = {key: value for key, value in asdict(self).items() if value not in (None, "")}
-        for key in ("name", "source", "checkpoint"):
-            stored.pop(key, None)
-        return stored
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a model (None when it can): only a safe file name stem is a name."""
-    if _NAME.fullmatch(name) is None or len(name) > MAX_NAME_LENGTH or name.endswith(MODEL_SUFFIX):
-        return f"{_SHORT.repr(name)} is not a valid model name: {NAME_RULE}"
-    return None
-
-
-def check_name(name: str, origin: str = "") -> str:
-    """``name`` when it can name a model, else a UsageError (after ``origin``, e.g. ``--name``, if given)."""
-    problem = name_problem(name)
-    if problem is not None:
-        raise UsageError(f"{origin} {problem}" if origin else problem)
-    return name
 
 
 def written_as_path(model: str) -> bool:
     """True when a ``--model`` value is spelled as a file path rather than a name."""
     separators = {"/", os.sep, os.altsep} - {None}
     return any(separator in model for separator in separators) or model.startswith("~") or model.endswith(MODEL_SUFFIX)
-
-
-class _Invalid(ValueError):
-    """A manifest's content is not what flowsr writes; the message says where and what."""
-
-
-def _load_document(text: str) -> dict[str, Any]:
-    """The ``models`` table of a manifest's text, checked for the manifest's outer shape."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _Invalid(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except RecursionError:
-        raise _Invalid("not valid JSON (nested too deeply)") from None
-    if not isinstance(document, dict):
-        raise _Invalid(f"expected a JSON object with 'version' {MANIFEST_VERSION} and 'models', not {_kind(document)}")
-    if document.get("version") != MANIFEST_VERSION:
-        raise _Invalid(
-            f"version {_SHORT.repr(document.get('version'))} is not the one flowsr reads ({MANIFEST_VERSION})"
-        )
-    models = document.get("models")
-    if not isinstance(models, dict):
-        raise _Invalid(f"'models' must be a JSON object of named models, not {_kind(models)}")
-    for name in models:
-        problem = name_problem(name)
-        if problem is not None:
-            raise _Invalid(problem)
-    return models
-
-
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    """The ``models`` table of the manifest at ``path``; None when there is none; _Invalid if it is malformed."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError:
-        raise _Invalid("not UTF-8 text") from None
-    except OSError as exc:
-        raise _Invalid(f"cannot read it ({exc.strerror or exc})") from None
-    return _load_document(text)
-
-
-def _kind(value: Any) -> str:
-    """A JSON type's name for messages: ``a list``, ``a string``..."""
-    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
-    return names.get(type(value), "a number")
-
-
-_Check = Callable[[Any], bool]
-_FIELDS: dict[str, tuple[_Check, str]] = {
-    "description": (lambda value: isinstance(value, str), "a string"),
-    "sha256": (lambda value: isinstance(value, str) and _SHA256.fullmatch(value) is not None, "64 hexadecimal digits"),
-    "size": (lambda value: type(value) is int and value >= 1, "an integer >= 1"),
-    "url": (lambda value: isinstance(value, str) and value.startswith(("https://", "http://")), "an http(s) URL"),
-    "scales": (
-        lambda value: (
-            isinstance(value, list)
-            and len(value) == 2
-            and all(type(scale) in (int, float) and math.isfinite(scale) and scale >= 1 for scale in value)
-            and value[0] <= value[1]
-        ),
-        "[smallest, largest] scale, numbers >= 1",
-    ),
-    "bundled": (lambda value: isinstance(value, str) and value.startswith("weights/"), "a file under weights/"),
-}
-_USER_FIELDS = ("description", "sha256", "size", "url", "scales")
-_USER_REQUIRED = ("sha256", "url")
-
-
-def _entry(name: str, values: Any, source: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> ModelEntry:
-    """One manifest entry, every field checked; _Invalid names the model and the field."""
-    if not isinstance(values, dict):
-        raise _Invalid(f"model {name!r}: expected a JSON object of fields, not {_kind(values)}")
-    for key, value in values.items():
-        if key not in allowed:
-            raise _Invalid(f"model {name!r}: unknown field {_SHORT.repr(key)} (allowed: {', '.join(allowed)})")
-        check, wanted = _FIELDS[key]
-        if value is not None and not check(value):
-            raise _Invalid(f"model {name!r}: field {key!r} is {_SHORT.repr(value)}; expected {wanted}")
-    missing = [key for key in required if values.get(key) is None]
-    if missing:
-        raise _Invalid(f"model {name!r}: missing field {missing[0]!r}")
-    scales = values.get("scales")
-    return ModelEntry(name=name, source=source, **{**values, "scales": tuple(scales) if scales else None})
-
-
-def user_manifest_path() -> Path:
-    """The user's manifest, beside the config file."""
-    return config_path().parent / USER_MANIFEST
-
-
-def _user_entries() -> dict[str, ModelEntry]:
-    """The entries of the user's manifest; a UsageError names the file and the problem if it is malformed."""
-    path = user_manifest_path()
-    try:
-        models = _read_manifest(path) or {}
-        return {name: _entry(name, values, "user", _USER_FIELDS, _USER_REQUIRED) for name, values in models.items()}
-    except _Invalid as exc:
-        raise UsageError(f"model manifest {path}: {exc}") from None
-
-
-def _package_entries() -> dict[str, ModelEntry]:
-    """The models that come with flowsr (registry.json in this package)."""
-    text = resources.files("flowsr_cli.hub").joinpath("registry.json").read_text(encoding="utf-8")
-    try:
-        models = _load_document(text)
-        return {name: _entry(name, values, "registry", tuple(_FIELDS), ()) for name, values in models.items()}
-    except _Invalid as exc:
-        raise FlowsrError(f"the package's registry.json: {exc}; reinstall flowsr") from None
 
 
 @dataclass
@@ -211,12 +56,12 @@ class Hub:
     _warned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.package = _package_entries()
+        self.package = package_entries()
 
     @cached_property
     def user(self) -> dict[str, ModelEntry]:
         """The user's manifest's models (a name of flowsr's own is ignored); UsageError if it is malformed."""
-        return {name: entry for name, entry in _user_entries().items() if name not in self.package}
+        return {name: entry for name, entry in user_entries().items() if name not in self.package}
 
     @property
     def registry(self) -> dict[str, ModelEntry]:
@@ -240,10 +85,10 @@ class Hub:
     def import_records(self) -> dict[str, dict[str, str]]:
         """What ``flowsr models import`` recorded: name -> {sha256, checkpoint}; UsageError if malformed."""
         try:
-            records = _read_manifest(self.imported_manifest) or {}
+            records = read_manifest(self.imported_manifest) or {}
             for name, record in records.items():
-                _check_record(name, record)
-        except _Invalid as exc:
+                check_record(name, record)
+        except ManifestError as exc:
             raise UsageError(
                 f"imported-model records {self.imported_manifest}: {exc}; delete the file, then import "
                 "your models again to record their sha256"
@@ -350,10 +195,10 @@ class Hub:
             raise UsageError(f"{entry.name!r} is a model of flowsr's own registry; choose another name")
         self.user  # noqa: B018 (never rewrite a manifest that is malformed: say so instead)
         path = user_manifest_path()
-        models = _read_manifest(path) or {}
+        models = read_manifest(path) or {}
         models[entry.name] = entry.as_manifest()
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, _manifest_bytes(models))
+        atomic_write_bytes(path, manifest_bytes(models))
         return path
 
     def record_import(self, name: str, path: Path, checkpoint: Path) -> None:
@@ -378,21 +223,7 @@ class Hub:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             records = self.import_records()
             yield records
-            atomic_write_bytes(self.imported_manifest, _manifest_bytes(records))
-
-
-def _check_record(name: str, record: Any) -> None:
-    """An imported-model record: {"sha256": hex, "checkpoint": text}; _Invalid otherwise."""
-    if not isinstance(record, dict) or set(record) != {"sha256", "checkpoint"}:
-        raise _Invalid(f"model {name!r}: expected the fields 'sha256' and 'checkpoint'")
-    if not isinstance(record["sha256"], str) or _SHA256.fullmatch(record["sha256"]) is None:
-        raise _Invalid(f"model {name!r}: 'sha256' is not 64 hexadecimal digits")
-    if not isinstance(record["checkpoint"], str):
-        raise _Invalid(f"model {name!r}: 'checkpoint' is not a string")
-
-
-def _manifest_bytes(models: dict[str, Any]) -> bytes:
-    return (json.dumps({"version": MANIFEST_VERSION, "models": models}, indent=2) + "\n").encode("utf-8")
+            atomic_write_bytes(self.imported_manifest, manifest_bytes(records))
 
 
 def changed_digest(entry: ModelEntry, path: Path) -> str | None:

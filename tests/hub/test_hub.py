@@ -136,7 +136,8 @@ def test_bundled_entries_resolve_inside_the_package_and_never_download() -> None
     import flowsr_cli
     from flowsr_cli.config import Settings
     from flowsr_cli.errors import FlowsrError
-    from flowsr_cli.hub.catalog import Hub, ModelEntry
+    from flowsr_cli.hub.catalog import Hub
+    from flowsr_cli.hub.manifest import ModelEntry
 
     hub = Hub(Settings())
     entry = ModelEntry("packaged", bundled="weights/packaged.safetensors", url="http://127.0.0.1:9/never")
