@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image as PILImage
 
 from flowsr_cli.errors import ImageError
+from flowsr_cli.io.file_checks import image_size
 from flowsr_cli.io.reading import read_image
 from tests.conftest import CliInvoker
 from tests.test_robust_inputs import mutated_images
@@ -237,33 +238,35 @@ def _finishes(call: Callable[[], object], unblock: Callable[[], None], seconds: 
     return outcome[0]
 
 
-@pytest.mark.parametrize("function", ["read_image", "image_size"])
-def test_the_reader_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path, function: str) -> None:
-    """The reader checks again: a file can become a FIFO after discovery saw a regular file."""
-    from flowsr_cli.io import reading
+READERS = pytest.mark.parametrize("function", [read_image, image_size], ids=["read_image", "image_size"])
 
+
+@READERS
+def test_the_reader_refuses_a_fifo_without_waiting_for_a_writer(
+    tmp_path: Path, function: Callable[..., object]
+) -> None:
+    """The reader checks again: a file can become a FIFO after discovery saw a regular file."""
     pipe = tmp_path / "pipe.png"
     os.mkfifo(pipe)
 
     def unblock() -> None:
         os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
 
-    outcome = _finishes(lambda: getattr(reading, function)(pipe), unblock)
+    outcome = _finishes(lambda: function(pipe), unblock)
     assert isinstance(outcome, ImageError) and "named pipe (FIFO)" in str(outcome), outcome
 
 
-@pytest.mark.parametrize("function", ["read_image", "image_size"])
-def test_the_reader_refuses_a_file_larger_than_max_pixels_allows(tmp_path: Path, function: str) -> None:
-    from flowsr_cli.io import reading
-
+@READERS
+def test_the_reader_refuses_a_file_larger_than_max_pixels_allows(
+    tmp_path: Path, function: Callable[..., object]
+) -> None:
     padded = _png(tmp_path / "padded.png", (10, 10))
     os.truncate(padded, 200 * 10**6)
     with pytest.raises(ImageError, match=r"200\.0 MB.*max_pixels limit of 100 "):
-        getattr(reading, function)(padded, max_pixels=100)
+        function(padded, max_pixels=100)
 
 
 def test_image_size_reads_the_header_upright(tmp_path: Path) -> None:
-    from flowsr_cli.io.reading import image_size
     from flowsr_cli.io.sizing import Size
 
     exif = PILImage.Exif()
@@ -278,7 +281,6 @@ def test_image_size_reads_the_header_upright(tmp_path: Path) -> None:
 def test_the_header_check_agrees_with_decoding(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     """On mutated files of every format: a header the check refuses is refused by decoding with the same
     message, and a file that decodes has the size its header declared (or a header the check could not parse)."""
-    from flowsr_cli.io.reading import image_size
 
     path = tmp_path_factory.mktemp("mutated") / "image"
     path.write_bytes(data)

@@ -56,7 +56,7 @@ def _will_run(job: Job, overwrite: bool) -> bool:
 
 def _input_problem(path: Path, request: SizeRequest, max_pixels: int) -> str | None:
     """Why the input file cannot be done, as far as its type, size and header show; None if it may be."""
-    from flowsr_cli.io.reading import image_size
+    from flowsr_cli.io.file_checks import image_size
 
     try:
         size = image_size(path, max_pixels=max_pixels)

@@ -172,7 +172,8 @@ class BatchRunner:
 
     def _process(self, jobs: list[Job]) -> Iterator[Outcome]:
         from flowsr_cli.engine.pipeline import upscale_image
-        from flowsr_cli.io.reading import read_image, read_stream
+        from flowsr_cli.io.file_checks import read_stream
+        from flowsr_cli.io.reading import read_image
         from flowsr_cli.io.writing import encode_image
 
         source = (
