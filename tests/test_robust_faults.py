@@ -34,7 +34,7 @@ def test_a_model_file_that_outputs_nan_is_guarded_and_reported(run_cli: CliInvok
     record = json.loads(result.stdout)
     assert record["tiles"] > 1 and record["guarded_tiles"] == record["tiles"]
     assert "exploding flow inverses" in result.stderr and "Traceback" not in result.output
-    output = read_image(tmp_path / "photo_x2.png").pixels.astype(float)
+    output = read_image(tmp_path / "photo_x2_nan_t0.8.png").pixels.astype(float)
     reference = run_cli("upscale", str(tmp_path / "photo.png"), "-s", "2", "--model", "bicubic", "-o", "-")
     bicubic = np.asarray(PILImage.open(io.BytesIO(reference.stdout_bytes)), dtype=float)
     assert output.shape == bicubic.shape and np.abs(output - bicubic).mean() < 3, "the fallback is a smooth upscale"

@@ -165,7 +165,7 @@ def test_a_full_disk_fails_the_image_that_does_not_fit_and_keeps_the_others(tmp_
     errors = [line for line in result.stderr.splitlines() if line.startswith(b"error:")]
     assert len(errors) == 1 and b"b_noise.png" in errors[0] and b"No space left on device" in errors[0]
     assert b"Traceback" not in result.stderr
-    assert names == ["a_flat_x2.png", "c_flat_x2.png"] and set(kept.values()) == {40}
+    assert names == ["a_flat_x2_bicubic.png", "c_flat_x2_bicubic.png"] and set(kept.values()) == {40}
 
 
 def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path: Path) -> None:

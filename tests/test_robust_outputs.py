@@ -163,7 +163,16 @@ def test_outputs_of_every_format_carry_the_mark_and_are_replaced_on_request(
     _photo(tmp_path / f"a.{ext}", bits=bits)
     assert run_cli("upscale", str(tmp_path), "-s", "2", *strip).exit_code == 0
     output = tmp_path / f"a_x2.{ext}"
-    assert read_mark(output) == {"flowsr": __version__}
+    assert read_mark(output) == {
+        "flowsr": __version__,
+        "model": "bicubic",
+        "model_sha256": None,
+        "size": "x2",
+        "prior": None,
+        "temperature": 0.5,
+        "seed": 0,
+        "sample": None,
+    }
     assert read_mark(tmp_path / f"a.{ext}") is None
     first = output.stat().st_ino
 
@@ -171,9 +180,9 @@ def test_outputs_of_every_format_carry_the_mark_and_are_replaced_on_request(
     assert rerun.exit_code == 0, rerun.output
     records = [json.loads(line) for line in rerun.stdout.splitlines()]
     assert [(Path(record["input"]).name, record["status"]) for record in records] == [
-        (f"a.{ext}", "done"),
         (f"a_x2.{ext}", "skipped"),
-    ]
+        (f"a.{ext}", "done"),
+    ], "what needs no work is reported first"
     assert output.stat().st_ino != first, "the earlier output was replaced"
     assert sorted(os.listdir(tmp_path)) == [f"a.{ext}", f"a_x2.{ext}"]
 
@@ -196,6 +205,52 @@ def test_earlier_bmp_outputs_are_not_taken_as_new_inputs(run_cli: CliInvoker, tm
     again = run_cli("upscale", str(tmp_path), "-s", "2", "--json")
     assert again.exit_code == 0, again.stderr
     assert sorted(os.listdir(tmp_path)) == ["a.bmp", "a_x2.bmp"]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [["-s", "3"], ["-s", "2", "-o", "{tmp}/newdir"], ["-s", "2", "--suffix", "_big"], ["-s", "2", "-f", "webp"]],
+    ids=["other-scale", "other-folder", "other-suffix", "other-format"],
+)
+def test_a_folders_earlier_outputs_are_never_new_inputs(run_cli: CliInvoker, tmp_path: Path, second: list[str]) -> None:
+    """`photos/ -s 2` then `photos/ -s 3` (or another -o, suffix or format) upscales the photos only."""
+    photos = tmp_path / "photos"
+    for index in range(2):
+        _photo(photos / f"p{index}.png", seed=index)
+    assert run_cli("upscale", str(photos), "-s", "2").exit_code == 0
+    (photos / "p1_x2.png").rename(photos / "holiday.png")  # a renamed output is still an output
+
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in second]
+    again = run_cli("upscale", str(photos), *args, "--json")
+    assert again.exit_code == 0, again.output
+    statuses = {Path(record["input"]).name: record for record in map(json.loads, again.stdout.splitlines())}
+    assert {name: record["status"] for name, record in statuses.items()} == {
+        "p0.png": "done",
+        "p1.png": "done",
+        "p0_x2.png": "skipped",
+        "holiday.png": "skipped",
+    }
+    assert statuses["holiday.png"]["reason"] == (
+        f"{photos / 'holiday.png'} is a flowsr output; name it on the command line to upscale it again"
+    )
+    written = sorted(os.listdir(photos)) + sorted(os.listdir(tmp_path / "newdir") if "-o" in args else [])
+    assert not [name for name in written if name.startswith(("p0_x2_", "holiday_"))], written
+
+
+def test_a_glob_skips_earlier_outputs_and_a_named_file_is_upscaled(run_cli: CliInvoker, tmp_path: Path) -> None:
+    _photo(tmp_path / "a.png")
+    assert run_cli("upscale", str(tmp_path / "a.png"), "-s", "2").exit_code == 0
+    globbed = run_cli("upscale", str(tmp_path / "*.png"), "-s", "3")
+    assert globbed.exit_code == 0, globbed.output
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "a_x2.png", "a_x3.png"]
+    named = run_cli("upscale", str(tmp_path / "a_x2.png"), "-s", "3")
+    assert named.exit_code == 0, named.output
+    assert (tmp_path / "a_x2_x3.png").is_file(), "a file named on the command line is what the user asked for"
+    both = run_cli("upscale", str(tmp_path), str(tmp_path / "a_x3.png"), "-s", "1.5", "--json")
+    processed = sorted(
+        Path(r["input"]).name for r in map(json.loads, both.stdout.splitlines()) if r["status"] == "done"
+    )
+    assert processed == ["a.png", "a_x3.png"], "named wins over found in a folder"
 
 
 def test_marks_are_read_without_importing_torch(tmp_path: Path, isolated_settings: Path) -> None:

@@ -1,29 +1,48 @@
-"""`flowsr upscale`: parse the request, plan the jobs, run them, report."""
+"""`flowsr upscale`: parse the request, plan the jobs, check everything that can be checked before the model
+loads, run the jobs, report."""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, flag_parser, integer_flag, number_flag
+from flowsr_cli.config import PRIOR_CHOICES, SETTINGS, Settings, choice_flag, flag_parser, integer_flag, number_flag
 from flowsr_cli.console import debug_enabled
 from flowsr_cli.errors import FlowsrError, ImageError, UsageError
+from flowsr_cli.io.provenance import DEFAULT_SEED, DEFAULT_TEMPERATURE, RunSettings
 
 if TYPE_CHECKING:
+    from flowsr_cli.cli.report import ConsoleReporter
     from flowsr_cli.engine.upscaler import Upscaler
-    from flowsr_cli.families.upscalers import UpscalerRequest
+    from flowsr_cli.families.upscalers import PreparedModel, UpscalerRequest
+    from flowsr_cli.hub.catalog import Hub
     from flowsr_cli.io.outputs import Job
     from flowsr_cli.io.sizing import SizeRequest
 
 
+T = TypeVar("T")
+
 _OUTPUT = "Output"
 _MODEL = "Model"
 _BATCH = "Batch"
+_BICUBIC = "bicubic"
+"""The bicubic baseline's model name (``flowsr_cli.engine.bicubic.BICUBIC``, whose module imports torch)."""
+
+EPILOG = """Examples:
+
+flowsr upscale photo.png -s 3.5               # photo_x3.5.png (linf-lp)
+flowsr upscale photos/ -s 2 -o big/           # a folder; rerun to resume
+flowsr upscale photo.png -s 4 -m linf -t 0.8  # photo_x4_linf_t0.8.png
+flowsr upscale 'scans/*.tif' -s 4 -f png      # a quoted glob; PNG outputs
+flowsr upscale - -s 2 < in.png > out.png      # stdin to stdout"""
+"""The examples at the end of `flowsr upscale --help` (registered with the command in ``cli/__init__.py``)."""
 
 
 def _prepare_output_folder(folder: Path | None) -> None:
@@ -83,16 +102,80 @@ def _check_inputs(jobs: list[Job], request: SizeRequest, max_pixels: int, overwr
     return [checked(job) for job in jobs]
 
 
+def _given(ctx: typer.Context) -> Callable[[T, str], T | None]:
+    """``given(value, name)``: the value of the parameter ``name`` if the command line gave it, else None (a
+    setting then comes from the environment, the config file or its default; the help shows the default)."""
+
+    def given(value: T, name: str) -> T | None:
+        source = ctx.get_parameter_source(name)  # an enum of the click that Typer bundles: compared by name
+        return value if source is not None and source.name == "COMMANDLINE" else None
+
+    return given
+
+
+def _model_sha256(hub: Hub, model: str) -> str | None:
+    """The sha256 of the model file ``model`` names, when it is known without downloading: a named model's
+    published or recorded one, else the file's own; None for bicubic and for a file not there (yet)."""
+    from flowsr_cli.hub.catalog import written_as_path
+
+    if model == _BICUBIC:
+        return None
+    entry = None if written_as_path(model) else hub.find(model)
+    if entry is not None and entry.sha256:
+        return entry.sha256.lower()
+    path = hub.local_path(entry) if entry is not None else Path(model).expanduser()
+    if not path.is_file():
+        return None
+    from flowsr_cli.hub.download import sha256_of
+
+    return sha256_of(path)
+
+
+def _check_model_named(hub: Hub, model: str) -> None:
+    """Refuse a ``--model`` that names no model and no file, without importing torch (so at once)."""
+    from flowsr_cli.hub.catalog import written_as_path
+
+    if model == _BICUBIC:
+        return
+    if written_as_path(model):
+        if not Path(model).expanduser().is_file():
+            raise UsageError(f"model file {model}: not found")
+    elif hub.find(model) is None and not Path(model).is_file():
+        known = ", ".join([_BICUBIC, *hub.entries()])
+        raise UsageError(f"unknown model {model!r}; available: {known}, or a path to a .safetensors model")
+
+
+def _ignored_flags(
+    prepared: PreparedModel, run: RunSettings, temperature: float | None, seed: int | None
+) -> str | None:
+    """A note naming the sampling flags given that the model does not use, or None."""
+    flags = [flag for flag, value in (("--temperature", temperature), ("--seed", seed)) if value is not None]
+    if prepared.path is None and run.prior == "gaussian":
+        flags.insert(0, "--prior gaussian")
+    verb = "is" if len(flags) == 1 else "are"
+    if prepared.path is None and flags:
+        return f"bicubic does not sample: {' and '.join(flags)} {verb} ignored"
+    if prepared.learned_prior and flags:
+        return (
+            f"{run.model} runs its learned prior, which is deterministic: {' and '.join(flags)} {verb} ignored "
+            "(add --prior gaussian to sample its flow)"
+        )
+    if prepared.gaussian and run.temperature == 0 and seed is not None:
+        return "at temperature 0 the output is deterministic: --seed is ignored"
+    return None
+
+
 def upscale(
     ctx: typer.Context,
     inputs: list[str] = typer.Argument(
-        ..., help="Image files, folders, glob patterns, or - for stdin.", show_default=False
+        ..., help="Image files, folders, glob patterns, or - for stdin.", metavar="INPUT", show_default=False
     ),
     output: str | None = typer.Option(
         None,
         "--output",
         "-o",
-        help="Output file (one input), folder (several), or - for stdout.",
+        metavar="PATH",
+        help="Output file (one input; its extension sets the format), folder (several), or - for stdout.",
         rich_help_panel=_OUTPUT,
     ),
     scale: float | None = typer.Option(
@@ -100,35 +183,56 @@ def upscale(
         "--scale",
         "-s",
         parser=flag_parser("--scale", float, "a number >= 1"),
+        metavar="FLOAT",
         help="Scale factor, any number >= 1 (e.g. 3.5).",
     ),
     width: int | None = typer.Option(
-        None, "--width", parser=integer_flag("--width", 1), help="Output width in pixels; keeps the aspect ratio."
+        None,
+        "--width",
+        parser=integer_flag("--width", 1),
+        metavar="PIXELS",
+        help="Output width in pixels; keeps the aspect ratio.",
     ),
     height: int | None = typer.Option(
-        None, "--height", parser=integer_flag("--height", 1), help="Output height in pixels; keeps the aspect ratio."
-    ),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Model name or .safetensors path (config: model).", rich_help_panel=_MODEL
-    ),
-    device: str | None = typer.Option(
-        None, "--device", help="auto, cpu, cuda or cuda:N (config: device).", rich_help_panel=_MODEL
-    ),
-    precision: str | None = typer.Option(
         None,
+        "--height",
+        parser=integer_flag("--height", 1),
+        metavar="PIXELS",
+        help="Output height in pixels; keeps the aspect ratio.",
+    ),
+    model: str = typer.Option(
+        SETTINGS["model"].default,
+        "--model",
+        "-m",
+        metavar="NAME|FILE",
+        help="A model name (flowsr models list), bicubic, or a .safetensors file (config: model).",
+        rich_help_panel=_MODEL,
+    ),
+    device: str = typer.Option(
+        SETTINGS["device"].default,
+        "--device",
+        metavar="DEVICE",
+        help="auto, cpu, cuda or cuda:N (config: device).",
+        rich_help_panel=_MODEL,
+    ),
+    precision: str = typer.Option(
+        SETTINGS["precision"].default,
         "--precision",
+        metavar="PRECISION",
         help="auto, fp32, fp16 or bf16 for the encoder (the flow inverse stays fp32) (config: precision).",
         rich_help_panel=_MODEL,
     ),
-    tile: str | None = typer.Option(
-        None,
+    tile: str = typer.Option(
+        SETTINGS["tile"].default,
         "--tile",
+        metavar="auto|N",
         help="Tile side in input pixels: auto fits free memory, 0 = no tiling (config: tile).",
         rich_help_panel=_MODEL,
     ),
-    tile_pad: str | None = typer.Option(
-        None,
+    tile_pad: str = typer.Option(
+        SETTINGS["tile_pad"].default,
         "--tile-pad",
+        metavar="auto|N",
         help="Context around tiles in input pixels; auto = the model's reach, 16 for SRFlow (config: tile_pad).",
         rich_help_panel=_MODEL,
     ),
@@ -136,16 +240,20 @@ def upscale(
         None,
         "--prior",
         parser=choice_flag("--prior", PRIOR_CHOICES),
-        help="learned (deterministic; default for models that have one) or gaussian (z = T * N(0, I)).",
+        metavar="learned|gaussian",
+        help="learned (deterministic; the default of models that have one, e.g. linf-lp) or gaussian "
+        "(z = T * N(0, I); the default of the others, e.g. linf).",
         rich_help_panel=_MODEL,
         show_default=False,
     ),
     temperature: float = typer.Option(
-        0.5,
+        DEFAULT_TEMPERATURE,
         "--temperature",
         "-t",
         parser=number_flag("--temperature", 0),
-        help="Gaussian prior temperature T >= 0; 0 gives the mode-like, sharpest-PSNR output.",
+        metavar="T",
+        help="Temperature T >= 0 for --prior gaussian (0 gives the mode-like, highest-PSNR output); the learned "
+        "prior (linf-lp's default) ignores it.",
         rich_help_panel=_MODEL,
     ),
     allow_resample: bool = typer.Option(
@@ -155,33 +263,42 @@ def upscale(
         rich_help_panel=_MODEL,
     ),
     seed: int = typer.Option(
-        0,
+        DEFAULT_SEED,
         "--seed",
         parser=integer_flag("--seed"),
-        help="Seed of the Gaussian prior (same seed, same image).",
+        metavar="N",
+        help="Seed for --prior gaussian (same seed, same image); the learned prior ignores it.",
         rich_help_panel=_MODEL,
     ),
     samples: int = typer.Option(
         1,
         "--samples",
         parser=integer_flag("--samples", 1),
-        help="Write N >= 1 different samples per input (NAME_x3.5_s0.png, ...).",
+        metavar="N",
+        help="Write N >= 1 different samples per input (NAME_x3.5_s0.png, ...); needs sampling (gaussian, T > 0).",
         rich_help_panel=_MODEL,
     ),
-    output_format: str | None = typer.Option(
-        None, "--format", "-f", help="same, png, jpg, webp, tiff or bmp (config: format).", rich_help_panel=_OUTPUT
-    ),
-    suffix: str | None = typer.Option(
-        None,
-        "--suffix",
-        help="Added to output names; {size} becomes x3.5, w1920 or h1080 (config: suffix).",
+    output_format: str = typer.Option(
+        SETTINGS["format"].default,
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="same, png, jpg, webp, tiff or bmp (config: format).",
         rich_help_panel=_OUTPUT,
     ),
-    quality: str | None = typer.Option(
-        None,
+    suffix: str = typer.Option(
+        SETTINGS["suffix"].default,
+        "--suffix",
+        metavar="TEXT",
+        help="Added to output names instead of the default: {size} becomes x3.5, w1920 or h1080 (config: "
+        "suffix). The default also names a model, prior, -t or --seed other than the defaults: _x4_linf_t0.8.",
+        rich_help_panel=_OUTPUT,
+    ),
+    quality: str = typer.Option(
+        str(SETTINGS["quality"].default),
         "--quality",
-        metavar="<int>",
-        help="JPEG/WebP quality 1-100 (config: quality).",
+        metavar="1-100",
+        help="JPEG/WebP quality (config: quality).",
         rich_help_panel=_OUTPUT,
     ),
     strip_metadata: bool | None = typer.Option(
@@ -197,13 +314,14 @@ def upscale(
     overwrite: bool = typer.Option(
         False,
         "--overwrite/--skip-existing",
-        help="Replace existing outputs, or skip them (default).",
+        help="Replace flowsr's existing outputs, or skip those made with the same settings (default).",
         rich_help_panel=_BATCH,
     ),
     shard: str | None = typer.Option(
         None,
         "--shard",
-        help="Process only slice I of N of the sorted inputs (I/N, 0 <= I < N).",
+        metavar="I/N",
+        help="Process only slice I of N of the sorted inputs (0 <= I < N).",
         rich_help_panel=_BATCH,
     ),
     offline: bool | None = typer.Option(
@@ -222,25 +340,29 @@ def upscale(
 ) -> None:
     """Upscale images: [bold]flowsr upscale photo.png --scale 3.5[/]
 
-    Outputs go next to each input as NAME_x3.5.EXT unless -o says otherwise. Existing outputs are
-    skipped, so an interrupted batch resumes by running the same command again. Exit code: 0 all
-    done, 1 some inputs failed (the rest are written), 2 usage or configuration error.
+    Outputs go next to each input as NAME_x3.5.EXT unless -o says otherwise; a model or sampling settings
+    other than the defaults add to the name (NAME_x4_linf_t0.8.EXT). Existing outputs made with the same
+    settings are skipped, so an interrupted batch resumes by running the same command again; earlier outputs
+    found in a folder are not upscaled again. Exit code: 0 all done, 1 some inputs failed (the rest are
+    written), 2 usage or configuration error.
     """
+    from flowsr_cli.hub.catalog import Hub
     from flowsr_cli.io.inputs import discover, parse_shard
-    from flowsr_cli.io.outputs import OutputOptions, output_folder, plan_jobs, select_shard
+    from flowsr_cli.io.outputs import OutputOptions, output_folder, plan_jobs, select_shard, settings_suffix
     from flowsr_cli.io.sizing import SizeRequest
 
+    given = _given(ctx)
     settings = Settings(
         {
-            "model": model,
-            "device": device,
-            "precision": precision,
-            "tile": tile,
-            "tile_pad": tile_pad,
+            "model": given(model, "model"),
+            "device": given(device, "device"),
+            "precision": given(precision, "precision"),
+            "tile": given(tile, "tile"),
+            "tile_pad": given(tile_pad, "tile_pad"),
             "offline": offline,
-            "format": output_format,
-            "suffix": suffix,
-            "quality": quality,
+            "format": given(output_format, "output_format"),
+            "suffix": given(suffix, "suffix"),
+            "quality": given(quality, "quality"),
             "strip_metadata": strip_metadata,
         }
     )
@@ -252,8 +374,13 @@ def upscale(
     shard_slice = parse_shard(shard) if shard is not None else None
     if json_lines and output == "-":
         raise UsageError("--json writes to stdout, which -o - already uses for the image")
+    hub = Hub(settings)
+    run = RunSettings(settings["model"], _model_sha256(hub, settings["model"]), request.label, prior, temperature, seed)
+    name_suffix = settings["suffix"]
+    if name_suffix == SETTINGS["suffix"].default:
+        name_suffix += settings_suffix(run, Settings()["model"])
     discovery = discover(inputs, recursive)
-    options = OutputOptions(output, settings["format"], settings["suffix"], request.label, samples)
+    options = OutputOptions(output, settings["format"], name_suffix, request.label, samples)
     jobs = plan_jobs(discovery, options)
     if shard_slice is not None:
         jobs = select_shard(jobs, *shard_slice)
@@ -268,13 +395,9 @@ def upscale(
     _run(
         _check_inputs(jobs, request, settings["max_pixels"], overwrite),
         discovery.problems,
-        settings,
-        request,
-        prior=prior,
-        temperature=temperature,
-        allow_resample=allow_resample,
-        seed=seed,
-        samples=samples,
+        _RunChoices(
+            settings, hub, request, run, given(temperature, "temperature"), given(seed, "seed"), allow_resample, samples
+        ),
         overwrite=overwrite,
         quiet=quiet,
         json_lines=json_lines,
@@ -282,74 +405,106 @@ def upscale(
     )
 
 
-def _upscaler_request(settings: Settings, prior: str | None, temperature: float) -> UpscalerRequest:
-    from flowsr_cli.engine.bicubic import BICUBIC
-    from flowsr_cli.families.upscalers import UpscalerRequest
-    from flowsr_cli.hub.catalog import Hub
+@dataclass(frozen=True)
+class _RunChoices:
+    """What a run was asked for beyond its jobs: the settings, the model, the size and how to sample."""
 
-    return UpscalerRequest(
-        model=settings["model"],
-        device=settings["device"],
-        precision=settings["precision"],
-        tile=settings["tile"],
-        tile_pad=settings["tile_pad"],
-        prior=prior,
-        temperature=temperature,
-        hub=Hub(settings) if settings["model"] != BICUBIC else None,
-    )
+    settings: Settings
+    hub: Hub
+    request: SizeRequest
+    run: RunSettings
+    temperature: float | None
+    """``-t`` as given (None: not given)."""
+    seed: int | None
+    """``--seed`` as given (None: not given)."""
+    allow_resample: bool
+    samples: int
+
+    def upscaler_request(self) -> UpscalerRequest:
+        """The model, device, tiling and sampling the upscaler is built for."""
+        from flowsr_cli.families.upscalers import UpscalerRequest
+
+        return UpscalerRequest(
+            model=self.run.model,
+            device=self.settings["device"],
+            precision=self.settings["precision"],
+            tile=self.settings["tile"],
+            tile_pad=self.settings["tile_pad"],
+            prior=self.run.prior,
+            temperature=self.run.temperature,
+            hub=self.hub,
+        )
+
+
+def _prepare_model(choices: _RunChoices, reporter: ConsoleReporter) -> PreparedModel:
+    """Check the model before it loads: its name (before torch is imported), the device, its file and header
+    (a fixed scale, a learned prior, whether it samples); notes the sampling flags it ignores."""
+    _check_model_named(choices.hub, choices.run.model)
+    from flowsr_cli.engine.upscaler import fixed_scale_error
+    from flowsr_cli.families.upscalers import prepare_model
+
+    prepared = prepare_model(choices.upscaler_request())
+    native = prepared.fixed_scale
+    if native is not None and not choices.allow_resample and choices.request.scale not in (None, native):
+        raise fixed_scale_error(choices.run.model, native)
+    if choices.samples > 1 and not prepared.stochastic:
+        raise UsageError(
+            f"--samples {choices.samples}: {choices.run.model} gives one output per input; sampling needs a flow "
+            "model with --prior gaussian and --temperature > 0"
+        )
+    note = _ignored_flags(prepared, choices.run, choices.temperature, choices.seed)
+    if note is not None:
+        reporter.note(note)
+    return prepared
+
+
+def _load_upscaler(prepared: PreparedModel, choices: _RunChoices) -> Upscaler:
+    """Load the prepared model; a fixed-scale model is resampled to any size under ``--allow-resample``."""
+    from flowsr_cli.engine.upscaler import ResampledUpscaler, fixed_scale, fixed_scale_error
+    from flowsr_cli.families.upscalers import load_upscaler
+
+    upscaler = load_upscaler(prepared)
+    native = fixed_scale(upscaler)
+    if native is not None and choices.allow_resample:
+        return ResampledUpscaler(upscaler, native)
+    if native is not None and choices.request.scale not in (None, native):
+        raise fixed_scale_error(upscaler.name, native)
+    return upscaler
 
 
 def _run(
     jobs: list[Job],
     problems: list[tuple[str, str]],
-    settings: Settings,
-    request: SizeRequest,
+    choices: _RunChoices,
     *,
-    prior: str | None,
-    temperature: float,
-    allow_resample: bool,
-    seed: int,
-    samples: int,
     overwrite: bool,
     quiet: bool,
     json_lines: bool,
     debug: bool,
 ) -> None:
+    """Settle the jobs that need no work, check the model if some job needs it (usage errors come first),
+    report the settled jobs, load the model, and run the rest under the progress display."""
     from flowsr_cli.cli.report import ConsoleReporter
     from flowsr_cli.engine.batch import FAILED, BatchOptions, BatchRunner
 
+    settings = choices.settings
     batch_options = BatchOptions(
-        request=request,
+        request=choices.request,
+        run=choices.run,
         overwrite=overwrite,
         quality=settings["quality"],
         strip_metadata=settings["strip_metadata"],
         max_pixels=settings["max_pixels"],
-        seed=seed,
         debug=debug,
     )
     reporter = ConsoleReporter(len(jobs), quiet=quiet, json_lines=json_lines)
+    runner = BatchRunner(batch_options, reporter)
+    prepared = _prepare_model(choices, reporter) if runner.settle(jobs) else None
     for argument, reason in problems:
         reporter.report_problem(argument, reason)
-
-    def make_upscaler() -> Upscaler:
-        from flowsr_cli.engine.upscaler import ResampledUpscaler, fixed_scale, fixed_scale_error
-        from flowsr_cli.families.upscalers import create_upscaler
-
-        upscaler = create_upscaler(_upscaler_request(settings, prior, temperature))
-        native = fixed_scale(upscaler)
-        if native is not None and allow_resample:
-            upscaler = ResampledUpscaler(upscaler, native)
-        elif native is not None and request.scale not in (None, native):
-            raise fixed_scale_error(upscaler.name, native)
-        if samples > 1 and not upscaler.stochastic:
-            raise UsageError(
-                f"--samples {samples}: {upscaler.name} gives one output per input; sampling needs a flow model "
-                "with --prior gaussian and --temperature > 0"
-            )
-        return upscaler
-
+    settled = runner.start(None if prepared is None else partial(_load_upscaler, prepared, choices))
     with reporter:
-        outcomes = BatchRunner(batch_options, make_upscaler, reporter).run(jobs)
+        outcomes = [*settled, *runner.run()]
     reporter.summary(outcomes, problems)
     if problems or any(outcome.status == FAILED for outcome in outcomes):
         raise typer.Exit(1)

@@ -1,6 +1,9 @@
 """Running `upscale` jobs one after another: one bad input never stops the others.
 
-Imaging and torch are imported only when a job needs them, so a rerun that skips everything is fast.
+A run first settles the jobs that need no work (failed before starting, or skipped: e.g. their output
+exists, written by flowsr with the same settings) and reports them, before any model is loaded; then it
+runs the rest. Imaging and torch are imported only when a job needs them, so a rerun that skips everything
+is fast.
 """
 
 from __future__ import annotations
@@ -10,15 +13,17 @@ import itertools
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.io.atomic import atomic_write_bytes, remove_leftovers
-from flowsr_cli.io.formats import FORMAT_EXTENSIONS
-from flowsr_cli.io.outputs import FALLBACK_FORMAT, Job
-from flowsr_cli.io.provenance import is_flowsr_output, unmarked_file_problem
+from flowsr_cli.io.formats import FORMAT_EXTENSIONS, format_from_suffix
+from flowsr_cli.io.outputs import FALLBACK_FORMAT, Job, Skip
+from flowsr_cli.io.provenance import RunSettings, read_mark, unmarked_file_problem
 from flowsr_cli.io.sizing import Size, SizeRequest
 
 if TYPE_CHECKING:
@@ -44,6 +49,8 @@ class Outcome:
     tiles: int = 0
     guarded_tiles: int = 0
     warnings: list[str] = field(default_factory=list)
+    skip: Skip | None = None
+    """Why a skipped job was skipped (``reason`` is its text)."""
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-ready description (the `--json` line for this image)."""
@@ -77,44 +84,117 @@ class BatchObserver(Protocol):
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """Choices that apply to every job of a run."""
+    """Choices that apply to every job of a run; ``run`` holds the settings its outputs' marks record."""
 
     request: SizeRequest
+    run: RunSettings
     overwrite: bool
     quality: int
     strip_metadata: bool
     max_pixels: int
-    seed: int = 0
     debug: bool = False
 
 
 class BatchRunner:
     """Reads, upscales and writes each input once for all its outputs (samples), turning per-image
-    errors into failed outcomes."""
+    errors into failed outcomes.
 
-    def __init__(self, options: BatchOptions, make_upscaler: Callable[[], Upscaler], observer: BatchObserver) -> None:
+    Use: :meth:`settle` the jobs (it returns those that need work), :meth:`start` (reports the settled jobs,
+    then builds the upscaler if some job needs it), then :meth:`run` the rest."""
+
+    def __init__(self, options: BatchOptions, observer: BatchObserver) -> None:
         self.options = options
-        self._make_upscaler = make_upscaler
+        self.observer = observer
         self._upscaler: Upscaler | None = None
         self._notes_shown = 0
-        self.observer = observer
+        self._jobs: list[Job] = []
+        self._settled_jobs: list[Outcome] = []
+
+    def settle(self, jobs: list[Job]) -> list[Job]:
+        """Decide the jobs that need no work: those that failed before starting, and those skipped (an input
+        that is an earlier output, an output that exists). Returns the other jobs; nothing is reported yet."""
+        self._jobs = jobs
+        settled = [(job, self._settled(job)) for job in jobs]
+        self._settled_jobs = [outcome for _, outcome in settled if outcome is not None]
+        return [job for job, outcome in settled if outcome is None]
+
+    def start(self, make_upscaler: Callable[[], Upscaler] | None) -> list[Outcome]:
+        """Report the settled jobs (each failure as it is, the skips as one note per kind), then build the
+        upscaler with ``make_upscaler`` (None when no job needs one); returns the settled outcomes. Temporary
+        files that a killed earlier run left for these outputs are removed first."""
+        remove_leftovers(job.output for job in self._jobs if job.output is not None)
+        for outcome in self._settled_jobs:
+            self.observer.image_started(outcome.job)
+            self._finish(outcome, time.perf_counter())
+        self._note_skips(self._settled_jobs)
+        if make_upscaler is not None:
+            self._upscaler = make_upscaler()
+            self._show_new_notes()
+        return self._settled_jobs
+
+    def run(self) -> list[Outcome]:
+        """Process every job :meth:`settle` left, in order; returns their outcomes."""
+        settled = {id(outcome.job) for outcome in self._settled_jobs}
+        outcomes: list[Outcome] = []
+        pending = [job for job in self._jobs if id(job) not in settled]
+        for _, group in itertools.groupby(pending, key=lambda job: job.input):
+            outcomes.extend(self._run_input(list(group)))
+            self._show_new_notes()
+        return outcomes
 
     def _settled(self, job: Job) -> Outcome | None:
         if job.problem is not None:
             return Outcome(job, FAILED, job.problem)
         if job.skip is not None:
-            return Outcome(job, SKIPPED, job.skip)
+            return Outcome(job, SKIPPED, job.skip.reason, skip=job.skip)
         if job.output is not None and job.output.exists():
-            if not self.options.overwrite:
-                return Outcome(job, SKIPPED, "output exists (use --overwrite to replace it)")
-            if not is_flowsr_output(job.output):
-                return Outcome(job, FAILED, unmarked_file_problem(job.output))
+            return self._existing(job, job.output)
         return None
 
-    def _get_upscaler(self) -> Upscaler:
-        if self._upscaler is None:
-            self._upscaler = self._make_upscaler()
-        return self._upscaler
+    def _existing(self, job: Job, output: Path) -> Outcome | None:
+        """The outcome of a job whose output exists, or None to replace it (``--overwrite`` on flowsr's own
+        output). Without ``--overwrite``, an output that flowsr wrote with the same settings is done, one
+        written with other settings fails (never taken as done), and a file flowsr did not write is skipped."""
+        mark = read_mark(output)
+        if mark is None:
+            if self.options.overwrite:
+                return Outcome(job, FAILED, unmarked_file_problem(output))
+            return _skipped(job, _foreign_skip(output))
+        if self.options.overwrite:
+            return None
+        differences = self.options.run.differences(mark, job.sample)
+        if differences:
+            return Outcome(
+                job,
+                FAILED,
+                f"{output} exists, written by flowsr with other settings ({'; '.join(differences)}); "
+                "--overwrite replaces it, or choose another name with --suffix or -o",
+            )
+        if differences is None:
+            return _skipped(
+                job,
+                Skip(
+                    f"{output} exists (written by an earlier flowsr, which did not record its settings); "
+                    "--overwrite replaces it",
+                    "outputs exist (written by an earlier flowsr, which did not record their settings); "
+                    "--overwrite replaces them",
+                ),
+            )
+        return _skipped(
+            job,
+            Skip(
+                f"{output} exists (written by flowsr with the same settings); --overwrite replaces it",
+                "outputs exist (written by flowsr with the same settings); --overwrite replaces them",
+            ),
+        )
+
+    def _note_skips(self, outcomes: list[Outcome]) -> None:
+        """One note per kind of skip: the reason itself for one job, a count for several."""
+        skips = [outcome.skip for outcome in outcomes if outcome.skip is not None]
+        kinds = Counter(skip.many for skip in skips)
+        reasons = {skip.many: skip.reason for skip in skips}
+        for many, count in kinds.items():
+            self.observer.note(f"skipped: {reasons[many]}" if count == 1 else f"skipped {count}: {many}")
 
     def _show_new_notes(self) -> None:
         """Pass on what the upscaler wants said once (device choice, smaller tiles after OOM)."""
@@ -122,19 +202,6 @@ class BatchRunner:
             for message in self._upscaler.notes[self._notes_shown :]:
                 self.observer.note(message)
             self._notes_shown = len(self._upscaler.notes)
-
-    def run(self, jobs: list[Job]) -> list[Outcome]:
-        """Process every job in order; the upscaler is built only if some job needs it. Temporary files
-        that a killed earlier run left for these outputs are removed first."""
-        remove_leftovers(job.output for job in jobs if job.output is not None)
-        if any(self._settled(job) is None for job in jobs):
-            self._get_upscaler()
-            self._show_new_notes()
-        outcomes: list[Outcome] = []
-        for _, group in itertools.groupby(jobs, key=lambda job: job.input):
-            outcomes.extend(self._run_input(list(group)))
-            self._show_new_notes()
-        return outcomes
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome.seconds = time.perf_counter() - started
@@ -144,13 +211,14 @@ class BatchRunner:
     def _run_input(self, jobs: list[Job]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         pending: list[Job] = []
-        for job in jobs:
+        for job in jobs:  # settled again: another run may have written an output since
             settled = self._settled(job)
             if settled is None:
                 pending.append(job)
             else:
                 self.observer.image_started(job)
                 outcomes.append(self._finish(settled, time.perf_counter()))
+        self._note_skips(outcomes)
         if not pending:
             return outcomes
         self.observer.image_started(pending[0])
@@ -182,15 +250,21 @@ class BatchRunner:
         image = read_image(source, max_pixels=self.options.max_pixels)
         size_in = Size(image.width, image.height)
         size_out = self.options.request.target(size_in)
-        seeds = [self.options.seed + (job.sample or 0) for job in jobs]
-        results, report = upscale_image(image, size_out, self._get_upscaler(), seeds, self.observer.image_progress)
+        seeds = [self.options.run.seed + (job.sample or 0) for job in jobs]
+        if self._upscaler is None:
+            raise RuntimeError("BatchRunner.start() builds the upscaler before run()")
+        results, report = upscale_image(image, size_out, self._upscaler, seeds, self.observer.image_progress)
         notes = [*image.warnings, *report.notes]
         if report.guarded_tiles:
             notes.append(f"{report.guarded_tiles} tile(s) had exploding flow inverses and were re-sampled safely")
         for job, result in zip(jobs, results):
             output_format = job.format or (image.format if image.format in FORMAT_EXTENSIONS else FALLBACK_FORMAT)
             data, warnings = encode_image(
-                result, output_format, quality=self.options.quality, strip_metadata=self.options.strip_metadata
+                result,
+                output_format,
+                quality=self.options.quality,
+                strip_metadata=self.options.strip_metadata,
+                settings=self.options.run.mark(job.sample),
             )
             if job.output is None:
                 _write_stdout(data)
@@ -207,6 +281,25 @@ class BatchRunner:
                 guarded_tiles=report.guarded_tiles,
                 warnings=[*notes, *warnings],
             )
+
+
+def _skipped(job: Job, skip: Skip) -> Outcome:
+    return Outcome(job, SKIPPED, skip.reason, skip=skip)
+
+
+def _foreign_skip(output: Path) -> Skip:
+    """Why a job whose output is a file without flowsr's mark is skipped: BMP cannot carry the mark."""
+    if format_from_suffix(output) == "bmp":
+        return Skip(
+            f"{output} exists and is a BMP, which cannot record that flowsr wrote it; it is never replaced "
+            "(delete it to redo it)",
+            "outputs exist as BMP files, which cannot record that flowsr wrote them; they are never replaced "
+            "(delete them to redo them)",
+        )
+    return Skip(
+        f"{output} exists and was not written by flowsr; it is never replaced (use --suffix or -o)",
+        "outputs exist that flowsr did not write; they are never replaced (use --suffix or -o)",
+    )
 
 
 def _write_stdout(data: bytes) -> None:

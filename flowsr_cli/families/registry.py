@@ -171,7 +171,8 @@ def importers() -> list[Importer]:
     return [family.importer for family in _FAMILIES.values() if family.importer is not None]
 
 
-def _network(name: str) -> Network:
+def network(name: str) -> Network:
+    """The registered network a spec name names; a ModelSpecError listing the known ones if none does."""
     for family in _FAMILIES.values():
         if name in family.networks:
             return family.networks[name]
@@ -190,29 +191,29 @@ def _checked(spec: object, depth: int = 1) -> tuple[str, Network, dict[str, Any]
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
         raise ModelSpecError(f"a model spec needs a 'name' string, got {_shown(spec)}")
     name = spec["name"]
-    network = _network(name)
+    architecture = network(name)
     args = spec.get("args", {})
     if not isinstance(args, Mapping) or not all(isinstance(key, str) for key in args):
         raise ModelSpecError(f"model {name!r}: its args must be an object of named arguments, got {_shown(args)}")
     if depth > MAX_DEPTH:
         raise ModelSpecError(f"model {name!r}: its spec is nested deeper than {MAX_DEPTH} levels")
     try:
-        inspect.signature(network.factory).bind(**args)
+        inspect.signature(architecture.factory).bind(**args)
     except TypeError as exc:
         raise ModelSpecError(f"bad arguments for model {name!r}: {exc}") from None
-    for key, bound in network.bounds.items():
+    for key, bound in architecture.bounds.items():
         _check_bound(name, args, key, bound)
-    for key in network.parts:
+    for key in architecture.parts:
         if key in args:
             try:
                 _checked(args[key], depth + 2)
             except ModelSpecError as exc:
                 raise ModelSpecError(f"model {name!r}: argument {key}: {exc}") from None
-    plain = {key: value for key, value in args.items() if key not in network.parts}
+    plain = {key: value for key, value in args.items() if key not in architecture.parts}
     problem = next(_value_problems(plain, "", depth), None)
     if problem is not None:
         raise ModelSpecError(f"model {name!r}: argument {problem[0]} {problem[1]}")
-    return name, network, dict(args)
+    return name, architecture, dict(args)
 
 
 def _value_problems(value: object, where: str, depth: int) -> Iterator[tuple[str, str]]:
@@ -298,12 +299,19 @@ def _check_memory(name: str, network: Network, args: dict[str, Any]) -> None:
         )
 
 
+def runnable(spec_name: str, model: str, prior: str | None) -> Network:
+    """The network of a whole model that an engine can run with ``prior`` (UsageError naming ``model``, as the
+    user wrote it, otherwise)."""
+    architecture = network(spec_name)
+    if prior == "learned" and not architecture.learned_prior:
+        raise UsageError(f"model {model!r} has no learned prior; use --prior gaussian")
+    if architecture.engine is None:
+        raise UsageError(f"model {model!r} is a {spec_name}, which `upscale` cannot run yet")
+    return architecture
+
+
 def build_engine(model: nn.Module, options: EngineOptions) -> Upscaler:
     """The upscaler that runs ``model`` (built by :func:`make`) as ``options`` ask, from its family's engine."""
-    name = model.spec["name"]
-    network = _network(name)
-    if options.prior == "learned" and not network.learned_prior:
-        raise UsageError(f"model {options.name!r} has no learned prior; use --prior gaussian")
-    if network.engine is None:
-        raise UsageError(f"model {options.name!r} is a {name}, which `upscale` cannot run yet")
-    return network.engine(model, options)
+    engine = runnable(model.spec["name"], options.name, options.prior).engine
+    assert engine is not None  # runnable() refuses networks without one
+    return engine(model, options)

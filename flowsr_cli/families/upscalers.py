@@ -1,5 +1,9 @@
 """The upscaler a run asks for: the bicubic baseline by name, or a model file (a path, or a name the hub
-resolves) run by the engine its family registered."""
+resolves) run by the engine its family registered.
+
+:func:`prepare_model` checks a request as far as it can without loading the model (the device, the model's
+file and the header that names its network), so usage errors come before the slow part; :func:`load_upscaler`
+then loads it."""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowsr_cli.engine.bicubic import BICUBIC, BicubicUpscaler
-from flowsr_cli.engine.device import resolve_device, resolve_dtype
+from flowsr_cli.engine.device import DeviceChoice, resolve_device, resolve_dtype
 from flowsr_cli.engine.upscaler import Upscaler
 from flowsr_cli.errors import UsageError
-from flowsr_cli.families.model_file import load_model
-from flowsr_cli.families.registry import EngineOptions, build_engine
+from flowsr_cli.families.model_file import load_model, read_model_metadata
+from flowsr_cli.families.registry import EngineOptions, build_engine, runnable
 
 if TYPE_CHECKING:
     from flowsr_cli.hub.catalog import Hub
@@ -34,22 +38,64 @@ class UpscalerRequest:
     """Turns model names into files (registry, cache, downloads); None accepts paths only."""
 
 
-def create_upscaler(request: UpscalerRequest) -> Upscaler:
-    """Build the upscaler a request names, on its device."""
+@dataclass(frozen=True)
+class PreparedModel:
+    """A request checked without loading its model: the device works, the model's file is there (downloaded
+    if need be) and its header names a network that can run as asked."""
+
+    request: UpscalerRequest
+    device: DeviceChoice
+    path: Path | None
+    """The model file; None for the bicubic baseline."""
+    learned_prior: bool = False
+    """The model runs its learned prior (it has one, and ``--prior gaussian`` was not asked for)."""
+    fixed_scale: int | None = None
+    """The one scale the model's network produces (SRFlow: 4), or None for any scale."""
+
+    @property
+    def gaussian(self) -> bool:
+        """True when the model draws Gaussian latents (it is a flow, not running a learned prior)."""
+        return self.path is not None and not self.learned_prior
+
+    @property
+    def stochastic(self) -> bool:
+        """True when different seeds give different outputs."""
+        return self.gaussian and self.request.temperature > 0
+
+
+def _unknown_model(model: str, hub: Hub | None) -> UsageError:
+    """The error for a ``--model`` value that names no model and no file."""
+    known = ", ".join([BICUBIC, *(hub.entries() if hub is not None else ())])
+    return UsageError(f"unknown model {model!r}; available: {known}, or a path to a .safetensors model")
+
+
+def prepare_model(request: UpscalerRequest) -> PreparedModel:
+    """Check a request before its model loads: the device, the model's file (fetched by the hub, sha256
+    checked) and its header's architecture (one ``upscale`` runs, with a learned prior if one is asked for)."""
     choice = resolve_device(request.device)
-    notes = [choice.note] if choice.note else []
     if request.model == BICUBIC:
         if request.prior == "learned":
             raise UsageError("--prior learned needs a model with a learned prior; bicubic has none")
-        return BicubicUpscaler(choice.device, tile=request.tile, notes=notes)
+        return PreparedModel(request, choice, None)
     path = request.hub.resolve(request.model) if request.hub is not None else Path(request.model)
     if path is None:
-        known = ", ".join([BICUBIC, *(request.hub.entries() if request.hub is not None else ())])
-        raise UsageError(f"unknown model {request.model!r}; available: {known}, or a path to a .safetensors model")
+        raise _unknown_model(request.model, request.hub)
+    name = read_model_metadata(path)["spec"]["name"]
+    architecture = runnable(name, request.model, request.prior)
+    learned = architecture.learned_prior and request.prior != "gaussian"
+    return PreparedModel(request, choice, path, learned, getattr(architecture.factory, "scale", None))
+
+
+def load_upscaler(prepared: PreparedModel) -> Upscaler:
+    """Load a prepared model onto its device and build the upscaler that runs it."""
+    request, device = prepared.request, prepared.device.device
+    notes = [prepared.device.note] if prepared.device.note else []
+    if prepared.path is None:
+        return BicubicUpscaler(device, tile=request.tile, notes=notes)
     options = EngineOptions(
         name=request.model,
-        device=choice.device,
-        dtype=resolve_dtype(request.precision, choice.device),
+        device=device,
+        dtype=resolve_dtype(request.precision, device),
         temperature=request.temperature,
         prior=request.prior,
         tile=request.tile,
@@ -57,4 +103,9 @@ def create_upscaler(request: UpscalerRequest) -> Upscaler:
         guard=request.guard,
         notes=notes,
     )
-    return build_engine(load_model(path, choice.device), options)
+    return build_engine(load_model(prepared.path, device), options)
+
+
+def create_upscaler(request: UpscalerRequest) -> Upscaler:
+    """Build the upscaler a request names, on its device."""
+    return load_upscaler(prepare_model(request))

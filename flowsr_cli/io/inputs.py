@@ -6,7 +6,7 @@ import glob
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from flowsr_cli.errors import UsageError
@@ -26,10 +26,13 @@ class InputFile:
     """One image to read: a file (``path``), or stdin when ``path`` is None.
 
     ``root`` is the folder argument it was found under, so sub-folders can be mirrored in ``-o DIR``.
+    ``named`` is True for a file the command line names itself (not found in a folder or by a glob): the
+    user asked for it, so it is read even if it is an earlier output of flowsr.
     """
 
     path: Path | None
     root: Path | None = None
+    named: bool = False
 
     @property
     def display(self) -> str:
@@ -102,8 +105,11 @@ def discover(arguments: Sequence[str], recursive: bool) -> Discovery:
     found: dict[str, InputFile] = {}
     discovery = Discovery()
 
-    def add(path: Path, root: Path | None) -> None:
-        found.setdefault(os.path.realpath(path), InputFile(path, root))
+    def add(path: Path, root: Path | None, named: bool = False) -> None:
+        """Add an input; one found twice keeps its first place and root, and is named if either time named it."""
+        key = os.path.realpath(path)
+        earlier = found.get(key)
+        found[key] = InputFile(path, root, named) if earlier is None else replace(earlier, named=earlier.named or named)
 
     for argument in arguments:
         path = Path(argument)
@@ -116,7 +122,7 @@ def discover(arguments: Sequence[str], recursive: bool) -> Discovery:
         elif path.exists():
             reason = _file_problem(path)
             if reason is None:
-                add(path, None)
+                add(path, None, named=True)
             else:
                 discovery.problems.append((argument, reason))
         elif glob.has_magic(argument):

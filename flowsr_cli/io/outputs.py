@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from flowsr_cli.errors import UsageError
 from flowsr_cli.io.formats import FORMAT_EXTENSIONS, format_from_suffix
 from flowsr_cli.io.inputs import STDIN_ARGUMENT, Discovery, InputFile
-from flowsr_cli.io.provenance import is_flowsr_output, unmarked_file_problem
+from flowsr_cli.io.provenance import (
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    RunSettings,
+    is_flowsr_output,
+    unmarked_file_problem,
+)
+from flowsr_cli.io.sizing import format_scale
 
 FALLBACK_FORMAT = "png"
+_MODEL_FILE_SUFFIX = ".safetensors"
+_MAX_MODEL_TAG = 40
+_NOT_IN_TAGS = re.compile(r"[^A-Za-z0-9._-]+")
+_WRITABLE = "png, jpg, webp, tiff or bmp"
+"""The formats flowsr writes, as --format takes them."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a job is skipped: ``reason`` says it of its file; ``many`` says it of several such files at once."""
+
+    reason: str
+    many: str
 
 
 @dataclass(frozen=True)
@@ -27,7 +48,7 @@ class Job:
     output: Path | None
     format: str | None
     sample: int | None = None
-    skip: str | None = None
+    skip: Skip | None = None
     problem: str | None = None
 
 
@@ -63,6 +84,30 @@ def _check_output_folder(output: str) -> None:
         raise UsageError(f"-o {output}: looks like a file name, but several images are upscaled; give a folder")
 
 
+def settings_suffix(run: RunSettings, default_model: str) -> str:
+    """What a default output name adds after its size so that runs with other settings get other names:
+    ``_MODEL`` (a model other than ``default_model``: its name, or its file's stem), ``_gaussian`` (``--prior
+    gaussian``; ``learned`` is the default of every model that has one), ``_tT`` (a temperature other than
+    0.5) and ``_seedN`` (a seed other than 0); empty for the default model with its defaults."""
+    tags = [_model_tag(run.model)] if run.model != default_model else []
+    if run.prior == "gaussian":
+        tags.append("gaussian")
+    if run.temperature != DEFAULT_TEMPERATURE:
+        tags.append("t" + format_scale(run.temperature))
+    if run.seed != DEFAULT_SEED:
+        tags.append(f"seed{run.seed}")
+    return "".join("_" + tag for tag in tags)
+
+
+def _model_tag(model: str) -> str:
+    """A model in file names: a name as it is, a file by its stem; other characters than letters, digits and
+    ``._-`` become ``-``, and a long stem is cut (the outputs' marks tell such models apart)."""
+    name = PurePath(model).name
+    if name.lower().endswith(_MODEL_FILE_SUFFIX):
+        name = name[: -len(_MODEL_FILE_SUFFIX)]
+    return _NOT_IN_TAGS.sub("-", name).strip("-.")[:_MAX_MODEL_TAG] or "model"
+
+
 def _file_format(path: Path, requested: str) -> str | None:
     named = format_from_suffix(path)
     if requested == "same":
@@ -70,6 +115,22 @@ def _file_format(path: Path, requested: str) -> str | None:
     if named is not None and named != requested:
         raise UsageError(f"-o {path} has a .{path.suffix.lstrip('.')} name but --format is {requested}")
     return requested
+
+
+def _target_format(target: Path, requested: str) -> str:
+    """The format of the output file ``-o`` names: its extension's, or ``--format``'s; an extension that names
+    no format flowsr writes (or none) needs ``--format``."""
+    chosen = _file_format(target, requested)
+    if chosen is None:
+        problem = (
+            f"{target.suffix} is not an image format flowsr writes"
+            if target.suffix
+            else "no extension names the format"
+        )
+        raise UsageError(
+            f"-o {target}: {problem}; end the name with .png, .jpg, .webp, .tif or .bmp, or give --format ({_WRITABLE})"
+        )
+    return chosen
 
 
 def _output_name(source: Path, requested: str, options: OutputOptions) -> tuple[str, str]:
@@ -87,12 +148,12 @@ def _plan_one(item: InputFile, options: OutputOptions, to_folder: bool) -> Job:
         if options.output in (None, STDIN_ARGUMENT):
             return Job(item, None, None if options.format == "same" else options.format)
         target = Path(options.output)
-        return Job(item, target, _file_format(target, options.format))
+        return Job(item, target, _target_format(target, options.format))
     if options.output == STDIN_ARGUMENT:
         return Job(item, None, _file_format(item.path, options.format) or FALLBACK_FORMAT)
     if not to_folder:
         target = Path(options.output)
-        return Job(item, target, _file_format(target, options.format) or format_from_suffix(item.path))
+        return Job(item, target, _target_format(target, options.format))
     name, output_format = _output_name(item.path, options.format, options)
     folder = item.path.parent
     if options.output is not None:
@@ -130,21 +191,43 @@ def _taken_as_earlier_output(path: Path) -> bool:
     return format_from_suffix(path) == "bmp" or is_flowsr_output(path)
 
 
+def _earlier_outputs(jobs: list[Job], producers: dict[str, Job], colliding: dict[str, Path]) -> dict[str, Skip]:
+    """Inputs that are flowsr's earlier outputs, by key, with why they are skipped: a file named like another
+    input's output that is that output (:func:`_taken_as_earlier_output`), and any file found in a folder or
+    by a glob that carries flowsr's mark, whatever its name (a file named on the command line is read)."""
+    skips = {
+        key: Skip(
+            f"{path} is the output of {producers[key].input.display}; it is not upscaled again",
+            "inputs are the outputs of other inputs; they are not upscaled again",
+        )
+        for key, path in colliding.items()
+        if _taken_as_earlier_output(path)
+    }
+    found = {_key(job.input.path): job.input.path for job in jobs if job.input.path is not None and not job.input.named}
+    for key, path in found.items():
+        if key not in colliding and is_flowsr_output(path):
+            skips[key] = Skip(
+                f"{path} is a flowsr output; name it on the command line to upscale it again",
+                "inputs are flowsr outputs; name one on the command line to upscale it again",
+            )
+    return skips
+
+
 def _guard_inputs(jobs: list[Job]) -> list[Job]:
-    """Mark inputs that are another input's earlier output (flowsr's provenance mark says so) as skipped,
-    and outputs that would hit an input or another output as problems.
+    """Mark inputs that are flowsr's earlier outputs (its provenance mark says so) as skipped, and outputs that
+    would hit an input or another output as problems.
 
     An input named like another input's output but without the mark is the user's file: it is processed
-    like any other input, and the job whose output it would be fails instead of replacing it. Only these
-    colliding files are read (their first bytes)."""
+    like any other input, and the job whose output it would be fails instead of replacing it. Only the
+    first bytes of each input found in a folder or by a glob are read."""
     producers = {_key(job.output): job for job in reversed(jobs) if job.output is not None}
     colliding = {_key(job.input.path): job.input.path for job in jobs if _is_output_of_another(job, producers)}
-    earlier = {key for key, path in colliding.items() if _taken_as_earlier_output(path)}
+    earlier = _earlier_outputs(jobs, producers, colliding)
     guarded: list[Job] = []
     claimed: dict[str, Job] = {}
     for job in jobs:
         if job.input.path is not None and _key(job.input.path) in earlier:
-            guarded.append(replace(job, skip=f"it is the output of {producers[_key(job.input.path)].input.display}"))
+            guarded.append(replace(job, skip=earlier[_key(job.input.path)]))
             continue
         if job.output is not None:
             key = _key(job.output)

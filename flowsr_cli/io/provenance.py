@@ -2,9 +2,10 @@
 
 The mark tells flowsr's earlier outputs apart from the user's files: only a marked file is ever taken as
 an earlier output (skipped as an input, replaced by ``--overwrite``); an unmarked file is never replaced.
-The JSON object holds flowsr's version under the key ``"flowsr"`` and has room for the run's settings
-(``{"flowsr": "0.1.0", ...}``). It is written even with ``--strip-metadata``: it describes flowsr's own
-run, not the input's metadata.
+The JSON object holds flowsr's version under the key ``"flowsr"`` and the settings of the run that change
+pixels (:class:`RunSettings`: ``{"flowsr": "0.1.0", "model": "linf", "temperature": 0.8, ...}``), so a rerun
+tells an output made with the same settings (done) from one made with others. It is written even with
+``--strip-metadata``: it describes flowsr's own run, not the input's metadata.
 
 Where it is stored:
 
@@ -29,6 +30,7 @@ import re
 import stat
 import struct
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
 from flowsr_cli import __version__
@@ -39,11 +41,61 @@ _XMP_NAMESPACE = "urn:flowsr:provenance:1/"
 _XMP_ATTRIBUTE = re.compile(rb'flowsr:provenance="([^"]*)"')
 _MAX_MARK_BYTES = 65_536
 _MAX_STEPS = 256  # chunks, segments or tags looked at before giving up
+_MAX_SHOWN = 40  # characters of a recorded value shown in a message (a mark is untrusted input)
+DEFAULT_TEMPERATURE = 0.5
+"""The Gaussian prior's temperature when none is given."""
+DEFAULT_SEED = 0
+"""The Gaussian prior's seed when none is given."""
 
 
 def mark_json(settings: Mapping[str, object] | None = None) -> str:
     """The mark's text: ``{"flowsr": VERSION}`` plus the run's ``settings`` (ASCII JSON)."""
     return json.dumps({MARK_KEY: __version__, **(settings or {})}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings of an ``upscale`` run that change its pixels, as its outputs' marks record them: the model
+    as the user named it (and its file's sha256 when known), the size request (``x3.5``, ``w1920``), the prior
+    asked for (None: the model's default), the Gaussian prior's temperature and seed; each output adds its
+    sample number (None when the run writes one output per input)."""
+
+    model: str
+    model_sha256: str | None
+    size: str
+    prior: str | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    seed: int = DEFAULT_SEED
+
+    def mark(self, sample: int | None = None) -> dict[str, object]:
+        """The settings an output of this run records; ``sample`` numbers it among several samples (None: the
+        run writes one output per input)."""
+        return {**asdict(self), "sample": sample}
+
+    def differences(self, mark: Mapping[str, object], sample: int | None = None) -> list[str] | None:
+        """How the settings recorded in ``mark`` (an earlier output's) differ from this run's output ``sample``,
+        e.g. ``["model linf, not linf-lp"]``: empty when they are the same, None when the mark records no
+        settings (written by an earlier flowsr). Model files are compared by sha256 when both are known; a
+        setting the mark does not record (one a later flowsr added) is taken to be the same."""
+        wanted = self.mark(sample)
+        if not set(wanted) & (set(mark) - {MARK_KEY}):
+            return None
+        recorded_sha, wanted_sha = mark.get("model_sha256"), wanted.pop("model_sha256")
+        found: list[str] = []
+        if recorded_sha and wanted_sha:
+            wanted.pop("model")
+            if recorded_sha != wanted_sha:
+                found.append(f"model file changed (sha256 {_shown(recorded_sha)[:12]}…, now {wanted_sha[:12]}…)")
+        for key, value in wanted.items():
+            if key in mark and mark[key] != value:
+                found.append(f"{key} {_shown(mark.get(key))}, not {_shown(value)}")
+        return found
+
+
+def _shown(value: object) -> str:
+    """A recorded value as a message shows it: its JSON text, shortened; strings bare, None as ``(default)``."""
+    text = "(default)" if value is None else value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
 
 
 def xmp_packet(mark: str) -> bytes:

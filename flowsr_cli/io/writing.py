@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 from PIL import Image as PILImage
@@ -26,13 +26,19 @@ _WEBP_MAX_SIDE = 16_383
 
 
 def encode_image(
-    image: Image, format: str, *, quality: int = 95, strip_metadata: bool = False
+    image: Image,
+    format: str,
+    *,
+    quality: int = 95,
+    strip_metadata: bool = False,
+    settings: Mapping[str, object] | None = None,
 ) -> tuple[bytes, list[str]]:
     """Encode an image as file bytes in a format; returns the bytes and notes for the user.
 
-    Every format but BMP carries flowsr's provenance mark (see ``flowsr_cli.io.provenance``), also with
-    ``strip_metadata``: the mark describes flowsr's own run, not the input's metadata. BMP has no place for
-    it, so BMP outputs are never replaced by ``--overwrite`` (delete them to redo them).
+    Every format but BMP carries flowsr's provenance mark (see ``flowsr_cli.io.provenance``) with the run's
+    ``settings``, also with ``strip_metadata``: the mark describes flowsr's own run, not the input's
+    metadata. BMP has no place for it, so BMP outputs are never replaced by ``--overwrite`` (delete them to
+    redo them).
     """
     fmt = _output_format(format)
     if not 1 <= quality <= 100:
@@ -47,7 +53,7 @@ def encode_image(
     }
     notes: list[str] = []
     try:
-        return encoders[fmt](image.pixels, metadata, quality, notes), notes
+        return encoders[fmt](image.pixels, metadata, quality, mark_json(settings), notes), notes
     except CODEC_ERRORS as exc:
         raise ImageError(f"cannot encode {DISPLAY_NAMES[fmt]}: {one_line(str(exc))}") from exc
 
@@ -59,9 +65,10 @@ def write_image(
     *,
     quality: int = 95,
     strip_metadata: bool = False,
+    settings: Mapping[str, object] | None = None,
 ) -> list[str]:
-    """Encode and atomically write an image; returns notes for the user."""
-    data, notes = encode_image(image, format, quality=quality, strip_metadata=strip_metadata)
+    """Encode and atomically write an image (its mark holding ``settings``); returns notes for the user."""
+    data, notes = encode_image(image, format, quality=quality, strip_metadata=strip_metadata, settings=settings)
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
@@ -76,16 +83,16 @@ def _output_format(fmt: str) -> str:
     return name
 
 
-def _encode_png(pixels: np.ndarray, metadata: Metadata, quality: int, notes: list[str]) -> bytes:
-    options = _png_options(metadata, notes)
+def _encode_png(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str, notes: list[str]) -> bytes:
+    options = _png_options(metadata, mark, notes)
     if pixels.dtype == np.uint16:
         return _encode_png16(pixels, options)
     return _save_with_pillow(pixels, "PNG", options)
 
 
-def _png_options(metadata: Metadata, notes: list[str]) -> dict[str, object]:
+def _png_options(metadata: Metadata, mark: str, notes: list[str]) -> dict[str, object]:
     options: dict[str, object] = _pillow_metadata_options(metadata, dpi=True)
-    options["pnginfo"] = _png_text_chunks({**metadata.text, MARK_KEY: mark_json()}, notes)
+    options["pnginfo"] = _png_text_chunks({**metadata.text, MARK_KEY: mark}, notes)
     return options
 
 
@@ -140,7 +147,7 @@ def _png_chunks(stream: bytes) -> Iterator[tuple[bytes, bytes]]:
         position = end
 
 
-def _encode_jpeg(pixels: np.ndarray, metadata: Metadata, quality: int, notes: list[str]) -> bytes:
+def _encode_jpeg(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str, notes: list[str]) -> bytes:
     _check_max_side(pixels, _JPEG_MAX_SIDE, "JPEG")
     if pixels.shape[2] in (2, 4):
         if _has_transparency(pixels):
@@ -148,10 +155,10 @@ def _encode_jpeg(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
         pixels = _flatten_onto_white(pixels)
     pixels = _to_8bit(pixels, "JPEG", notes)
     options = _pillow_metadata_options(metadata, dpi=True)
-    return _save_with_pillow(pixels, "JPEG", {"quality": quality, "comment": mark_json(), **options})
+    return _save_with_pillow(pixels, "JPEG", {"quality": quality, "comment": mark, **options})
 
 
-def _encode_webp(pixels: np.ndarray, metadata: Metadata, quality: int, notes: list[str]) -> bytes:
+def _encode_webp(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str, notes: list[str]) -> bytes:
     # libwebp stores greyscale as RGB, so a grey image reads back as RGB with equal channels;
     # read_image deliberately keeps such an image RGB rather than guessing it was grey.
     _check_max_side(pixels, _WEBP_MAX_SIDE, "WebP")
@@ -162,10 +169,10 @@ def _encode_webp(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
             options.pop("icc_profile")
             notes.append("greyscale colour profile dropped: WebP stores greyscale as RGB")
     pixels = _to_8bit(pixels, "WebP", notes)
-    return _save_with_pillow(pixels, "WEBP", {"quality": quality, "xmp": xmp_packet(mark_json()), **options})
+    return _save_with_pillow(pixels, "WEBP", {"quality": quality, "xmp": xmp_packet(mark), **options})
 
 
-def _encode_bmp(pixels: np.ndarray, metadata: Metadata, quality: int, notes: list[str]) -> bytes:
+def _encode_bmp(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str, notes: list[str]) -> bytes:
     """BMP carries no metadata and no provenance mark (see ``encode_image``)."""
     if metadata.icc_profile or metadata.exif:
         notes.append("BMP cannot store the colour profile or EXIF data: dropped")
@@ -177,7 +184,7 @@ def _encode_bmp(pixels: np.ndarray, metadata: Metadata, quality: int, notes: lis
     return _save_with_pillow(pixels, "BMP", {"dpi": metadata.dpi} if metadata.dpi else {})
 
 
-def _encode_tiff(pixels: np.ndarray, metadata: Metadata, quality: int, notes: list[str]) -> bytes:
+def _encode_tiff(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str, notes: list[str]) -> bytes:
     """Lossless (deflate) TIFF of any depth by tifffile.
 
     Pillow's libtiff encoder rejects EXIF blocks that have sub-IFDs, so all TIFFs
@@ -196,7 +203,7 @@ def _encode_tiff(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
         "predictor": True,
         "metadata": None,
         "software": False,
-        "extratags": [*_tiff_text_tags(metadata.exif), _tiff_mark_tag()],
+        "extratags": [*_tiff_text_tags(metadata.exif), _tiff_mark_tag(mark)],
     }
     if channels in (2, 4):
         options["extrasamples"] = ("unassalpha",)
@@ -209,9 +216,9 @@ def _encode_tiff(pixels: np.ndarray, metadata: Metadata, quality: int, notes: li
     return buffer.getvalue()
 
 
-def _tiff_mark_tag() -> tuple[int, str, int, bytes, bool]:
+def _tiff_mark_tag(mark: str) -> tuple[int, str, int, bytes, bool]:
     """tifffile extratag: the provenance mark as an XMP packet (BYTE values)."""
-    packet = xmp_packet(mark_json())
+    packet = xmp_packet(mark)
     return (XMP_TIFF_TAG, "B", len(packet), packet, True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -312,15 +313,15 @@ def test_srflow_is_fixed_x4_unless_resampling(run_cli: CliInvoker, tmp_path: Pat
     assert sorted(os.listdir(tmp_path)) == ["a.png", "srflow.safetensors"]
 
     assert run_cli("upscale", str(source), "--scale", "4", *model).exit_code == 0
-    assert image_size(tmp_path / "a_x4.png") == (84, 52)
+    assert image_size(tmp_path / "a_x4_srflow_t0.png") == (84, 52)
     assert run_cli("upscale", str(source), "--width", "84", *model).exit_code == 0
-    assert image_size(tmp_path / "a_w84.png") == (84, 52)
+    assert image_size(tmp_path / "a_w84_srflow_t0.png") == (84, 52)
 
     resampled = run_cli("upscale", str(source), "--scale", "3.5", *model, "--allow-resample", "--json")
     assert resampled.exit_code == 0, resampled.output
     assert json.loads(resampled.stdout)["size_out"] == [74, 46]
     assert run_cli("upscale", str(source), "--width", "100", *model, "--allow-resample").exit_code == 0
-    assert image_size(tmp_path / "a_w100.png") == (100, 62)
+    assert image_size(tmp_path / "a_w100_srflow_t0.png") == (100, 62)
 
     import torch
 
@@ -337,4 +338,317 @@ def test_srflow_is_fixed_x4_unless_resampling(run_cli: CliInvoker, tmp_path: Pat
     lr = pixels_to_tensor(np.asarray(PILImage.open(source)))
     create_upscaler(UpscalerRequest(str(srflow_file), device="cpu", temperature=0.0)).upscale(lr, Size(84, 52), sink)
     expected = tensor_to_pixels(resize(native, (46, 74)), np.dtype(np.uint8))
-    assert np.array_equal(np.asarray(PILImage.open(tmp_path / "a_x3.5.png")), expected), "the float ×4 output, resized"
+    resampled_file = tmp_path / "a_x3.5_srflow_t0.png"
+    assert np.array_equal(np.asarray(PILImage.open(resampled_file)), expected), "the float ×4 output, resized"
+
+
+# --------------------------------------------------------------------------- output names and settings
+
+
+def bundled_model(name: str) -> Path:
+    """The bundled model file ``name`` inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("flowsr_cli").joinpath(f"weights/{name}.safetensors")))
+
+
+def unloadable_copy(name: str, target: Path) -> Path:
+    """A copy of a bundled model whose header (spec and metadata) is intact but whose weights cannot be loaded:
+    one tensor is missing, which only loading the weights notices."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    source = bundled_model(name)
+    with safe_open(source, framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(source)
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, target, metadata=metadata)
+    return target
+
+
+def records(result: object) -> list[dict[str, object]]:
+    return [json.loads(line) for line in result.stdout.splitlines()]  # type: ignore[attr-defined]
+
+
+def test_the_readme_model_examples_write_one_output_each(run_cli: CliInvoker, tmp_path: Path) -> None:
+    """README, Models: `--model linf -t 0`, then `--model linf -t 0.8 --seed 7`: two different outputs."""
+    source = make_photo(tmp_path / "photo.png", (12, 9))
+    assert run_cli("upscale", str(source), "-s", "4", "--model", "linf", "-t", "0").exit_code == 0
+    second = run_cli("upscale", str(source), "-s", "4", "--model", "linf", "-t", "0.8", "--seed", "7", "--json")
+    assert second.exit_code == 0, second.output
+    assert records(second)[0]["status"] == "done"
+    assert sorted(os.listdir(tmp_path)) == ["photo.png", "photo_x4_linf_t0.8_seed7.png", "photo_x4_linf_t0.png"]
+    samples = run_cli("upscale", str(source), "-s", "4", "--model", "linf", "--samples", "2")
+    assert samples.exit_code == 0, samples.output
+    assert (tmp_path / "photo_x4_linf_s1.png").is_file()
+
+
+def test_the_default_model_with_its_defaults_keeps_todays_names(run_cli: CliInvoker, tmp_path: Path) -> None:
+    source = make_photo(tmp_path / "a.png")
+    for args in ([], ["--model", "bicubic"], ["-t", "0.5", "--seed", "0"]):
+        result = run_cli("upscale", str(source), "-s", "2", *args, "--overwrite", "--quiet")
+        assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "a_x2.png"]
+
+
+def test_a_model_file_is_named_by_its_stem(run_cli: CliInvoker, tmp_path: Path) -> None:
+    model = tmp_path / "my model {v2}.safetensors"
+    model.write_bytes(bundled_model("linf").read_bytes())
+    source = make_photo(tmp_path / "a.png")
+    result = run_cli("upscale", str(source), "-s", "2", "--model", str(model), "--prior", "gaussian")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a_x2_my-model-v2_gaussian.png").is_file()
+
+
+def test_the_mark_records_the_settings_that_change_pixels(run_cli: CliInvoker, tmp_path: Path) -> None:
+    from flowsr_cli import __version__
+    from flowsr_cli.hub.download import sha256_of
+    from flowsr_cli.io.provenance import read_mark
+
+    source = make_photo(tmp_path / "a.png", (8, 6))
+    result = run_cli("upscale", str(source), "--width", "20", "--model", "linf", "-t", "0.3", "--samples", "2")
+    assert result.exit_code == 0, result.output
+    assert read_mark(tmp_path / "a_w20_linf_t0.3_s1.png") == {
+        "flowsr": __version__,
+        "model": "linf",
+        "model_sha256": sha256_of(bundled_model("linf")),
+        "size": "w20",
+        "prior": None,
+        "temperature": 0.3,
+        "seed": 0,
+        "sample": 1,
+    }
+
+
+def test_a_skip_says_why(run_cli: CliInvoker, tmp_path: Path) -> None:
+    source = make_photo(tmp_path / "a.png")
+    assert run_cli("upscale", str(source), "-s", "2").exit_code == 0
+    again = run_cli("upscale", str(source), "-s", "2", "--json")
+    assert again.exit_code == 0
+    reason = f"{tmp_path / 'a_x2.png'} exists (written by flowsr with the same settings); --overwrite replaces it"
+    assert records(again)[0]["reason"] == reason
+    assert f"note: skipped: {reason}" in again.stderr
+    assert "0 upscaled, 1 skipped, 0 failed" in again.stderr
+
+
+def test_skips_of_one_kind_are_one_line(run_cli: CliInvoker, tmp_path: Path) -> None:
+    for index in range(3):
+        make_photo(tmp_path / f"p{index}.png", seed=index)
+    assert run_cli("upscale", str(tmp_path), "-s", "2", "-o", str(tmp_path / "out")).exit_code == 0
+    again = run_cli("upscale", str(tmp_path), "-s", "2", "-o", str(tmp_path / "out"))
+    assert again.exit_code == 0
+    notes = [line for line in again.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: skipped 3: outputs exist (written by flowsr with the same settings); --overwrite replaces them"
+    ]
+
+
+@pytest.mark.parametrize("naming", [["--suffix", "_big"], ["-o", "{tmp}/big.png"]], ids=["suffix", "output"])
+def test_an_output_of_other_settings_is_never_taken_as_done(
+    run_cli: CliInvoker, tmp_path: Path, naming: list[str]
+) -> None:
+    """With names the user chose, flowsr compares the settings recorded in the existing output."""
+    source = make_photo(tmp_path / "a.png")
+    naming = [arg.replace("{tmp}", str(tmp_path)) for arg in naming]
+    target = tmp_path / "a_big.png" if "--suffix" in naming else tmp_path / "big.png"
+    assert run_cli("upscale", str(source), "-s", "2", *naming).exit_code == 0
+    before = target.read_bytes()
+
+    other = run_cli("upscale", str(source), "-s", "2", *naming, "--model", "linf", "-t", "0.8", "--json")
+    assert other.exit_code == 1, other.output
+    assert records(other)[0]["status"] == "failed" and target.read_bytes() == before
+    errors = [line for line in other.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {source}: {target} exists, written by flowsr with other settings (model bicubic, not linf; "
+        "temperature 0.5, not 0.8); --overwrite replaces it, or choose another name with --suffix or -o"
+    ]
+    replaced = run_cli("upscale", str(source), "-s", "2", *naming, "--model", "linf", "-t", "0.8", "--overwrite")
+    assert replaced.exit_code == 0 and target.read_bytes() != before
+    same = run_cli("upscale", str(source), "-s", "2", *naming, "--model", "linf", "-t", "0.8", "--json")
+    assert same.exit_code == 0 and records(same)[0]["status"] == "skipped"
+
+
+def test_a_changed_model_file_is_other_settings(run_cli: CliInvoker, tmp_path: Path) -> None:
+    model = tmp_path / "mine.safetensors"
+    model.write_bytes(bundled_model("linf").read_bytes())
+    source = make_photo(tmp_path / "a.png")
+    run = ["upscale", str(source), "-s", "2", "--model", str(model), "--suffix", "_mine"]
+    assert run_cli(*run).exit_code == 0
+    model.write_bytes(bundled_model("linf-lp").read_bytes())
+    again = run_cli(*run)
+    assert again.exit_code == 1 and "model file changed" in again.stderr
+
+
+# --------------------------------------------------------------------------- sampling flags the model ignores
+
+
+@pytest.mark.parametrize(
+    ("model", "base", "args", "note"),
+    [
+        (
+            None,
+            [],
+            ["-t", "0.8", "--seed", "7"],
+            "linf-lp runs its learned prior, which is deterministic: --temperature and --seed are ignored "
+            "(add --prior gaussian to sample its flow)",
+        ),
+        ("bicubic", [], ["--seed", "3"], "bicubic does not sample: --seed is ignored"),
+        (
+            "linf",
+            ["-t", "0"],
+            ["-t", "0", "--seed", "3"],
+            "at temperature 0 the output is deterministic: --seed is ignored",
+        ),
+    ],
+    ids=["learned-prior", "bicubic", "temperature-0"],
+)
+def test_sampling_flags_a_model_ignores_are_noted_once(
+    run_cli: CliInvoker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str | None,
+    base: list[str],
+    args: list[str],
+    note: str,
+) -> None:
+    if model is None:
+        monkeypatch.delenv("FLOWSR_MODEL")  # the default model, linf-lp
+    source = make_photo(tmp_path / "a.png", (10, 8))
+    chosen = ["--model", model] if model else []
+    plain = run_cli("upscale", str(source), "-s", "2", *chosen, *base, "-o", "-")
+    result = run_cli("upscale", str(source), "-s", "2", *chosen, *args, "-o", "-")
+    assert plain.exit_code == 0 and result.exit_code == 0, result.stderr
+    assert result.stderr.count(f"note: {note}") == 1, result.stderr
+    assert "ignored" not in plain.stderr
+    pixels = [np.asarray(PILImage.open(io.BytesIO(run.stdout_bytes))) for run in (plain, result)]
+    assert np.array_equal(*pixels)
+
+
+# --------------------------------------------------------------------------- usage errors before the model loads
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("out.xyz", "-o {tmp}/out.xyz: .xyz is not an image format flowsr writes"),
+        ("out.gif", "-o {tmp}/out.gif: .gif is not an image format flowsr writes"),
+        ("result", "-o {tmp}/result: no extension names the format"),
+    ],
+)
+def test_an_output_file_without_a_known_extension_is_refused(
+    run_cli: CliInvoker, tmp_path: Path, output: str, message: str
+) -> None:
+    source = make_photo(tmp_path / "a.png")
+    result = run_cli("upscale", str(source), "-s", "2", "-o", str(tmp_path / output))
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith("error: " + message.format(tmp=tmp_path)), result.stderr
+    assert "png, jpg, webp, tiff or bmp" in error[0] and "--format" in error[0]
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]
+    chosen = run_cli("upscale", str(source), "-s", "2", "-o", str(tmp_path / output), "--format", "png")
+    assert chosen.exit_code == 0, "an explicit --format may use any name"
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "message"),
+    [
+        ("linf-lp", ["-s", "2", "--samples", "3"], "--samples 3: {model} gives one output per input"),
+        ("srflow", ["-s", "3"], "{model} is a fixed ×4 model: use --scale 4"),
+        ("linf", ["-s", "2", "--prior", "learned"], "model '{model}' has no learned prior; use --prior gaussian"),
+        ("linf", ["-s", "2", "--device", "cuda"], "--device cuda: CUDA is not available"),
+    ],
+    ids=["samples", "fixed-scale", "prior", "device"],
+)
+def test_usage_errors_come_before_the_weights_are_read(
+    run_cli: CliInvoker, tmp_path: Path, model: str, args: list[str], message: str
+) -> None:
+    """The model file's weights cannot be loaded: each error must come from a check made before loading."""
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    broken = unloadable_copy(model, tmp_path / f"{model}.safetensors")
+    source = make_photo(tmp_path / "a.png")
+    result = run_cli("upscale", str(source), *args, "--model", str(broken))
+    assert result.exit_code == 2, result.output
+    assert message.format(model=broken) in result.stderr, result.stderr
+    assert "weights" not in result.stderr
+    loading = run_cli("upscale", str(source), "-s", "4", "--model", str(broken))
+    assert loading.exit_code == 2 and "weights do not fit the spec" in loading.stderr, "the copy cannot be loaded"
+
+
+def test_bad_inputs_are_reported_before_the_model_loads(run_cli: CliInvoker, tmp_path: Path) -> None:
+    broken = unloadable_copy("linf", tmp_path / "broken.safetensors")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_photo(folder / "a.png")
+    (folder / "t.png").write_text("not an image\n")
+    result = run_cli("upscale", str(folder), "-s", "2", "--model", str(broken))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, result.stderr
+    assert "t.png: not an image" in errors[0] and "weights do not fit the spec" in errors[1]
+
+
+def test_an_unknown_model_is_refused_before_torch_is_imported(tmp_path: Path, isolated_settings: Path) -> None:
+    from tests.cli.test_cli_startup import PROBE
+
+    source = make_photo(tmp_path / "a.png")
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, "upscale", str(source), "-s", "2", "--model", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: unknown model 'nope'"), result.stderr
+    assert "CODE=2" in lines[-1] and "torch" not in lines[-1], result.stderr
+
+
+def test_errors_do_not_start_with_a_blank_line(tmp_path: Path) -> None:
+    source = make_photo(tmp_path / "a.png")
+    for args in (["--model", "srflow", "-s", "3"], ["--model", "nope", "-s", "2"], ["--samples", "2", "-s", "2"]):
+        result = flowsr_subprocess("upscale", str(source), *args)
+        assert result.returncode == 2
+        assert result.stderr.startswith(b"error: "), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "noted"), [("flag", False), ("config", False), ("auto", True)], ids=["flag", "config", "auto"]
+)
+def test_the_cpu_note_is_only_for_device_auto(
+    run_cli: CliInvoker, tmp_path: Path, isolated_settings: Path, where: str, noted: bool
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    source = make_photo(tmp_path / "a.png")
+    if where == "config":
+        isolated_settings.write_text('device = "cpu"\n')
+    flags = {"flag": ["--device", "cpu"], "config": [], "auto": ["--device", "auto"]}[where]
+    result = run_cli("upscale", str(source), "-s", "2", *flags)
+    assert result.exit_code == 0, result.output
+    assert ("no CUDA device found" in result.stderr) == noted
+
+
+# --------------------------------------------------------------------------- help
+
+
+def option_help(help_text: str, option: str) -> str:
+    """The help of one option in `--help`: its row and the rows its text wraps onto, as one line."""
+    rows = help_text.splitlines()
+    start = next(index for index, row in enumerate(rows) if row.startswith(f"│ {option} "))
+    end = next(index for index in range(start + 1, len(rows)) if not rows[index].startswith("│   "))
+    return " ".join(" ".join(row.strip("│ ") for row in rows[start:end]).split())
+
+
+def test_help_shows_defaults_and_ends_with_examples(run_cli: CliInvoker) -> None:
+    result = run_cli("upscale", "--help")
+    assert result.exit_code == 0
+    for option, default in (("--model", "linf-lp"), ("--format", "same"), ("--tile", "auto")):
+        assert f"[default: {default}]" in option_help(result.stdout, option)
+    temperature = option_help(result.stdout, "--temperature")
+    assert "for --prior gaussian" in temperature and "ignores it" in temperature and "[default: 0.5]" in temperature
+    assert "Usage: flowsr upscale [OPTIONS] INPUT..." in result.stdout
+    tail = result.stdout.rstrip().splitlines()[-5:]
+    assert all(line.strip().startswith("flowsr upscale ") for line in tail), tail

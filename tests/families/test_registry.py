@@ -99,7 +99,7 @@ def test_a_registered_family_runs_through_upscale(toy_family: Family, tmp_path: 
     save_model(make({"name": "toy", "args": {"gain": 0.5}}), tmp_path / "toy.safetensors")
     result = run_cli("upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "toy.safetensors"), "-s", "2")
     assert result.exit_code == 0, result.output
-    written = np.asarray(Image.open(tmp_path / "in_x2.png"))
+    written = np.asarray(Image.open(tmp_path / "in_x2_toy.png"))
     assert np.abs(written.astype(int) - expected_output(pixels, 2, 0.5)).max() <= 1
 
 
@@ -112,7 +112,7 @@ def test_a_registered_importer_converts_its_checkpoints(
     Image.fromarray(marker_image(8, 8)).save(tmp_path / "in.png")
     upscaled = run_cli("upscale", str(tmp_path / "in.png"), "--model", "mine", "-s", "3")
     assert upscaled.exit_code == 0, upscaled.output
-    written = np.asarray(Image.open(tmp_path / "in_x3.png"))
+    written = np.asarray(Image.open(tmp_path / "in_x3_mine.png"))
     assert np.abs(written.astype(int) - expected_output(marker_image(8, 8), 3, 0.25)).max() <= 1
 
 

@@ -254,7 +254,7 @@ def test_import_original_checkpoint_reproduces_outputs(
     make_photo.save(tmp_path / "x.png")
     upscaled = run_cli("upscale", str(tmp_path / "x.png"), "--model", "mine", "--scale", "2.5", "--seed", "3")
     assert upscaled.exit_code == 0, upscaled.output
-    assert PILImage.open(tmp_path / "x_x2.5.png").size == (20, 15)
+    assert PILImage.open(tmp_path / "x_x2.5_mine_seed3.png").size == (20, 15)
     again = run_cli("models", "import", str(tmp_path / "original.pth"), "--name", "mine")
     assert again.exit_code == 2 and "--force" in again.stderr
 
@@ -292,11 +292,11 @@ def test_cli_upscales_with_a_model_file(run_cli: CliInvoker, tmp_path: Path) -> 
     model = str(tmp_path / "linf.safetensors")
     result = run_cli("upscale", str(tmp_path / "x.png"), "--model", model, "--scale", "3.5")
     assert result.exit_code == 0, result.output
-    assert PILImage.open(tmp_path / "x_x3.5.png").size == (74, 46)
+    assert PILImage.open(tmp_path / "x_x3.5_linf.png").size == (74, 46)
 
     samples = run_cli("upscale", str(tmp_path / "x.png"), "--model", model, "-s", "2", "--samples", "3", "-t", "0.9")
     assert samples.exit_code == 0, samples.output
-    outputs = [np.asarray(PILImage.open(tmp_path / f"x_x2_s{index}.png")) for index in range(3)]
+    outputs = [np.asarray(PILImage.open(tmp_path / f"x_x2_linf_t0.9_s{index}.png")) for index in range(3)]
     assert all(image.shape == (26, 42, 3) for image in outputs)
     assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[1], outputs[2])
 
