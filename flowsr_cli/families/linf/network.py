@@ -217,10 +217,17 @@ class LINF(nn.Module):
         return out
 
     def condition_grid(
-        self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range, chunk_queries: int = 16384
+        self,
+        features: LRFeatures,
+        size: tuple[int, int],
+        rows: range,
+        columns: range,
+        chunk_queries: int = 16384,
+        progress: ProgressCallback | None = None,
     ) -> ConditionGrid:
         """The conditioning of every query of the latent rows x columns of an output of ``size``, in
-        bands of whole rows of at most ``chunk_queries``: computed once, read by both flow directions."""
+        bands of whole rows of at most ``chunk_queries``: computed once, read by both flow directions.
+        ``progress`` gets the fraction of rows done after each band."""
         batch = features.lr.shape[0]
         band = max(1, chunk_queries // len(columns))
         values = torch.empty(batch, len(rows), len(columns), self.flow.condition_size, device=features.lr.device)
@@ -229,6 +236,8 @@ class LINF(nn.Module):
             band_rows = range(rows.start + start, rows.start + end)
             out = values[:, start:end].view(batch, -1, values.shape[-1])
             self._compute_cells_condition(features, size, band_rows, columns, out)
+            if progress is not None:
+                progress(end / len(rows))
         return ConditionGrid(values, rows, columns)
 
     @staticmethod

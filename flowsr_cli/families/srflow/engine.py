@@ -242,12 +242,17 @@ class SRFlowUpscaler:
                 crop, features = self._encode(lr, row, column, self.dtype)
                 weight = row.weights[:, None] * column.weights[None, :]
                 for sample, seed in enumerate(seeds):
-                    output = self._render_guarded(lr, crop, features, row, column, seed, full_padded, report)
+
+                    def render_progress(fraction: float, step: int = step) -> None:
+                        if progress is not None:
+                            progress((step + fraction) / steps)
+
+                    output = self._render_guarded(
+                        lr, crop, features, row, column, seed, full_padded, report, render_progress
+                    )
                     band = pending[sample][..., row.span.start - first : row.span.stop - first, :]
                     band[..., column.span.start : column.span.stop] += output * weight
                     step += 1
-                    if progress is not None:
-                        progress(step / steps)
             done = rows[index + 1].span.start if index + 1 < len(rows) else SCALE * height
             for sample, band in enumerate(pending):
                 sink(sample, range(first, done), range(SCALE * width), band[:, :, : done - first])
@@ -284,15 +289,22 @@ class SRFlowUpscaler:
         return [latent.to(self.device) for latent in gaussian_latents(self.model, features, seed, origin, full_padded)]
 
     def _render(
-        self, features: SRFlowFeatures, base: list[torch.Tensor] | None, scale: float, row: BlendAxis, column: BlendAxis
+        self,
+        features: SRFlowFeatures,
+        base: list[torch.Tensor] | None,
+        scale: float,
+        row: BlendAxis,
+        column: BlendAxis,
+        progress: ProgressCallback | None = None,
     ) -> torch.Tensor:
-        """The tile's output window (its span) on the CPU, in float32, from ``scale`` times the base latents."""
+        """The tile's output window (its span) on the CPU, in float32, from ``scale`` times the base latents;
+        ``progress`` gets the flow inverse's finished fraction."""
         if scale == 0 or base is None:
             latents = [features.conditions[0].new_zeros(1, *shape) for shape in self.model.latent_shapes(features)]
         else:
             latents = [latent * scale for latent in base]
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
-            output = self.model.sample(features, latents=latents)
+            output = self.model.sample(features, latents=latents, progress=progress)
         top, left = row.span.start - SCALE * row.crop.start, column.span.start - SCALE * column.crop.start
         return output[..., top : top + len(row.span), left : left + len(column.span)].to("cpu", torch.float32)
 
@@ -306,12 +318,14 @@ class SRFlowUpscaler:
         seed: int,
         full_padded: tuple[int, int],
         report: UpscaleReport,
+        progress: ProgressCallback,
     ) -> torch.Tensor:
-        """Render a tile; if the flow inverse exploded, retry in float32, then at halved temperatures,
-        then at temperature 0; non-finite pixels that remain become the bicubic of the LR."""
+        """Render a tile (``progress`` gets the finished fraction); if the flow inverse exploded, retry in
+        float32, then at halved temperatures, then at temperature 0; non-finite pixels that remain become the
+        bicubic of the LR."""
         scale = self._latent_scale
         base = self._base_latents(crop, features, row, column, seed, full_padded, self.dtype) if scale else None
-        output = self._render(features, base, scale, row, column)
+        output = self._render(features, base, scale, row, column, progress)
         if not self.guard or bool(torch.isfinite(output).all()):
             return output
         report.guarded_tiles += 1

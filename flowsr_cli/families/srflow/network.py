@@ -24,7 +24,7 @@ Conventions (all methods follow them):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -131,14 +131,23 @@ class FlowLevel(nn.Module):
         x, prior_log_likelihood, eps = self.split(x)
         return x, logdet + prior_log_likelihood, eps
 
-    def inverse(self, x: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
-        """output (and the split latent, if this level splits) -> input."""
+    def inverse(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        eps: torch.Tensor | None = None,
+        after_step: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """output (and the split latent, if this level splits) -> input; ``after_step`` is called after each
+        flow step (for progress)."""
         if self.split is not None:
             if eps is None:
                 raise ValueError("a splitting level needs its latent")
             x = self.split.inverse(x, eps)
         for step in reversed(self.steps):
             x = step.inverse(x, cond)
+            if after_step is not None:
+                after_step()
         return self.squeeze.inverse(x)
 
 
@@ -287,15 +296,30 @@ class SRFlow(nn.Module):
         temperature: float = 0.9,
         generator: torch.Generator | None = None,
         latents: Sequence[torch.Tensor] | None = None,
+        progress: Callable[[float], None] | None = None,
     ) -> torch.Tensor:
         """HR (B, 3, 4h, 4w) on the [0, 1] scale (not clamped) from ``latents`` (e.g. :meth:`log_prob`'s) or,
-        without them, from ``temperature * N(0, I)`` latents drawn by :meth:`random_latents`."""
+        without them, from ``temperature * N(0, I)`` latents drawn by :meth:`random_latents`. ``progress``
+        gets the finished fraction after each flow step, each step weighted by its level's area."""
         if latents is None:
             latents = self.random_latents(features, temperature, generator)
         split_latents = list(latents[:-1])
         x = latents[-1]
-        for flow_level, cond in zip(reversed(self.flow_levels), reversed(features.conditions)):
-            x = flow_level.inverse(x, cond, split_latents.pop() if flow_level.split is not None else None)
+        areas = [cond.shape[-2] * cond.shape[-1] for cond in features.conditions]
+        total = sum(len(level.steps) * area for level, area in zip(self.flow_levels, areas)) or 1
+        done = 0
+        for flow_level, cond, area in zip(reversed(self.flow_levels), reversed(features.conditions), reversed(areas)):
+
+            def after_step(area: int = area) -> None:
+                nonlocal done
+                done += area
+                if progress is not None:
+                    progress(done / total)
+
+            eps = split_latents.pop() if flow_level.split is not None else None
+            x = flow_level.inverse(x, cond, eps, after_step)
+        if progress is not None and done == 0:
+            progress(1.0)  # a flow without steps
         height, width = features.lr_size
         return x[..., : SCALE * height, : SCALE * width]
 

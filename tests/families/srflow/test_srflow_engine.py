@@ -164,8 +164,10 @@ def fault_above(model: SRFlow, monkeypatch: pytest.MonkeyPatch, limit: float) ->
     level = model.flow_levels[-1]
     original = level.inverse
 
-    def inverse(x: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
-        output = original(x, cond, eps)
+    def inverse(
+        x: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor | None = None, after_step: object = None
+    ) -> torch.Tensor:
+        output = original(x, cond, eps, after_step)
         return output if x.abs().max() <= limit else torch.full_like(output, float("inf"))
 
     monkeypatch.setattr(level, "inverse", inverse)
