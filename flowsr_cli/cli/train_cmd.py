@@ -11,7 +11,7 @@ import typer
 from flowsr_cli.config import Settings, integer_flag, number_flag
 from flowsr_cli.console import printable, report_note, report_warning
 from flowsr_cli.errors import UsageError
-from flowsr_cli.train.recipe import MAX_SEED
+from flowsr_cli.train.recipe import MAX_SEED, Recipe
 
 if TYPE_CHECKING:
     import torch
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
     from flowsr_cli.train.data import Batch
     from flowsr_cli.train.distributed import Cluster
-    from flowsr_cli.train.recipe import Recipe
 
 train_app = typer.Typer(
     help="Train the flow, then its learned prior, on folders of your own images.",
@@ -27,43 +26,122 @@ train_app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-_RUN = "Run"
+_RECIPE = "Recipe (flags override --recipe, which overrides the defaults shown)"
+
+
+def _recipe_default(key: str, value: object = None) -> str:
+    """The default shown for a recipe flag: the built-in recipe's value (or ``value``, when it depends on more)."""
+    shown = getattr(Recipe, key) if value is None else value
+    if isinstance(shown, bool):
+        return f"recipe: {str(shown).lower()}"
+    return f"recipe: {shown:g}" if isinstance(shown, float) else f"recipe: {shown}"
+
+
 DATA_ARGUMENT = typer.Argument(..., help="Folders of training images (searched recursively).", show_default=False)
 OUT_OPTION = typer.Option(..., "--out", help="Folder for checkpoint, log, recipe and the exported model.")
-RECIPE_OPTION = typer.Option(None, "--recipe", help="A recipe TOML (flat keys); flags override it.")
+RECIPE_OPTION = typer.Option(
+    None,
+    "--recipe",
+    help="A recipe TOML of flat keys (a run's recipe.toml is one): its values replace the recipe defaults, "
+    "and flags replace its values.",
+    rich_help_panel=_RECIPE,
+)
 STEPS_OPTION = typer.Option(
-    None, "--steps", parser=integer_flag("--steps", 0), help="Optimizer steps (>= 0).", rich_help_panel=_RUN
+    None,
+    "--steps",
+    parser=integer_flag("--steps", 0),
+    help="Optimizer steps of the whole run (>= 0), also with --resume: it continues up to this step "
+    "(default there: the checkpoint's planned total).",
+    show_default=_recipe_default("steps"),
+    rich_help_panel=_RECIPE,
 )
 BUDGET_OPTION = typer.Option(
     None,
     "--time-budget",
     parser=number_flag("--time-budget", 0),
-    help="Minutes to train (>= 0; the step count is fitted to it).",
-    rich_help_panel=_RUN,
+    help="Minutes to train in this run (>= 0; 0: off): the step count is fitted to them, capped by --steps "
+    "when steps are given.",
+    show_default=_recipe_default("time_budget", "0, off"),
+    rich_help_panel=_RECIPE,
 )
 BATCH_OPTION = typer.Option(
-    None, "--batch-size", parser=integer_flag("--batch-size", 1), help="Crops per step (>= 1).", rich_help_panel=_RUN
+    None,
+    "--batch-size",
+    parser=integer_flag("--batch-size", 1),
+    help="Crops per step, per process under torchrun (>= 1).",
+    show_default=_recipe_default("batch_size"),
+    rich_help_panel=_RECIPE,
 )
 LR_OPTION = typer.Option(
-    None, "--lr", parser=number_flag("--lr", 0, exclusive=True), help="Adam learning rate (> 0).", rich_help_panel=_RUN
+    None,
+    "--lr",
+    parser=number_flag("--lr", 0, exclusive=True),
+    help="Adam learning rate (> 0) before the recipe's milestones lower it.",
+    show_default=_recipe_default("learning_rate"),
+    rich_help_panel=_RECIPE,
 )
 SEED_OPTION = typer.Option(
     None,
     "--seed",
     parser=integer_flag("--seed", 0, MAX_SEED),
     help="Seed of data sampling and initialisation (0 to 2^64 - 1, as torch takes).",
-    rich_help_panel=_RUN,
+    show_default=_recipe_default("seed"),
+    rich_help_panel=_RECIPE,
 )
 WORKERS_OPTION = typer.Option(
-    None, "--workers", parser=integer_flag("--workers", 0), help="Data-loading processes (>= 0).", rich_help_panel=_RUN
+    None,
+    "--workers",
+    parser=integer_flag("--workers", 0),
+    help="Data-loading processes (>= 0).",
+    show_default=_recipe_default("workers"),
+    rich_help_panel=_RECIPE,
 )
-RESUME_OPTION = typer.Option(None, "--resume", help="A checkpoint.safetensors to continue exactly.")
-VAL_OPTION = typer.Option(None, "--val", help="Folder of HR images for PSNR/SSIM checks every val_every steps.")
+RESUME_OPTION = typer.Option(
+    None,
+    "--resume",
+    help="A checkpoint.safetensors to continue exactly; a run already at --steps only exports its model again.",
+)
+VAL_OPTION = typer.Option(
+    None,
+    "--val",
+    help=f"Folder of HR images for PSNR/SSIM checks every val_every steps ({_recipe_default('val_every')}) and "
+    "after the last step; each result is printed and logged.",
+)
 DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (config: device).")
+
+
+FLOW_EXAMPLES = """[bold]Examples[/]
+
+# stage 1 for 90 minutes; PSNR/SSIM on Set5/ every val_every steps and after the last one
+flowsr train flow ~/photos --out runs/flow --time-budget 90 --val Set5/
+# on to step 4000 in all (--steps counts the whole run, also when resuming)
+flowsr train flow ~/photos --out runs/flow --resume runs/flow/checkpoint.safetensors --steps 4000
+# stage 2, from stage 1's model
+flowsr train flow ~/photos --out runs/ft --init runs/flow/model.safetensors --finetune"""
+
+PRIOR_EXAMPLES = """[bold]Examples[/]
+
+# the learned prior of your flow, for 45 minutes
+flowsr train prior ~/photos --flow runs/flow/model.safetensors --out runs/prior --time-budget 45
+# a prior for the bundled flow, checked on Set5/
+flowsr train prior ~/photos --flow linf --out runs/prior --steps 3000 --val Set5/
+# keep training the prior of a flow + prior model
+flowsr train prior ~/photos --flow linf-lp --out runs/prior-more --time-budget 30"""
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _resumed_defaults(resume: Path | None) -> dict[str, Any]:
+    """On --resume, the recipe default of steps: the checkpoint's planned total, so that the resumed run ends
+    where the interrupted one would have (--steps and --recipe override it)."""
+    if resume is None:
+        return {}
+    from flowsr_cli.train.state import read_training_progress
+
+    total = read_training_progress(resume).total_steps
+    return {"steps": total} if total else {}
 
 
 def _device_and_cluster(settings: Settings) -> tuple[torch.device, Cluster]:
@@ -161,6 +239,11 @@ def _validator(
         for skip in [*dataset.unreadable, *evaluation.too_small(dataset)]:
             report_warning(f"--val {printable(skip.path)}: {skip.reason}")
     evaluation.check([dataset])
+    if announce:
+        report_note(
+            f"--val {printable(folder)}: PSNR/SSIM at x{recipe.val_scale:g} every {recipe.val_every} steps "
+            "(val_every) and after the last step"
+        )
 
     def validate() -> dict[str, float]:
         ((_, result),) = evaluation.run([dataset], lambda: None)
@@ -206,12 +289,17 @@ def _train(
         typer.echo(f"model: {printable(exported)}  (use: {usage})")
 
 
-@train_app.command("flow")
+@train_app.command("flow", epilog=FLOW_EXAMPLES)
 def train_flow(
     data: list[Path] = DATA_ARGUMENT,
     out: Path = OUT_OPTION,
     arch: str | None = typer.Option(
-        None, "--arch", help="linf-small (default), linf-edsr, linf-rrdb, or SRFlow (x4 only): srflow-small or srflow."
+        None,
+        "--arch",
+        help="LINF: linf-small (CPU-sized), linf-edsr or linf-rrdb (the paper's, for GPUs); SRFlow (x4 only): "
+        "srflow-small or srflow.",
+        show_default=_recipe_default("arch", "linf-small; with --init, the small size of its family"),
+        rich_help_panel=_RECIPE,
     ),
     recipe_file: Path | None = RECIPE_OPTION,
     steps: int | None = STEPS_OPTION,
@@ -221,7 +309,11 @@ def train_flow(
     seed: int | None = SEED_OPTION,
     workers: int | None = WORKERS_OPTION,
     finetune: bool | None = typer.Option(
-        None, "--finetune/--no-finetune", help="Stage 2: alternate small NLL steps with L1 steps on the τ=0 output."
+        None,
+        "--finetune/--no-finetune",
+        help="Stage 2: alternate small NLL steps with L1 steps on the τ=0 output.",
+        show_default=_recipe_default("finetune"),
+        rich_help_panel=_RECIPE,
     ),
     init: str | None = typer.Option(None, "--init", help="Start from this model file (e.g. stage 1's export)."),
     resume: Path | None = RESUME_OPTION,
@@ -240,7 +332,8 @@ def train_flow(
             arch=arch, steps=steps, time_budget=time_budget, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, workers=workers, finetune=finetune,
         ),
-        {"arch": DEFAULT_ARCHITECTURES[family]} if family in DEFAULT_ARCHITECTURES else None,
+        {**({"arch": DEFAULT_ARCHITECTURES[family]} if family in DEFAULT_ARCHITECTURES else {}),
+         **_resumed_defaults(resume)},
     )  # fmt: skip
     if recipe.arch not in ARCHITECTURES:
         raise UsageError(f"--arch {recipe.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
@@ -272,7 +365,7 @@ def train_flow(
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)
 
 
-@train_app.command("prior")
+@train_app.command("prior", epilog=PRIOR_EXAMPLES)
 def train_prior(
     data: list[Path] = DATA_ARGUMENT,
     flow: str = typer.Option(
@@ -285,7 +378,9 @@ def train_prior(
     arch: str | None = typer.Option(
         None,
         "--arch",
-        help="LINF: lp-small (default) or lp (the paper's); SRFlow: srflow-lp-small (default) or srflow-lp.",
+        help="LINF: lp-small (CPU-sized) or lp (the paper's); SRFlow: srflow-lp-small or srflow-lp.",
+        show_default=_recipe_default("arch", "lp-small or srflow-lp-small, as the flow; a flow + prior keeps its own"),
+        rich_help_panel=_RECIPE,
     ),
     recipe_file: Path | None = RECIPE_OPTION,
     steps: int | None = STEPS_OPTION,
@@ -298,7 +393,9 @@ def train_prior(
         None,
         "--latent-weight",
         parser=number_flag("--latent-weight", 0),
-        help="λ >= 0 of the latent L1 term (default: 0 for LINF, 0.1 for SRFlow, as the paper).",
+        help="λ >= 0 of the latent L1 term (the papers' defaults).",
+        show_default=_recipe_default("latent_weight", "0 for LINF, 0.1 for SRFlow"),
+        rich_help_panel=_RECIPE,
     ),
     resume: Path | None = RESUME_OPTION,
     val: Path | None = VAL_OPTION,
@@ -319,7 +416,7 @@ def train_prior(
             arch=arch, steps=steps, time_budget=time_budget, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, workers=workers, latent_weight=latent_weight,
         ),
-        {"arch": continued or DEFAULT_PRIORS[flow_family]},
+        {"arch": continued or DEFAULT_PRIORS[flow_family], **_resumed_defaults(resume)},
     )  # fmt: skip
     fitting = [continued] if continued else [name for name, entry in PRIORS.items() if entry["flow"] == family]
     if recipe.arch not in fitting:

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from flowsr_cli.console import report_note
 from flowsr_cli.engine.sampling import row_seed
-from flowsr_cli.errors import FlowsrError
+from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.families.model_file import save_model
 from flowsr_cli.io.atomic import atomic_write_bytes
 from flowsr_cli.train.distributed import Cluster
@@ -133,11 +134,19 @@ class Trainer:
         self.optimizer = torch.optim.Adam(parameters, lr=recipe.learning_rate)
         self.mixed_precision = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision)
+        self._unlogged: dict[str, object] | None = None
+        """The record of the last trained step while log_every has not written it."""
 
     def _log(self, record: dict[str, object]) -> None:
         if self.cluster.is_main:
             with self.files.log.open("a", encoding="utf-8") as log:
                 log.write(json.dumps(record) + "\n")
+
+    def _log_last_step(self) -> None:
+        """Write the last trained step's record if log_every left it out: every run logs its last step."""
+        if self._unlogged is not None:
+            self._log(self._unlogged)
+            self._unlogged = None
 
     def _save(self, state: TrainingState) -> None:
         if self.cluster.is_main:
@@ -156,33 +165,72 @@ class Trainer:
     def run(self, resume: Path | None = None) -> Path:
         """Train to the planned step count (Ctrl-C writes a checkpoint first); returns the exported model.
 
-        A ``resume`` checkpoint is checked and restored before anything is written."""
+        ``recipe.steps`` counts the whole run, also when resuming: a ``resume`` checkpoint (checked and
+        restored before anything is written) continues from its step up to it. A checkpoint already there
+        has nothing to train: that is said, and its model exported."""
         state = TrainingState(step=0, total_steps=self.recipe.steps if not self.recipe.time_budget else 0)
         if resume is not None:
-            state = load_training_state(resume, self.model, self.optimizer)
+            state = self._resumed(resume)
         self.files.folder.mkdir(parents=True, exist_ok=True)
         self.objective.train()
         if self.cluster.is_main:
             atomic_write_bytes(self.files.recipe, to_toml(self.recipe).encode("utf-8"))
-        module = self.objective
-        if self.cluster.distributed:
-            module = nn.parallel.DistributedDataParallel(self.objective)
-        budget_deadline = time.monotonic() + 60 * self.recipe.time_budget if self.recipe.time_budget else None
-        try:
-            self._loop(module, state, budget_deadline)
-        except KeyboardInterrupt:
-            self._save(state)
-            raise
+        if not (state.total_steps and state.step >= state.total_steps):
+            self._train(state)
         self._save(state)
         if self.cluster.is_main:
             save_model(self.model, self.files.model)
         return self.files.model
 
+    def _resumed(self, resume: Path) -> TrainingState:
+        """The restored state of ``resume`` with this run's total: ``recipe.steps``, or under a time budget
+        alone the checkpoint's plan until the budget fits a new one. One line says where the run stands."""
+        state = load_training_state(resume, self.model, self.optimizer)
+        steps, budget = self.recipe.steps, self.recipe.time_budget
+        if steps and state.step > steps:
+            raise UsageError(
+                f"steps {steps} (--steps or --recipe) is below step {state.step} of the training checkpoint {resume}; "
+                f"steps counts the whole run, so give more than {state.step} to train on"
+            )
+        state.total_steps = steps or (state.total_steps if state.total_steps > state.step else 0)
+        if steps and state.step == steps:
+            self._note(
+                f"nothing to train: {resume} is at step {steps} of {steps} already (steps counts the whole run: "
+                f"give --steps above {steps} to train on); exporting its model"
+            )
+        elif budget:
+            limit = f" (at most to step {steps})" if steps else ""
+            self._note(f"resuming at step {state.step} from {resume}, for {budget:g} minutes{limit}")
+        else:
+            self._note(f"resuming at step {state.step} of {steps} from {resume}")
+        return state
+
+    def _note(self, message: str) -> None:
+        if self.cluster.is_main:
+            report_note(message)
+
+    def _train(self, state: TrainingState) -> None:
+        """The steps from ``state`` on, under the time budget if any, then a validation of the last step."""
+        module = self.objective
+        if self.cluster.distributed:
+            module = nn.parallel.DistributedDataParallel(self.objective)
+        budget_deadline = time.monotonic() + 60 * self.recipe.time_budget if self.recipe.time_budget else None
+        first_step = state.step
+        try:
+            self._loop(module, state, budget_deadline)
+        except KeyboardInterrupt:
+            self._save(state)
+            raise
+        finally:
+            self._log_last_step()
+        if state.step > first_step and state.step % self.recipe.val_every != 0:
+            self._validate(state)
+
     def _loop(self, module: nn.Module, state: TrainingState, deadline: float | None) -> None:
         started = time.monotonic()
         first_step = state.step
         bad_in_a_row = 0
-        fitting = deadline is not None and not state.total_steps
+        fitting = deadline is not None
         recent: deque[float] = deque(maxlen=REPLAN_STEPS + 1)
         with ProgressView(self.show_progress) as view:
             for batch in self.batches(state.step):
@@ -222,6 +270,7 @@ class Trainer:
         state.step += 1
         if not bool(torch.isfinite(loss)):
             state.skipped_steps += 1
+            self._log_last_step()
             self._log({"step": state.step, "skipped": "non-finite loss"})
             return None
         self.optimizer.zero_grad(set_to_none=True)
@@ -235,11 +284,20 @@ class Trainer:
     ) -> None:
         speed = (state.step - first_step) / max(time.monotonic() - started, 1e-9)
         view.update(state.step, state.total_steps, f"loss {losses['loss']:.4g}  {speed:.2f} it/s")
+        self._unlogged = {"step": state.step, **losses, "seconds": round(time.monotonic() - started, 2)}
         if state.step % self.recipe.log_every == 0:
-            self._log({"step": state.step, **losses, "seconds": round(time.monotonic() - started, 2)})
+            self._log_last_step()
         if state.step % self.recipe.checkpoint_every == 0:
             self._save(state)
-        if self.validate is not None and self.cluster.is_main and state.step % self.recipe.val_every == 0:
-            self.model.eval()
-            self._log({"step": state.step, "validation": self.validate()})
-            self.model.train()
+        if state.step % self.recipe.val_every == 0:
+            self._validate(state)
+
+    def _validate(self, state: TrainingState) -> None:
+        """Validate the model as it is at ``state.step`` (rank 0, with --val): one line and a log record."""
+        if self.validate is None or not self.cluster.is_main:
+            return
+        self.model.eval()
+        metrics = self.validate()
+        self.model.train()
+        self._log({"step": state.step, "validation": metrics})
+        report_note(f"validation at step {state.step}: PSNR-Y {metrics['psnr_y']:.2f} dB, SSIM {metrics['ssim']:.4f}")

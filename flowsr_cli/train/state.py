@@ -100,6 +100,12 @@ def read_training_metadata(path: Path) -> dict[str, Any]:
     return parsed
 
 
+def read_training_progress(path: Path) -> TrainingState:
+    """The step counts of the training checkpoint ``path`` (where it stopped, its planned total), read
+    without restoring anything; a UsageError naming it when it is not a usable checkpoint."""
+    return _training_state(path, read_training_metadata(path)["state"])
+
+
 def load_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
     """Restore model weights, optimizer state and the RNG from ``path``; returns the step state.
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
+from typer.testing import Result
 
 from flowsr_cli.config import Settings
 from flowsr_cli.errors import FlowsrError, UsageError
@@ -72,9 +73,12 @@ def test_train_flow_lowers_the_loss_and_exports_a_usable_model(
     assert (out / "recipe.toml").read_text().count("steps = 40") == 1
 
     PILImage.open(sorted(photos.rglob("*.jpg"))[0]).crop((0, 0, 40, 30)).save(tmp_path / "x.png")
-    upscaled = run_cli("upscale", str(tmp_path / "x.png"), "-s", "2.5", "--model", str(out / "model.safetensors"))
+    upscaled = run_cli(
+        "upscale", str(tmp_path / "x.png"), "-s", "2.5", "--model", str(out / "model.safetensors"),
+        "-o", str(tmp_path / "up.png"),
+    )  # fmt: skip
     assert upscaled.exit_code == 0, upscaled.output
-    assert PILImage.open(tmp_path / "x_x2.5.png").size == (100, 75)
+    assert PILImage.open(tmp_path / "up.png").size == (100, 75)
     evaluated = run_cli(
         "eval", str(SHARED / "data/eval/Set5"), "--model", str(out / "model.safetensors"), "--scales", "3",
         "--max-images", "1", "--baseline", "none", "--json", str(tmp_path / "e.json"),
@@ -479,3 +483,75 @@ def test_a_validation_folder_with_nothing_to_score_stops_before_training(
     assert result.exit_code == 1
     assert "no image can be scored" in result.stderr and "(1 unreadable, 1 too small)" in result.stderr
     assert not (out / "log.jsonl").exists()
+
+
+def _train_flow(run_cli: CliInvoker, photos: Path, out: Path, model: Path, recipe: Path, *extra: str) -> Result:
+    return run_cli(
+        "train", "flow", str(photos), "--out", str(out), "--init", str(model), "--recipe", str(recipe),
+        "--batch-size", "2", "--workers", "0", *extra,
+    )  # fmt: skip
+
+
+def _one_line(text: str) -> str:
+    """Help or messages with Rich's box lines and wrapping taken out."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_steps_on_resume_is_the_runs_total_and_each_resume_says_where_it_stands(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, tiny_model: Path
+) -> None:
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    out = tmp_path / "run"
+    first = _train_flow(run_cli, photos, out, tiny_model, tmp_path / "recipe.toml", "--steps", "3")
+    assert first.exit_code == 0, first.output
+    checkpoint = str(out / "checkpoint.safetensors")
+
+    longer = _train_flow(run_cli, photos, out, tiny_model, tmp_path / "recipe.toml", "--resume", checkpoint,
+                         "--steps", "5")  # fmt: skip
+    assert longer.exit_code == 0, longer.output
+    assert "resuming at step 3 of 5" in longer.stderr
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+    again = _train_flow(run_cli, photos, out, tiny_model, tmp_path / "recipe.toml", "--resume", checkpoint)
+    assert again.exit_code == 0, again.output
+    (line,) = [line for line in again.stderr.splitlines() if "nothing to train" in line]
+    assert "step 5 of 5" in line and "--steps" in line
+    assert len((out / "log.jsonl").read_text().splitlines()) == 5 and (out / "model.safetensors").is_file()
+
+    fewer = _train_flow(run_cli, photos, out, tiny_model, tmp_path / "recipe.toml", "--resume", checkpoint,
+                        "--steps", "4")  # fmt: skip
+    assert fewer.exit_code == 2, fewer.output
+    errors = [line for line in fewer.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "steps 4" in errors[0] and "step 5" in errors[0] and checkpoint in errors[0]
+    assert "Traceback" not in fewer.output and "unexpected" not in fewer.output
+
+
+def test_a_run_shorter_than_log_every_and_val_every_still_logs_and_validates_its_last_step(
+    run_cli: CliInvoker, tmp_path: Path, photos: Path, tiny_model: Path
+) -> None:
+    (tmp_path / "recipe.toml").write_text("lr_size = 24\nqueries = 256\nval_images = 1\nval_scale = 2.0\n")
+    (tmp_path / "val").mkdir()
+    PILImage.open(sorted(photos.rglob("*.jpg"))[1]).crop((0, 0, 48, 36)).save(tmp_path / "val" / "v.png")
+    out = tmp_path / "run"
+    result = _train_flow(run_cli, photos, out, tiny_model, tmp_path / "recipe.toml", "--steps", "3",
+                         "--val", str(tmp_path / "val"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "loss" in record] == [3]
+    (validation,) = [record for record in records if "validation" in record]
+    assert validation["step"] == 3 and validation["validation"]["psnr_y"] > 10
+    stderr = _one_line(result.stderr)
+    assert "after the last step" in stderr, "says when validation runs"
+    assert "validation at step 3: PSNR-Y" in stderr
+
+
+@pytest.mark.parametrize("stage", ["flow", "prior"])
+def test_train_help_shows_the_recipe_defaults_and_examples(run_cli: CliInvoker, stage: str) -> None:
+    result = run_cli("train", stage, "--help")
+    assert result.exit_code == 0, result.output
+    text = _one_line(result.output)
+    for value in ("1000", "0, off", "16", "0.0001", "2"):  # steps, time budget, batch size, lr, workers
+        assert f"[default: (recipe: {value})]" in text, text
+    assert ("linf-small" if stage == "flow" else "lp-small") in text.split("Examples")[0]
+    examples = text.split("Examples", 1)[1]
+    assert 2 <= examples.count(f"flowsr train {stage} ") <= 4, examples
