@@ -257,12 +257,15 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "strip_metadata", _boolean, False, "Drop ICC profile, EXIF, DPI and text from outputs.", "true or false"
         ),
-        Setting("cache_dir", _path, _default_cache_dir, "Where downloaded models are kept.", "a folder path"),
+        Setting(
+            "cache_dir", _path, _default_cache_dir, "Where downloaded models and backbones are kept.", "a folder path"
+        ),
         Setting(
             "backbone_dir",
             _optional_path,
             None,
-            "Folder with alexnet_features.pth / vgg16_features.pth for offline LPIPS and VGG losses.",
+            "Folder with alexnet_features.pth / vgg16_features.pth; unset: torchvision's checkpoints "
+            "are downloaded once into cache_dir/backbones.",
             "a folder path, or empty for none",
         ),
         Setting(
@@ -272,7 +275,8 @@ SETTINGS: dict[str, Setting] = {
             "model_base_url",
             _url,
             "",
-            "Replaces the base of every registry download URL (a mirror); also FLOWSR_MODEL_BASE_URL.",
+            "Replaces the base of every download URL: registry models and the LPIPS/VGG backbones "
+            "(a mirror with the same file names).",
             "an http(s) URL, or empty for the registry's own",
         ),
     )

@@ -10,13 +10,24 @@ import typer
 
 from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, integer_flag
 from flowsr_cli.console import printable, report_error, report_note, stderr_console
-from flowsr_cli.errors import UsageError
+from flowsr_cli.errors import FlowsrError, UsageError
 
 if TYPE_CHECKING:
     from flowsr_cli.engine.upscaler import Upscaler
     from flowsr_cli.eval.evaluation import Dataset, Evaluation, Result, Setting, Skip
+    from flowsr_cli.eval.metrics import LPIPS
 
 _OUTPUT = "Output"
+NOT_COMPUTED = "not computed (--no-lpips)"
+"""What the JSON protocol says of LPIPS when ``--no-lpips`` leaves it out (the rows hold null)."""
+
+EPILOG = """Examples:
+
+flowsr eval Set5 Set14 --model linf-lp --json results.json
+flowsr eval B100 --model linf --temperatures 0,0.5,0.9 --runs 3 --markdown results.md
+flowsr eval Set5 --no-lpips    (PSNR, SSIM and LR-PSNR only: no AlexNet weights needed)
+FLOWSR_BACKBONE_DIR=weights flowsr eval Set5 --offline    (alexnet_features.pth from a folder: backbone_dir)"""
+"""The examples at the end of `flowsr eval --help` (registered with the command in ``cli/__init__.py``)."""
 
 
 def _numbers(text: str, option: str, minimum: float) -> list[float]:
@@ -34,13 +45,19 @@ def eval_command(
     datasets: list[Path] = typer.Argument(
         ..., help="Folders of HR images (e.g. Set5, Set14, B100).", show_default=False
     ),
-    models: list[str] = typer.Option([], "--model", "-m", help="A model name or .safetensors path (repeatable)."),
+    models: list[str] = typer.Option(
+        [],
+        "--model",
+        "-m",
+        help="A model name or .safetensors path (repeatable; default: none, only the baseline).",
+        show_default=False,
+    ),
     scales: str = typer.Option("2,3,4", "--scales", help="Comma-separated scales, any number >= 1."),
     prior: str | None = typer.Option(
         None,
         "--prior",
         parser=choice_flag("--prior", PRIOR_CHOICES),
-        help="learned or gaussian (default: learned where a model has one, else gaussian).",
+        help="learned or gaussian (default: learned where the model has one, else gaussian).",
     ),
     temperatures: str = typer.Option("0.5", "--temperatures", help="Gaussian-prior temperatures, comma-separated."),
     runs: int = typer.Option(
@@ -49,11 +66,24 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", parser=integer_flag("--seed"), help="First seed; run i uses seed + i."),
     baseline: str = typer.Option("bicubic", "--baseline", help="bicubic, or none to leave it out."),
     max_images: int | None = typer.Option(
-        None, "--max-images", parser=integer_flag("--max-images", 1), help="Use the first K >= 1 images per dataset."
+        None,
+        "--max-images",
+        parser=integer_flag("--max-images", 1),
+        help="Use the first K >= 1 images per dataset (default: all).",
     ),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (config: device)."),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu, cuda or cuda:N (default: auto; config: device)."
+    ),
+    lpips: bool = typer.Option(
+        True,
+        "--lpips/--no-lpips",
+        help="Score LPIPS-alex; it needs torchvision's ImageNet AlexNet (backbone_dir, or downloaded once).",
+    ),
     offline: bool | None = typer.Option(
-        None, "--offline/--online", help="Never download models (config: offline).", show_default=False
+        None,
+        "--offline/--online",
+        help="Never download models or the LPIPS backbone (default: online; config: offline).",
+        show_default=False,
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON.", rich_help_panel=_OUTPUT),
     csv_path: Path | None = typer.Option(None, "--csv", help="Write the results as CSV.", rich_help_panel=_OUTPUT),
@@ -73,6 +103,9 @@ def eval_command(
     the tables count the images scored and skipped per dataset and scale. A dataset with nothing
     to score at a scale stops the run before any work.
 
+    LPIPS needs torchvision's ImageNet AlexNet: alexnet_features.pth from the backbone_dir folder, else
+    torchvision's checkpoint, downloaded once into flowsr's cache (233 MB). --no-lpips needs neither.
+
     Exit code: 0 every image scored, 1 some images skipped (the results of the rest are written)
     or nothing to score, 2 usage or configuration error.
     """
@@ -89,25 +122,25 @@ def eval_command(
             raise UsageError(f"{printable(folder)}: not a folder of images")
 
     from flowsr_cli.eval.evaluation import Evaluation, load_dataset
-    from flowsr_cli.eval.metrics import LPIPS
 
     chosen = _build_settings(models, prior, temperature_list, baseline == "bicubic", settings)
     _check_fixed_scales(chosen, scale_list)
     loaded = [load_dataset(folder, max_images, settings["max_pixels"]) for folder in datasets]
+    metric = _lpips_metric(settings) if lpips else None
     evaluation = Evaluation(
         settings=chosen,
         scales=scale_list,
         runs=runs,
         seed=seed,
-        lpips=LPIPS(),
+        lpips=metric,
         save_images=save_images,
     )
     skipped = _report_skips(evaluation, loaded)
     scored = _run_with_progress(evaluation, loaded)
     results = [result for _, result in scored]
     row_labels = [setting.label for setting, _ in scored]
-    _print_table(results, row_labels, [setting.label for setting, _ in evaluation.settings])
-    run_settings = {"seed": seed, "runs": runs}
+    _print_table(results, row_labels, [setting.label for setting, _ in evaluation.settings], lpips)
+    run_settings: dict[str, object] = {"seed": seed, "runs": runs, **({} if lpips else {"lpips": NOT_COMPUTED})}
     _write_outputs(results, row_labels, skipped, json_path, csv_path, markdown_path, run_settings)
     if skipped:
         files = sum(dataset.files for dataset in loaded)
@@ -115,6 +148,17 @@ def eval_command(
             f"{len(skipped)} of {files} images skipped at one scale or more (named above)", style="bold red"
         )
         raise typer.Exit(1)
+
+
+def _lpips_metric(settings: Settings) -> LPIPS:
+    """LPIPS-alex with the run's settings (backbone_dir, offline, the model_base_url mirror); a backbone it
+    cannot get is one error that also names --no-lpips."""
+    from flowsr_cli.eval.metrics import LPIPS
+
+    try:
+        return LPIPS(settings=settings)
+    except FlowsrError as error:
+        raise type(error)(f"{error}; or score without LPIPS: --no-lpips") from error
 
 
 def _report_skips(evaluation: Evaluation, datasets: list[Dataset]) -> list[Skip]:
@@ -196,13 +240,14 @@ def _run_with_progress(evaluation: Evaluation, datasets: list[Dataset]) -> list[
         return evaluation.run(datasets, lambda: progress.advance(task))
 
 
-def _print_table(results: list[Result], row_labels: list[str], setting_labels: list[str]) -> None:
+def _print_table(results: list[Result], row_labels: list[str], setting_labels: list[str], lpips: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from flowsr_cli.eval.report import HIGHER_IS_BETTER
 
-    shown = (("psnr_y", "PSNR-Y", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("lr_psnr", "LR-PSNR", 2))
+    columns = (("psnr_y", "PSNR-Y", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("lr_psnr", "LR-PSNR", 2))
+    shown = [column for column in columns if lpips or column[0] != "lpips"]
     table = Table(title="flowsr eval", title_justify="left")
     table.add_column("dataset", no_wrap=True)
     table.add_column("scale", justify="right")

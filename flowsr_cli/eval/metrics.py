@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ import torch.nn.functional as F
 from flowsr_cli.engine.resize import resize
 from flowsr_cli.errors import ImageError
 from flowsr_cli.io.sizing import round_half_up
+
+if TYPE_CHECKING:
+    from flowsr_cli.config import Settings
 
 __all__ = [
     "LPIPS",
@@ -166,13 +170,16 @@ LPIPS_MIN_SIDE = 31
 
 
 class LPIPS:
-    """LPIPS (``lpips`` package, net='alex', version 0.1) on whole images in [0, 1]; never downloads."""
+    """LPIPS (``lpips`` package, net='alex', version 0.1) on whole images in [0, 1].
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    The AlexNet weights come from :mod:`flowsr_cli.eval.backbones` with ``settings`` (default: the
+    user's): ``backbone_dir``, else caches, else downloaded once unless offline."""
+
+    def __init__(self, device: torch.device | str = "cpu", settings: Settings | None = None) -> None:
         from flowsr_cli.eval.backbones import load_lpips_alex
 
         self.device = torch.device(device)
-        self.model = load_lpips_alex(self.device)
+        self.model = load_lpips_alex(self.device, settings)
 
     def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """LPIPS distance ``(B,)`` between the clamped ``sr`` and ``hr`` (mapped to [-1, 1] for lpips)."""

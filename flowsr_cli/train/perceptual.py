@@ -1,4 +1,6 @@
-"""Perceptual losses between a prediction and its target, on frozen ImageNet networks from local files."""
+"""Perceptual losses between a prediction and its target, on frozen ImageNet networks: their weights come from
+``backbone_dir``, else torchvision's checkpoint is downloaded once into flowsr's cache
+(:mod:`flowsr_cli.eval.backbones`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ImageNet backbones from local files: LPIPS-alex against published TID2013 values, and every failure path."""
+"""ImageNet backbones from local files: LPIPS-alex against published TID2013 values, and every failure path
+(downloads: test_backbone_download.py)."""
 
 from __future__ import annotations
 
@@ -129,10 +130,16 @@ def test_torch_hub_cache_is_used_without_backbone_dir(torch_home: Path) -> None:
     assert LPIPS("cpu")(distorted[:1], references[:1]).item() == pytest.approx(expected[0], abs=1e-3)
 
 
-def test_no_source_says_what_to_do_and_downloads_nothing(torch_home: Path) -> None:
-    for loader, file_name in ((lambda: load_lpips_alex("cpu"), ALEXNET_FILE), (load_vgg16_features, VGG16_FILE)):
+def test_offline_without_a_source_says_what_to_do_and_downloads_nothing(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWSR_OFFLINE", "1")
+    for loader, file_name, url in (
+        (lambda: load_lpips_alex("cpu"), ALEXNET_FILE, "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+        (load_vgg16_features, VGG16_FILE, "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    ):
         message = load_error(loader)
-        assert file_name in message
+        assert file_name in message and url in message and "offline (env FLOWSR_OFFLINE)" in message
         assert "flowsr config set backbone_dir FOLDER" in message
         assert "FLOWSR_BACKBONE_DIR" in message
     assert list(torch_home.rglob("*")) == []

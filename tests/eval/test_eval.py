@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image as PILImage
 
 from flowsr_cli.families.model_file import save_model
 from tests.conftest import SHARED, CliInvoker
@@ -146,3 +148,53 @@ def test_missing_or_empty_dataset_folder(run_cli: CliInvoker, tmp_path: Path) ->
     (tmp_path / "empty").mkdir()
     result = run_cli("eval", str(tmp_path / "empty"))
     assert result.exit_code == 2 and "no images to evaluate" in result.stderr
+
+
+def test_no_lpips_needs_no_backbone_and_marks_lpips_not_computed(
+    run_cli: CliInvoker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLOWSR_BACKBONE_DIR")
+    monkeypatch.setenv("FLOWSR_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "bird.png").symlink_to(SET5 / "bird.png")
+    with PILImage.open(SET5 / "bird.png") as bird:
+        bird.crop((0, 0, 24, 24)).save(folder / "small.png")  # too small for LPIPS, enough for SSIM at x2
+    outputs = {kind: tmp_path / f"r.{kind}" for kind in ("json", "csv", "md")}
+    result = run_cli(
+        "eval", str(folder), "--scales", "2", "--no-lpips", "--json", str(outputs["json"]),
+        "--csv", str(outputs["csv"]), "--markdown", str(outputs["md"]), env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = json.loads(outputs["json"].read_text())
+    (row,) = document["results"]
+    assert row["images"] == 2 and row["skipped"] == 0 and row["lpips"] is None and row["psnr_y"] > 20
+    assert document["protocol"]["lpips"] == "not computed (--no-lpips)"
+    with outputs["csv"].open() as handle:
+        (csv_row,) = csv.DictReader(handle)
+    assert csv_row["lpips"] == "" and float(csv_row["psnr_y"]) == pytest.approx(row["psnr_y"])
+    header, _, cells = outputs["md"].read_text().splitlines()
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert [cell.strip() for cell in cells.strip("|").split("|")][columns.index("LPIPS")] == "–"
+    assert "LPIPS" not in result.stdout and "PSNR-Y" in result.stdout
+
+
+def test_help_shows_defaults(run_cli: CliInvoker) -> None:
+    result = run_cli("eval", "--help", env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.stdout).split())
+    for default in (
+        "[default: 2,3,4]", "default: none, only the baseline", "(default: all)", "[default: lpips]",
+        "(default: learned where the model has one, else gaussian)", "(default: auto; config: device)",
+        "(default: online; config: offline)",
+    ):  # fmt: skip
+        assert default in text, default
+    assert "--no-lpips" in text and "backbone_dir" in text
+
+
+def test_help_ends_with_examples(run_cli: CliInvoker) -> None:
+    text = run_cli("eval", "--help", env={"COLUMNS": "200"}).stdout
+    examples = text[text.index("Examples:") :]
+    assert "╰" not in examples  # after the option panels
+    assert examples.count("flowsr eval ") >= 3 and "--no-lpips" in examples and "FLOWSR_BACKBONE_DIR" in examples
