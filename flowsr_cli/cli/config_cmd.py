@@ -7,8 +7,17 @@ import typer
 from flowsr_cli import config
 from flowsr_cli.console import printable
 
+EXAMPLES = """[bold]Examples[/]
+
+flowsr config show                    # every setting, its value, its source
+flowsr config set format webp         # checked, then stored
+flowsr config get device
+flowsr config unset format            # back to FLOWSR_FORMAT or the default
+FLOWSR_DEVICE=cpu flowsr upscale a.png -s 2    # a setting for one run"""
+
 config_app = typer.Typer(
     help="Show and edit settings (file: `flowsr config path`; precedence: flag > FLOWSR_* env > file > default).",
+    epilog=EXAMPLES,
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -18,7 +27,9 @@ def _complete_key(incomplete: str) -> list[str]:
     return [key for key in config.SETTINGS if key.startswith(incomplete)]
 
 
-KEY_ARGUMENT = typer.Argument(..., help="A setting name (see `flowsr config show`).", autocompletion=_complete_key)
+KEY_ARGUMENT = typer.Argument(
+    ..., help="A setting name (see `flowsr config show`).", autocompletion=_complete_key, show_default=False
+)
 
 
 @config_app.command("path")
@@ -52,7 +63,9 @@ def get_command(key: str = KEY_ARGUMENT) -> None:
 
 
 @config_app.command("set")
-def set_command(key: str = KEY_ARGUMENT, value: str = typer.Argument(..., help="The new value.")) -> None:
+def set_command(
+    key: str = KEY_ARGUMENT, value: str = typer.Argument(..., help="The new value.", show_default=False)
+) -> None:
     """Store a setting in the config file (validated first)."""
     stored = config.set_value(key, value)
     typer.echo(f"{key} = {printable(config.format_value(stored))}  ({printable(config.config_path())})")

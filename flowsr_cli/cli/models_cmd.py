@@ -16,8 +16,19 @@ if TYPE_CHECKING:
     from flowsr_cli.hub.catalog import Hub
     from flowsr_cli.hub.manifest import ModelEntry
 
+EXAMPLES = """[bold]Examples[/]
+
+flowsr models list                              # name, source, size, here?
+flowsr models add NAME URL --sha256 HEX         # downloads on first use
+flowsr upscale photo.png -s 4 --model NAME
+flowsr models download NAME                     # ahead of time (--all: all)
+flowsr models verify                            # re-hash every file
+flowsr models import LINF.pth --name mine       # an original checkpoint
+flowsr models remove NAME                       # unregister, delete its file"""
+
 models_app = typer.Typer(
     help="Named models: list, download (checked by sha256), verify, locate, remove, add, import.",
+    epilog=EXAMPLES,
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -29,8 +40,10 @@ def import_command(
     name: str = typer.Option(..., "--name", help="The name to use with --model.", show_default=False),
     force: bool = typer.Option(False, "--force", help="Replace an existing model of that name."),
 ) -> None:
-    """Convert an original LINF or SRFlow checkpoint into a flowsr model (weights only; no pickled code is run);
-    its sha256 is recorded, and checked before each use."""
+    """Convert an original LINF or SRFlow checkpoint into a flowsr model.
+
+    Only weights are read (no pickled code is run). The model's sha256 is recorded and checked before each
+    use."""
     from flowsr_cli.families.importing import convert_original
     from flowsr_cli.families.model_file import save_model
     from flowsr_cli.hub.manifest import check_name
@@ -96,7 +109,7 @@ def list_command() -> None:
 
 @models_app.command("download")
 def download_command(
-    name: str | None = typer.Argument(None, help="The model to fetch.", show_default=False),
+    name: str | None = typer.Argument(None, help="The model to fetch; needed unless --all.", show_default=False),
     all_models: bool = typer.Option(False, "--all", help="Fetch every registry model."),
 ) -> None:
     """Download models into the cache (resumable, checked by sha256)."""
@@ -110,7 +123,11 @@ def download_command(
 
 
 @models_app.command("verify")
-def verify_command(name: str | None = typer.Argument(None, help="One model (default: all that are here).")) -> None:
+def verify_command(
+    name: str | None = typer.Argument(
+        None, help="One model (default: every model on this machine).", show_default=False
+    ),
+) -> None:
     """Re-hash model files on disk against their published sha256 (exit 1 on any mismatch)."""
     from flowsr_cli.hub.catalog import changed_digest, reimport_command
 
@@ -141,37 +158,44 @@ def verify_command(name: str | None = typer.Argument(None, help="One model (defa
 
 
 @models_app.command("path")
-def path_command(name: str | None = typer.Argument(None, help="A model (default: print the models folder).")) -> None:
+def path_command(
+    name: str | None = typer.Argument(None, help="A model (default: print the models folder).", show_default=False),
+) -> None:
     """Print where a model's file is (or would be downloaded to)."""
     hub = _hub()
     typer.echo(printable(hub.local_path(_entry(hub, name)) if name else hub.models_dir))
 
 
 @models_app.command("remove")
-def remove_command(name: str = typer.Argument(..., help="The model to delete from the cache.")) -> None:
-    """Delete a downloaded or imported model from the cache."""
+def remove_command(name: str = typer.Argument(..., help="The model to remove.", show_default=False)) -> None:
+    """Forget a model: its file and its registration.
+
+    Deletes the model's downloaded or imported file and, for a model added with `flowsr models add`, its
+    entry in your models.json. Models that ship inside flowsr cannot be removed."""
     hub = _hub()
-    entry = _entry(hub, name)
-    if entry.bundled:
-        raise UsageError(f"{name} ships inside flowsr and cannot be removed")
-    path = hub.cached_path(name)
-    if not path.is_file():
-        raise UsageError(f"{name} is not in the cache")
-    path.unlink()
-    if entry.source == "imported":
-        hub.forget_import(name)
-    typer.echo(f"removed {printable(path)}")
+    removed = hub.remove(_entry(hub, name))
+    what = [f"its entry in {printable(removed.manifest)}"] if removed.manifest else []
+    if removed.file:
+        what.append(f"its file {printable(removed.file)}")
+    note = "" if removed.file else " (it was not downloaded)"
+    typer.echo(f"removed {name}: {' and '.join(what)}{note}")
 
 
 @models_app.command("add")
 def add_command(
-    name: str = typer.Argument(..., help="The name to use with --model."),
-    url: str = typer.Argument(..., help="Where the .safetensors file is served."),
-    sha256: str = typer.Option(..., "--sha256", help="The file's SHA-256 (hex)."),
+    name: str = typer.Argument(..., help="The name to use with --model.", show_default=False),
+    url: str = typer.Argument(..., help="Where the .safetensors file is served.", show_default=False),
+    sha256: str = typer.Option(..., "--sha256", help="The file's SHA-256 (64 hex digits).", show_default=False),
     size: int | None = typer.Option(
-        None, "--size", parser=integer_flag("--size", 1), help="The file's size in bytes (>= 1)."
+        None,
+        "--size",
+        parser=integer_flag("--size", 1),
+        help="The file's size in bytes (default: unknown; max_download_mb caps it).",
+        show_default=False,
     ),
-    description: str = typer.Option("", "--description", help="A line for `flowsr models list`."),
+    description: str = typer.Option(
+        "", "--description", help="A line for `flowsr models list` (default: none).", show_default=False
+    ),
 ) -> None:
     """Register a model served elsewhere (e.g. a team's server); it downloads on first use."""
     from flowsr_cli.hub.manifest import ModelEntry, check_name

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from flowsr_cli.config import Settings
 from flowsr_cli.console import report_note, report_warning
@@ -44,6 +45,14 @@ def written_as_path(model: str) -> bool:
     """True when a ``--model`` value is spelled as a file path rather than a name."""
     separators = {"/", os.sep, os.altsep} - {None}
     return any(separator in model for separator in separators) or model.startswith("~") or model.endswith(MODEL_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What :meth:`Hub.remove` deleted: the model's file, and the manifest it was unregistered from."""
+
+    file: Path | None
+    manifest: Path | None
 
 
 @dataclass
@@ -188,17 +197,43 @@ class Hub:
 
     def add(self, entry: ModelEntry) -> Path:
         """Store a user entry in the user's manifest (atomically); returns the manifest's path."""
-        from flowsr_cli.io.atomic import atomic_write_bytes
-
         check_name(entry.name, "name")
         if entry.name in self.package:
             raise UsageError(f"{entry.name!r} is a model of flowsr's own registry; choose another name")
-        self.user  # noqa: B018 (never rewrite a manifest that is malformed: say so instead)
+        return self._store_user_entry(entry.name, entry.as_manifest())
+
+    def remove(self, entry: ModelEntry) -> Removed:
+        """Delete what flowsr keeps of ``entry``: its file in the cache (downloaded or imported, with its
+        import record) and, for a model the user added, its entry in the user's manifest. A model that ships
+        inside flowsr, or one with nothing stored, is a UsageError."""
+        if entry.bundled is not None:
+            raise UsageError(f"{entry.name} ships inside flowsr and cannot be removed")
+        path = self.cached_path(entry.name)
+        file = path if path.is_file() else None
+        if entry.source != "user" and file is None:
+            raise UsageError(f"{entry.name} is not downloaded ({path}); flowsr's own models stay listed")
+        if file is not None:
+            file.unlink()
+        if entry.source == "imported":
+            self.forget_import(entry.name)
+        manifest = self._store_user_entry(entry.name, None) if entry.source == "user" else None
+        return Removed(file, manifest)
+
+    def _store_user_entry(self, name: str, values: dict[str, Any] | None) -> Path:
+        """Set one entry of the user's manifest (None deletes it), atomically; returns the manifest's path.
+        A malformed manifest is never rewritten: reading it first raises the UsageError that names it."""
+        from flowsr_cli.io.atomic import atomic_write_bytes
+
+        self.user  # noqa: B018
         path = user_manifest_path()
         models = read_manifest(path) or {}
-        models[entry.name] = entry.as_manifest()
+        if values is None:
+            models.pop(name, None)
+        else:
+            models[name] = values
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, manifest_bytes(models))
+        self.__dict__.pop("user", None)  # read again on next use
         return path
 
     def record_import(self, name: str, path: Path, checkpoint: Path) -> None:
@@ -261,7 +296,7 @@ def _check_unchanged(entry: ModelEntry, path: Path) -> None:
     elif entry.source == "imported":
         remedy = f"import it again: `{reimport_command(entry)}`"
     else:
-        remedy = f"`flowsr models remove {entry.name}`, then rerun"
+        remedy = f"delete {path}, then rerun (it downloads again)"
     raise FlowsrError(
         f"model {entry.name!r}: {path} does not match its sha256 (expected {entry.sha256.lower()[:16]}…, "
         f"found {actual[:16]}…); it changed after it was stored: {remedy}"

@@ -1,4 +1,5 @@
-"""The CLI answers help and config commands without importing torch, and offers shell completion."""
+"""The CLI answers help and config commands without importing torch, offers shell completion, and ends
+quietly when the reader of its text output goes away."""
 
 from __future__ import annotations
 
@@ -72,3 +73,43 @@ def test_console_script_and_module_entry_points_agree() -> None:
     console = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert module.returncode == console.returncode == 0
     assert module.stdout == console.stdout and module.stdout.startswith("flowsr ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["upscale", "--help"],
+        ["models", "--help"],
+        ["--version"],
+        ["config", "path"],
+        ["config", "get", "device"],
+        ["config", "show"],
+        ["models", "path"],
+        ["models", "list"],
+    ],
+)
+def test_a_reader_that_closes_stdout_early_ends_the_run_quietly(args: list[str], isolated_settings: Path) -> None:
+    """`flowsr upscale --help | head -5`: the reader is gone before flowsr writes (its end of the pipe is
+    closed at once), so every write fails with EPIPE."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowsr_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert stderr == ""
+
+
+def test_an_error_is_still_reported_when_stdout_is_gone(isolated_settings: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowsr_cli", "config", "get", "no_such_key"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 2
+    assert stderr.startswith("error: ") and "no_such_key" in stderr and "unexpected" not in stderr

@@ -154,8 +154,61 @@ def test_a_tampered_cached_model_is_refused_before_use(
     downloaded_then_tampered(run_cli, server, model_bytes)
     result = run_cli("upscale", str(photo), "--model", "tiny", "-s", "2", "-o", str(tmp_path / "out.png"))
     assert result.exit_code == 1 and not (tmp_path / "out.png").exists()
-    assert "does not match its sha256" in result.stderr and "flowsr models remove tiny" in result.stderr
+    path = Path(run_cli("models", "path", "tiny").stdout.strip())
+    assert "does not match its sha256" in result.stderr and f"delete {path}, then rerun" in result.stderr
     assert len(server.requests_for("/tiny.safetensors")) == 1, "refused, not silently downloaded again"
-    assert run_cli("models", "remove", "tiny").exit_code == 0
+    path.unlink()
     again = run_cli("upscale", str(photo), "--model", "tiny", "-s", "2", "-o", str(tmp_path / "out.png"))
     assert again.exit_code == 0 and (tmp_path / "out.png").is_file()
+
+
+def test_remove_unregisters_an_added_model_and_deletes_its_download(
+    run_cli: CliInvoker, server: FileServer, model_bytes: bytes, isolated_settings: Path
+) -> None:
+    server.add("/tiny.safetensors", Route(model_bytes))
+    add_model(run_cli, "tiny", server.url("/tiny.safetensors"), model_bytes)
+    add_model(run_cli, "other", server.url("/other.safetensors"), model_bytes)
+    assert run_cli("models", "download", "tiny").exit_code == 0
+    path = Path(run_cli("models", "path", "tiny").stdout.strip())
+    manifest = isolated_settings.parent / "models.json"
+
+    result = run_cli("models", "remove", "tiny")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"removed tiny: its entry in {manifest} and its file {path}\n"
+    assert not path.exists() and set(json.loads(manifest.read_text())["models"]) == {"other"}
+    assert "tiny" not in run_cli("models", "list", env={"COLUMNS": "200"}).stdout
+    again = run_cli("models", "remove", "tiny")
+    assert again.exit_code == 2 and "no model named 'tiny'" in again.stderr
+
+
+def test_remove_unregisters_an_added_model_that_was_never_downloaded(
+    run_cli: CliInvoker, isolated_settings: Path
+) -> None:
+    added = run_cli("models", "add", "later", "https://models.invalid/later.safetensors", "--sha256", "0" * 64)
+    assert added.exit_code == 0, added.output
+    manifest = isolated_settings.parent / "models.json"
+    result = run_cli("models", "remove", "later")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"removed later: its entry in {manifest} (it was not downloaded)\n"
+    assert json.loads(manifest.read_text())["models"] == {}
+
+
+@pytest.mark.parametrize("name", ["linf", "linf-lp"])
+def test_a_bundled_model_cannot_be_removed(run_cli: CliInvoker, name: str) -> None:
+    path = Path(run_cli("models", "path", name).stdout.strip())
+    result = run_cli("models", "remove", name)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"error: {name} ships inside flowsr and cannot be removed"
+    assert path.is_file()
+
+
+def test_a_registry_model_that_is_not_downloaded_has_nothing_to_remove() -> None:
+    from flowsr_cli.config import Settings
+    from flowsr_cli.errors import UsageError
+    from flowsr_cli.hub.catalog import Hub
+    from flowsr_cli.hub.manifest import ModelEntry
+
+    hub = Hub(Settings())
+    remote = ModelEntry("remote", sha256="0" * 64, url="https://models.invalid/remote.safetensors")
+    with pytest.raises(UsageError, match=r"remote is not downloaded \(.*remote\.safetensors\)"):
+        hub.remove(remote)
