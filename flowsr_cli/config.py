@@ -125,6 +125,10 @@ def _device(raw: Any) -> str:
     return f"cuda:{index}"
 
 
+BICUBIC = "bicubic"
+"""The model name of the built-in bicubic baseline, which needs no model file."""
+
+
 def _model_name(raw: Any) -> str:
     text = str(raw).strip()
     if not text:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from functools import lru_cache
 
 import typer
@@ -40,3 +42,12 @@ def debug_enabled(context: typer.Context) -> bool:
     """True when ``--debug`` was given or FLOWSR_DEBUG is set: errors then show their traceback."""
     flag = bool(context.find_root().params.get("debug"))
     return flag or os.environ.get("FLOWSR_DEBUG", "") not in ("", "0")
+
+
+def discard_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone, so what is still buffered cannot fail again when
+    Python exits (it would print "Exception ignored ... BrokenPipeError")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no stdout, or not a file (a test's capture)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from flowsr_cli import __version__
-from flowsr_cli.console import debug_enabled, report_error
+from flowsr_cli.console import debug_enabled, discard_stdout, report_error
 from flowsr_cli.errors import FlowsrError
 
 EXIT_INTERRUPTED = 130
@@ -127,7 +127,7 @@ class ErrorReportingGroup(PlainHelpGroup):
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             if isinstance(exc, BrokenPipeError) and _stdout_reader_left():
-                _discard_stdout()
+                discard_stdout()
                 ctx.exit(EXIT_READER_LEFT)
             if debug_enabled(ctx):
                 raise
@@ -147,13 +147,6 @@ def _stdout_reader_left() -> bool:
         return any(events & select.POLLERR for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no stdout, or not a file (a test's capture)
         return False
-
-
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null, so what is still buffered cannot fail again when Python exits."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 EXAMPLES = """[bold]Examples[/]

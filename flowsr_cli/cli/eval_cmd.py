@@ -176,7 +176,7 @@ def _build_settings(
 ) -> list[tuple[Setting, Upscaler]]:
     import dataclasses
 
-    from flowsr_cli.engine.bicubic import BICUBIC
+    from flowsr_cli.config import BICUBIC
     from flowsr_cli.engine.upscaler import samples_gaussian
     from flowsr_cli.eval.evaluation import Setting
     from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler

@@ -6,16 +6,25 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from flowsr_cli.config import PRIOR_CHOICES, SETTINGS, Settings, choice_flag, flag_parser, integer_flag, number_flag
+from flowsr_cli.config import (
+    BICUBIC,
+    PRIOR_CHOICES,
+    SETTINGS,
+    Settings,
+    choice_flag,
+    flag_parser,
+    integer_flag,
+    number_flag,
+)
 from flowsr_cli.console import debug_enabled
-from flowsr_cli.errors import FlowsrError, ImageError, UsageError
+from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.io.provenance import DEFAULT_SEED, DEFAULT_TEMPERATURE, RunSettings
 
 if TYPE_CHECKING:
@@ -32,8 +41,6 @@ T = TypeVar("T")
 _OUTPUT = "Output"
 _MODEL = "Model"
 _BATCH = "Batch"
-_BICUBIC = "bicubic"
-"""The bicubic baseline's model name (``flowsr_cli.engine.bicubic.BICUBIC``, whose module imports torch)."""
 
 EPILOG = """Examples:
 
@@ -66,42 +73,6 @@ def _check_samples(samples: int, max_samples: int) -> None:
         )
 
 
-def _will_run(job: Job, overwrite: bool) -> bool:
-    """True if the batch will run this job (it is not failed or skipped before it starts)."""
-    if job.problem is not None or job.skip is not None:
-        return False
-    return overwrite or job.output is None or not job.output.exists()
-
-
-def _input_problem(path: Path, request: SizeRequest, max_pixels: int) -> str | None:
-    """Why the input file cannot be done, as far as its type, size and header show; None if it may be."""
-    from flowsr_cli.io.file_checks import image_size
-
-    try:
-        size = image_size(path, max_pixels=max_pixels)
-        if size is not None:
-            request.target(size)
-    except ImageError as exc:
-        return str(exc)
-    return None
-
-
-def _check_inputs(jobs: list[Job], request: SizeRequest, max_pixels: int, overwrite: bool) -> list[Job]:
-    """Fail each job whose input the header shows cannot be done (not a regular file, not an image, too many
-    pixels in or out) before any work starts, so the model loads only if some input can be done."""
-    problems: dict[Path, str | None] = {}
-
-    def checked(job: Job) -> Job:
-        path = job.input.path
-        if path is None or not _will_run(job, overwrite):
-            return job
-        if path not in problems:
-            problems[path] = _input_problem(path, request, max_pixels)
-        return replace(job, problem=problems[path])
-
-    return [checked(job) for job in jobs]
-
-
 def _given(ctx: typer.Context) -> Callable[[T, str], T | None]:
     """``given(value, name)``: the value of the parameter ``name`` if the command line gave it, else None (a
     setting then comes from the environment, the config file or its default; the help shows the default)."""
@@ -118,7 +89,7 @@ def _model_sha256(hub: Hub, model: str) -> str | None:
     published or recorded one, else the file's own; None for bicubic and for a file not there (yet)."""
     from flowsr_cli.hub.catalog import written_as_path
 
-    if model == _BICUBIC:
+    if model == BICUBIC:
         return None
     entry = None if written_as_path(model) else hub.find(model)
     if entry is not None and entry.sha256:
@@ -133,16 +104,15 @@ def _model_sha256(hub: Hub, model: str) -> str | None:
 
 def _check_model_named(hub: Hub, model: str) -> None:
     """Refuse a ``--model`` that names no model and no file, without importing torch (so at once)."""
-    from flowsr_cli.hub.catalog import written_as_path
+    from flowsr_cli.hub.catalog import unknown_model, written_as_path
 
-    if model == _BICUBIC:
+    if model == BICUBIC:
         return
     if written_as_path(model):
         if not Path(model).expanduser().is_file():
             raise UsageError(f"model file {model}: not found")
     elif hub.find(model) is None and not Path(model).is_file():
-        known = ", ".join([_BICUBIC, *hub.entries()])
-        raise UsageError(f"unknown model {model!r}; available: {known}, or a path to a .safetensors model")
+        raise unknown_model(model, hub)
 
 
 def _ignored_flags(
@@ -393,7 +363,7 @@ def upscale(
         raise FlowsrError("no input images found")
     _prepare_output_folder(output_folder(discovery, output))
     _run(
-        _check_inputs(jobs, request, settings["max_pixels"], overwrite),
+        jobs,
         discovery.problems,
         _RunChoices(
             settings, hub, request, run, given(temperature, "temperature"), given(seed, "seed"), allow_resample, samples

@@ -8,9 +8,7 @@ is fast.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import sys
 import time
 from collections import Counter
@@ -19,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flowsr_cli.errors import FlowsrError, UsageError
+from flowsr_cli.console import discard_stdout
+from flowsr_cli.errors import FlowsrError, ImageError, UsageError
 from flowsr_cli.io.atomic import atomic_write_bytes, remove_leftovers
 from flowsr_cli.io.formats import FORMAT_EXTENSIONS, format_from_suffix
 from flowsr_cli.io.outputs import FALLBACK_FORMAT, Job, Skip
@@ -109,10 +108,12 @@ class BatchRunner:
         self._notes_shown = 0
         self._jobs: list[Job] = []
         self._settled_jobs: list[Outcome] = []
+        self._input_problems: dict[Path, str | None] = {}
 
     def settle(self, jobs: list[Job]) -> list[Job]:
-        """Decide the jobs that need no work: those that failed before starting, and those skipped (an input
-        that is an earlier output, an output that exists). Returns the other jobs; nothing is reported yet."""
+        """Decide the jobs that need no work: those that failed before starting (also an input whose header
+        shows it cannot be done), and those skipped (an input that is an earlier output, an output that
+        exists). Returns the other jobs; nothing is reported yet."""
         self._jobs = jobs
         settled = [(job, self._settled(job)) for job in jobs]
         self._settled_jobs = [outcome for _, outcome in settled if outcome is not None]
@@ -148,8 +149,28 @@ class BatchRunner:
         if job.skip is not None:
             return Outcome(job, SKIPPED, job.skip.reason, skip=job.skip)
         if job.output is not None and job.output.exists():
-            return self._existing(job, job.output)
-        return None
+            existing = self._existing(job, job.output)
+            if existing is not None:
+                return existing
+        problem = self._input_problem(job.input.path) if job.input.path is not None else None
+        return None if problem is None else Outcome(job, FAILED, problem)
+
+    def _input_problem(self, path: Path) -> str | None:
+        """Why the input file cannot be done, as far as its type, size and header show (not a regular file,
+        not an image, too many pixels in or out); None if it may be. Checked once per input, before any model
+        loads, and only for jobs that will run (a rerun that only skips reads no image)."""
+        if path not in self._input_problems:
+            from flowsr_cli.io.file_checks import image_size
+
+            problem = None
+            try:
+                size = image_size(path, max_pixels=self.options.max_pixels)
+                if size is not None:
+                    self.options.request.target(size)
+            except ImageError as exc:
+                problem = str(exc)
+            self._input_problems[path] = problem
+        return self._input_problems[path]
 
     def _existing(self, job: Job, output: Path) -> Outcome | None:
         """The outcome of a job whose output exists, or None to replace it (``--overwrite`` on flowsr's own
@@ -317,18 +338,8 @@ def _write_stdout(data: bytes) -> None:
             remaining = remaining[written:]
         stream.flush()
     except OSError as exc:
-        _discard_stdout()
+        discard_stdout()
         raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from exc
-
-
-def _discard_stdout() -> None:
-    """Send what is left in stdout's buffer to /dev/null, so Python's flush at exit cannot fail again
-    (it would print "Exception ignored ... BrokenPipeError")."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # no stdout, or not a file (a test's capture)
-        stdout = sys.stdout.fileno()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stdout)
-        os.close(devnull)
 
 
 def _failure_reason(exc: Exception) -> str:

@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flowsr_cli.config import BICUBIC
 from flowsr_cli.engine.memory import available_memory, choose_tile
 from flowsr_cli.engine.resize import resize_window
 from flowsr_cli.engine.tiling import patch_positions, plan_tiles
 from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, UpscaleReport
 from flowsr_cli.io.sizing import Size
-
-BICUBIC = "bicubic"
-"""The model name of the bicubic baseline (no model file)."""
 
 HALO = 3
 """Input pixels of context: the cubic kernel reaches two pixels past the nearest one."""

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flowsr_cli.engine.bicubic import BICUBIC, BicubicUpscaler
+from flowsr_cli.config import BICUBIC
+from flowsr_cli.engine.bicubic import BicubicUpscaler
 from flowsr_cli.engine.device import DeviceChoice, resolve_device, resolve_dtype
 from flowsr_cli.engine.upscaler import Upscaler
 from flowsr_cli.errors import UsageError
 from flowsr_cli.families.model_file import load_model, read_model_metadata
 from flowsr_cli.families.registry import EngineOptions, build_engine, runnable
+from flowsr_cli.hub.catalog import unknown_model
 
 if TYPE_CHECKING:
     from flowsr_cli.hub.catalog import Hub
@@ -63,12 +65,6 @@ class PreparedModel:
         return self.gaussian and self.request.temperature > 0
 
 
-def _unknown_model(model: str, hub: Hub | None) -> UsageError:
-    """The error for a ``--model`` value that names no model and no file."""
-    known = ", ".join([BICUBIC, *(hub.entries() if hub is not None else ())])
-    return UsageError(f"unknown model {model!r}; available: {known}, or a path to a .safetensors model")
-
-
 def prepare_model(request: UpscalerRequest) -> PreparedModel:
     """Check a request before its model loads: the device, the model's file (fetched by the hub, sha256
     checked) and its header's architecture (one ``upscale`` runs, with a learned prior if one is asked for)."""
@@ -79,7 +75,7 @@ def prepare_model(request: UpscalerRequest) -> PreparedModel:
         return PreparedModel(request, choice, None)
     path = request.hub.resolve(request.model) if request.hub is not None else Path(request.model)
     if path is None:
-        raise _unknown_model(request.model, request.hub)
+        raise unknown_model(request.model, request.hub)
     name = read_model_metadata(path)["spec"]["name"]
     architecture = runnable(name, request.model, request.prior)
     learned = architecture.learned_prior and request.prior != "gaussian"

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from flowsr_cli.config import Settings
+from flowsr_cli.config import BICUBIC, Settings
 from flowsr_cli.console import report_note, report_warning
 from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.hub.manifest import (
@@ -259,6 +259,12 @@ class Hub:
             records = self.import_records()
             yield records
             atomic_write_bytes(self.imported_manifest, manifest_bytes(records))
+
+
+def unknown_model(model: str, hub: Hub | None) -> UsageError:
+    """The error for a ``--model`` value that names no model and no file (``hub`` lists the named ones)."""
+    known = ", ".join([BICUBIC, *(hub.entries() if hub is not None else ())])
+    return UsageError(f"unknown model {model!r}; available: {known}, or a path to a .safetensors model")
 
 
 def changed_digest(entry: ModelEntry, path: Path) -> str | None:
