@@ -446,6 +446,12 @@ def train_prior(
         objective = SRFlowPriorObjective(model, perceptual, weight, recipe.latent_weight)
     else:
         objective = PriorObjective(
-            model, perceptual, weight, recipe.latent_weight, recipe.detail_weight, recipe.grid_weight
+            model,
+            perceptual,
+            weight,
+            recipe.latent_weight,
+            recipe.detail_weight,
+            recipe.grid_weight,
+            recipe.consistency_iterations,
         )
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)

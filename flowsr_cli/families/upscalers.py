@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowsr_cli.config import BICUBIC
 from flowsr_cli.engine.bicubic import BicubicUpscaler
+from flowsr_cli.engine.consistent import ConsistentUpscaler
 from flowsr_cli.engine.device import DeviceChoice, resolve_device, resolve_dtype
 from flowsr_cli.engine.upscaler import Upscaler
 from flowsr_cli.errors import UsageError
@@ -36,6 +37,8 @@ class UpscalerRequest:
     prior: str | None = None
     temperature: float = 0.5
     guard: bool = True
+    consistency: str = "auto"
+    """``on``, ``off`` or ``auto`` (:func:`consistency_default`): back-project the output onto the input."""
     hub: Hub | None = None
     """Turns model names into files (registry, cache, downloads); None accepts paths only."""
 
@@ -53,6 +56,8 @@ class PreparedModel:
     """The model runs its learned prior (it has one, and ``--prior gaussian`` was not asked for)."""
     fixed_scale: int | None = None
     """The one scale the model's network produces (SRFlow: 4), or None for any scale."""
+    consistency: bool = False
+    """The output is back-projected onto the input (``consistency`` resolved for this model)."""
 
     @property
     def gaussian(self) -> bool:
@@ -65,6 +70,19 @@ class PreparedModel:
         return self.gaussian and self.request.temperature > 0
 
 
+def consistency_default(metadata: dict[str, Any] | None) -> bool:
+    """What ``--consistency auto`` does for a model with this file metadata (None: the bicubic baseline).
+
+    Off for bicubic and for imported original checkpoints (they reproduce their original code); a model
+    file's own ``consistency`` entry (``on``/``off``, written where it was measured) otherwise decides;
+    on for other models flowsr trained, where back-projection measured better (docs/quality.md)."""
+    if metadata is None:
+        return False
+    if metadata.get("consistency") in ("on", "off"):
+        return metadata["consistency"] == "on"
+    return "source" not in metadata
+
+
 def prepare_model(request: UpscalerRequest) -> PreparedModel:
     """Check a request before its model loads: the device, the model's file (fetched by the hub, sha256
     checked) and its header's architecture (one ``upscale`` runs, with a learned prior if one is asked for)."""
@@ -72,14 +90,21 @@ def prepare_model(request: UpscalerRequest) -> PreparedModel:
     if request.model == BICUBIC:
         if request.prior == "learned":
             raise UsageError("--prior learned needs a model with a learned prior; bicubic has none")
-        return PreparedModel(request, choice, None)
+        return PreparedModel(request, choice, None, consistency=_consistency(request.consistency, None))
     path = request.hub.resolve(request.model) if request.hub is not None else Path(request.model)
     if path is None:
         raise unknown_model(request.model, request.hub)
-    name = read_model_metadata(path)["spec"]["name"]
-    architecture = runnable(name, request.model, request.prior)
+    metadata = read_model_metadata(path)
+    architecture = runnable(metadata["spec"]["name"], request.model, request.prior)
     learned = architecture.learned_prior and request.prior != "gaussian"
-    return PreparedModel(request, choice, path, learned, getattr(architecture.factory, "scale", None))
+    scale = getattr(architecture.factory, "scale", None)
+    return PreparedModel(request, choice, path, learned, scale, _consistency(request.consistency, metadata))
+
+
+def _consistency(choice: str, metadata: dict[str, Any] | None) -> bool:
+    if choice not in ("auto", "on", "off"):
+        raise UsageError(f"consistency must be auto, on or off, got {choice!r}")
+    return consistency_default(metadata) if choice == "auto" else choice == "on"
 
 
 def load_upscaler(prepared: PreparedModel) -> Upscaler:
@@ -87,7 +112,7 @@ def load_upscaler(prepared: PreparedModel) -> Upscaler:
     request, device = prepared.request, prepared.device.device
     notes = [prepared.device.note] if prepared.device.note else []
     if prepared.path is None:
-        return BicubicUpscaler(device, tile=request.tile, notes=notes)
+        return _projected(BicubicUpscaler(device, tile=request.tile, notes=notes), prepared.consistency)
     options = EngineOptions(
         name=request.model,
         device=device,
@@ -99,7 +124,11 @@ def load_upscaler(prepared: PreparedModel) -> Upscaler:
         guard=request.guard,
         notes=notes,
     )
-    return build_engine(load_model(prepared.path, device), options)
+    return _projected(build_engine(load_model(prepared.path, device), options), prepared.consistency)
+
+
+def _projected(upscaler: Upscaler, consistency: bool) -> Upscaler:
+    return ConsistentUpscaler(upscaler) if consistency else upscaler
 
 
 def create_upscaler(request: UpscalerRequest) -> Upscaler:

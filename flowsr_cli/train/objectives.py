@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flowsr_cli.engine.projection import project
 from flowsr_cli.engine.sampling import LatentSource
 from flowsr_cli.families.common.flow_layers import ActNorm
 from flowsr_cli.families.linf.network import LINF
@@ -76,7 +77,8 @@ class PriorObjective(nn.Module):
     """The learned prior with the flow frozen: VGG perceptual loss of the output (with its texture term if
     weighted) plus ``latent_weight`` x L1(z_hat, z_HR), z_HR being the flow forward of the true residual,
     plus ``detail_weight`` x the detail-energy term (:func:`detail_loss` around the flow's bilinear base)
-    plus ``grid_weight`` x the patch-grid term (:func:`grid_loss`, around the same base)."""
+    plus ``grid_weight`` x the patch-grid term (:func:`grid_loss`, around the same base). With
+    ``consistency_iterations`` the output is first back-projected towards the LR (engine/projection.py)."""
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class PriorObjective(nn.Module):
         latent_weight: float = 0.0,
         detail_weight: float = 0.0,
         grid_weight: float = 0.0,
+        consistency_iterations: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -94,6 +97,7 @@ class PriorObjective(nn.Module):
         self.latent_weight = latent_weight
         self.detail_weight = detail_weight
         self.grid_weight = grid_weight
+        self.consistency_iterations = consistency_iterations
 
     def forward(
         self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
@@ -105,6 +109,8 @@ class PriorObjective(nn.Module):
         conditions = self.model.conditions(features, size)
         z_hat = self.model.predict_latent(features, size, conditions=conditions)
         output = self.model.render_latent(features, size, z_hat, conditions=conditions)
+        if self.consistency_iterations:
+            output = project(output, lr.float(), self.consistency_iterations, value_range=(-1.0, 1.0))
         losses = perceptual_losses(self.perceptual, self.perceptual_weight, output, hr)
         if self.latent_weight > 0:
             with torch.no_grad():

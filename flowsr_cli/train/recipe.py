@@ -124,6 +124,9 @@ class Recipe:
     """Weight of the learned prior's detail-energy term (LINF-LP only; train/detail.py)."""
     grid_weight: float = 0.0
     """Weight of the learned prior's patch-grid term (LINF-LP only; train/detail.py)."""
+    consistency_iterations: int = 0
+    """Back-projection iterations applied to a prior's output before its losses (engine/projection.py;
+    LINF-LP only): trains the prior for the output ``--consistency on`` will show. 0: none."""
 
     def validate(self) -> None:
         """A UsageError naming the first bad value."""
@@ -141,10 +144,12 @@ class Recipe:
             (self.texture_weight == 0 or self.perceptual_loss == "deep", "texture_weight needs perceptual_loss deep"),
             (self.detail_weight >= 0, "detail_weight must be >= 0"),
             (self.grid_weight >= 0, "grid_weight must be >= 0"),
+            (0 <= self.consistency_iterations <= 20, "consistency_iterations must be 0 to 20"),
             (0 <= self.seed <= MAX_SEED, f"seed must be an integer from 0 to {MAX_SEED}"),
             (
-                self.detail_weight == self.grid_weight == 0 or model_name(self.arch) != "srflow-lp",
-                "detail_weight and grid_weight are for LINF priors (SRFlow-LP has no bilinear base)",
+                self.detail_weight == self.grid_weight == self.consistency_iterations == 0
+                or model_name(self.arch) != "srflow-lp",
+                "detail_weight, grid_weight and consistency_iterations are for LINF priors",
             ),
         )
         for ok, message in checks:

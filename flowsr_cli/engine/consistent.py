@@ -1,0 +1,124 @@
+"""``--consistency on``: any upscaler's output back-projected onto its input, band by band as tiles arrive.
+
+The wrapped upscaler's tiles are gathered into bands of whole output rows. A band is projected
+(:mod:`flowsr_cli.engine.projection`) once the rows within :func:`~flowsr_cli.engine.projection.halo_rows`
+below it have arrived, together with that many rows above it, and only its own rows are passed on: so
+the result equals projecting the whole image at once, whatever the tiling, while memory holds a few
+bands of full-width rows rather than the whole image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flowsr_cli.engine.projection import DEFAULT_ITERATIONS, halo_rows, project_rows
+from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, Upscaler, UpscaleReport
+from flowsr_cli.io.sizing import Size
+
+BAND_ELEMENTS = 1 << 23
+"""Target values (channels x rows x columns) in one projected band, before its halo rows."""
+
+RowSink = Callable[[range, torch.Tensor], None]
+"""Receives finished, projected full-width rows: (output rows, (1, C, rows, W) tensor)."""
+
+
+class _BandStream:
+    """One sample's tiles in, projected full-width bands out."""
+
+    def __init__(self, lr: torch.Tensor, size: Size, iterations: int, emit: RowSink) -> None:
+        self.lr, self.size, self.iterations, self.emit = lr, size, iterations, emit
+        self.halo = halo_rows(size.height, lr.shape[-2], iterations)
+        self.band = max(4 * self.halo, BAND_ELEMENTS // (lr.shape[1] * size.width))
+        self.stripes: dict[tuple[int, int], torch.Tensor] = {}
+        self.columns_filled = np.zeros(size.height, dtype=np.int64)
+        self.complete = 0
+        """Rows before this one have every column."""
+        self.emitted = 0
+
+    def add(self, rows: range, columns: range, tile: torch.Tensor) -> None:
+        """Store one tile; project and emit every band that became ready."""
+        key = (rows.start, rows.stop)
+        if key not in self.stripes:
+            self.stripes[key] = torch.empty(1, tile.shape[1], len(rows), self.size.width)
+        self.stripes[key][..., columns.start : columns.stop] = tile
+        self.columns_filled[rows.start : rows.stop] += len(columns)
+        while self.complete < self.size.height and self.columns_filled[self.complete] >= self.size.width:
+            self.complete += 1
+        self._emit_ready()
+
+    def _emit_ready(self) -> None:
+        height = self.size.height
+        while self.emitted < height:
+            end = height if self.complete == height else self.complete - self.halo
+            if end - self.emitted < (1 if self.complete == height else self.band):
+                return
+            end = min(end, self.emitted + self.band)
+            start = max(0, self.emitted - self.halo)
+            stop = min(height, end + self.halo)
+            window = project_rows(self._rows(start, stop), self.lr, height, range(start, stop), self.iterations)
+            self.emit(range(self.emitted, end), window[..., self.emitted - start : end - start, :])
+            self.emitted = end
+            self._forget_before(self.emitted - self.halo)
+
+    def _rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (all complete) from the stored stripes."""
+        parts = []
+        for (first, last), stripe in sorted(self.stripes.items()):
+            low, high = max(first, start), min(last, stop)
+            if low < high:
+                parts.append(stripe[..., low - first : high - first, :])
+        return torch.cat(parts, dim=-2)
+
+    def _forget_before(self, row: int) -> None:
+        for key in [key for key in self.stripes if key[1] <= row]:
+            del self.stripes[key]
+
+
+@dataclass
+class ConsistentUpscaler:
+    """Another upscaler whose every output is back-projected ``iterations`` times towards its input, so
+    that its MATLAB-bicubic shrink matches the input (``--consistency on``). Tiled == untiled."""
+
+    inner: Upscaler
+    iterations: int = DEFAULT_ITERATIONS
+    name: str = field(init=False)
+    notes: list[str] = field(init=False)
+    """The wrapped upscaler's name and notes (the same list)."""
+
+    def __post_init__(self) -> None:
+        self.name, self.notes = self.inner.name, self.inner.notes
+
+    @property
+    def stochastic(self) -> bool:
+        """As the wrapped upscaler."""
+        return self.inner.stochastic
+
+    def __getattr__(self, attribute: str) -> object:
+        """The wrapped upscaler's other attributes (``fixed_scale``, ``gaussian``, ``temperature``, ...)."""
+        if attribute == "inner":
+            raise AttributeError(attribute)
+        return getattr(self.inner, attribute)
+
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        size: Size,
+        sink: TileSink,
+        seeds: Sequence[int] = (0,),
+        progress: ProgressCallback | None = None,
+    ) -> UpscaleReport:
+        """The wrapped upscaler's output for every seed, projected, delivered in full-width row bands."""
+
+        def emitter(sample: int) -> RowSink:
+            return lambda rows, band: sink(sample, rows, range(size.width), band)
+
+        streams = [_BandStream(lr, size, self.iterations, emitter(sample)) for sample in range(len(seeds))]
+
+        def collect(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
+            streams[sample].add(rows, columns, tile.float())
+
+        return self.inner.upscale(lr, size, collect, seeds, progress)
