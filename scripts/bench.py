@@ -1,7 +1,9 @@
 """Speed and memory of `flowsr upscale` on this machine, each figure next to baselines measured in the
-same run: bicubic, and a naive reference path of the same model (`naive_reference.py`: what the original
-code does, the whole image at once, the LR encoded and the flow's conditioning computed anew for the
-prior's forward pass and again for the inverse, upstream's query batches and flow layers).
+same run: bicubic, the same model without its consistency projection (`--consistency off`; the
+projection's cost is the ratio of the two), and a naive reference path of the same model
+(`naive_reference.py`: what the original code does, the whole image at once, the LR encoded and the flow's
+conditioning computed anew for the prior's forward pass and again for the inverse, upstream's query batches
+and flow layers), which the unprojected path must match.
 
 Every (path, input, scale) runs in its own process so that its peak RSS is its own. Also measured:
 the model's achieved GFLOP/s (torch.utils.flop_counter) against this machine's fp32 matmul GFLOP/s,
@@ -37,7 +39,8 @@ from flowsr_cli.hub.catalog import Hub
 from flowsr_cli.io.reading import read_image
 from flowsr_cli.io.sizing import Size
 
-PATHS = ("flowsr", "naive", "bicubic")
+PATHS = ("flowsr", "unprojected", "naive", "bicubic")
+"""`flowsr upscale` as users run it (consistency auto), the same with --consistency off, the naive path, bicubic."""
 WARM_UP_SIDE = 48
 """Each timed path first upscales a crop this small, so one-off kernel set-up is not timed."""
 TARGET = (512, 4.0)
@@ -57,7 +60,9 @@ def runner(path: str, model: str) -> Any:
         if not isinstance(network, LINFLP):
             raise SystemExit(f"the naive reference path is LINF-LP's; {model} is not a LINF-LP model")
         return lambda lr, size: naive_upscale(network, lr, size)
-    request = UpscalerRequest("bicubic" if path == "bicubic" else model, device="cpu", hub=Hub(Settings()))
+    consistency = "off" if path == "unprojected" else "auto"
+    name = "bicubic" if path == "bicubic" else model
+    request = UpscalerRequest(name, device="cpu", consistency=consistency, hub=Hub(Settings()))
     upscaler = create_upscaler(request)
     return lambda lr, size: super_resolve(upscaler, lr, size, 0)
 
@@ -163,8 +168,8 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
                 if path == "flowsr" and (side, scale) == TARGET:
                     options.append("--count-flops")
                 results[path] = child(*options)
-            difference = (torch.load(folder / "flowsr.pt") - torch.load(folder / "naive.pt")).abs().max().item()
-            flowsr, naive, bicubic = (results[path] for path in PATHS)
+            difference = (torch.load(folder / "unprojected.pt") - torch.load(folder / "naive.pt")).abs().max().item()
+            flowsr, unprojected, naive, bicubic = (results[path] for path in PATHS)
             output_mp = (side * scale) ** 2 / 1e6
             row = {
                 "input": side,
@@ -177,7 +182,9 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
                 "bicubic_peak_rss_mb": bicubic["peak_rss"] / 2**20,
                 "naive_seconds_per_input_mp": naive["seconds"] / (side * side / 1e6),
                 "naive_peak_rss_mb": naive["peak_rss"] / 2**20,
-                "speedup_over_naive": naive["seconds"] / flowsr["seconds"],
+                "unprojected_seconds": unprojected["seconds"],
+                "projection_cost": flowsr["seconds"] / unprojected["seconds"] - 1,
+                "speedup_over_naive": naive["seconds"] / unprojected["seconds"],
                 "max_abs_difference_to_naive": difference,
                 "flops": flowsr.get("flops"),
             }
@@ -185,7 +192,8 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
             print(
                 f"{side:>5}² {scale:>5g} {row['seconds_per_input_mp']:>9.2f} {row['output_mp_per_second']:>8.3f} "
                 f"{row['peak_rss_mb']:>8.0f} {row['times_bicubic']:>8.1f} {row['naive_seconds_per_input_mp']:>9.2f} "
-                f"{row['naive_peak_rss_mb']:>8.0f} {row['speedup_over_naive']:>8.2f} {difference:>9.1e}",
+                f"{row['naive_peak_rss_mb']:>8.0f} {row['speedup_over_naive']:>8.2f} {difference:>9.1e} "
+                f"{row['projection_cost']:>8.1%}",
                 flush=True,
             )
     return rows
@@ -200,7 +208,7 @@ def main() -> None:
     print(f"model {arguments.model}, CPU, {report['threads']} torch threads")
     print(
         f"{'input':>6} {'scale':>5} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} {'x bicub':>8} "
-        f"{'naive s/MP':>9} {'naiveRSS':>8} {'speedup':>8} {'max diff':>9}"
+        f"{'naive s/MP':>9} {'naiveRSS':>8} {'speedup':>8} {'max diff':>9} {'project':>8}"
     )
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)

@@ -6,7 +6,9 @@ The fade keeps ``exp(-((s - FROM) / width)^2)`` of the prior's latent at scale s
 renders every candidate width on a fixed sample of *training* photos (every N-th file, shrunk by 2 so
 JPEG artefacts fall below the pixel grid, centre crop) at several out-of-range scales, prints the mean
 LPIPS of each, picks the width with the lowest mean over all scales, and writes a copy of the model
-with that fade in its spec. Evaluation sets are never read: pass only training folders.
+with that fade in its spec. Outputs are scored as `flowsr upscale` shows them: back-projected onto the
+LR (`--consistency-iterations`, 3 like `--consistency on`; 0 for none). Evaluation sets are never read:
+pass only training folders.
 
     python scripts/calibrate_fade.py runs/prior/model.safetensors ../shared/data/train \
         --out runs/prior/faded.safetensors
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from flowsr_cli.engine.pipeline import rgb_tensor
+from flowsr_cli.engine.projection import DEFAULT_ITERATIONS, project
 from flowsr_cli.eval.metrics import LPIPS, make_lr
 from flowsr_cli.families.linf.prior import LINFLP, LatentFade
 from flowsr_cli.families.model_file import load_model, model_notes, save_model
@@ -79,9 +82,15 @@ def fade_gain(from_scale: float, width: float, scale: float) -> float:
 
 
 def calibrate(
-    model: LINFLP, photos: list[torch.Tensor], from_scale: float, scales: list[float], widths: list[float]
+    model: LINFLP,
+    photos: list[torch.Tensor],
+    from_scale: float,
+    scales: list[float],
+    widths: list[float],
+    iterations: int = DEFAULT_ITERATIONS,
 ) -> Calibration:
-    """Render each photo at each scale with each width's gain on the unfaded prior's latent; mean LPIPS."""
+    """Render each photo at each scale with each width's gain on the unfaded prior's latent, back-project
+    it ``iterations`` times onto the LR; mean LPIPS."""
     lpips = LPIPS()
     totals = {(width, scale): 0.0 for width in widths for scale in scales}
     for scale in scales:
@@ -95,7 +104,8 @@ def calibrate(
                 for width in widths:
                     gain = fade_gain(from_scale, width, scale)
                     output = model.render_latent(features, size, z_hat * gain, conditions=conditions)
-                    totals[width, scale] += lpips((output + 1) / 2, hr).item()
+                    output = project((output + 1) / 2, lr, iterations)
+                    totals[width, scale] += lpips(output, hr).item()
         print(f"x{scale:g}: " + "  ".join(f"{w:g}:{totals[w, scale] / len(photos):.4f}" for w in widths), flush=True)
     means = {key: total / len(photos) for key, total in totals.items()}
     return Calibration(from_scale, scales, widths, means, len(photos))
@@ -129,6 +139,9 @@ def main() -> None:
     )
     parser.add_argument("--crop", type=int, default=480, help="centre crop side at most, HR pixels")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--consistency-iterations", type=int, default=DEFAULT_ITERATIONS, help="back-projection steps (0: none)"
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     model = load_model(arguments.model)
@@ -138,7 +151,7 @@ def main() -> None:
     photos = sample_photos(arguments.data, arguments.every, arguments.crop, arguments.start, arguments.downscale)
     widths = [0.0, *arguments.widths, NO_FADE]
     print(f"{len(photos)} training photos; columns: fade width (0 = the flow's mode, inf = no fade)")
-    result = calibrate(model, photos, arguments.from_scale, arguments.scales, widths)
+    result = calibrate(model, photos, arguments.from_scale, arguments.scales, widths, arguments.consistency_iterations)
     scales = ", ".join(f"x{scale:g}" for scale in result.scales)
     for width in widths:
         print(f"width {width:>4g}: mean LPIPS {result.overall(width):.4f} over {scales}")
@@ -147,7 +160,7 @@ def main() -> None:
         f"width {best:g} from x{arguments.from_scale:g}: mean LPIPS {result.overall(best):.4f} "
         f"(no fade {result.overall(NO_FADE):.4f}, mode {result.overall(0.0):.4f}) on {result.images} training "
         f"photos at {scales} (every {arguments.every}-th from {arguments.start}, shrunk {arguments.downscale:g}x, "
-        f"crop {arguments.crop})"
+        f"crop {arguments.crop}, {arguments.consistency_iterations} back-projection steps)"
     )
     write_faded(arguments.model, arguments.out, LatentFade(arguments.from_scale, best), note)
     print(f"chose {note}\nwrote {arguments.out}")
