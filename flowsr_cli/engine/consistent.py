@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from flowsr_cli.engine.projection import DEFAULT_ITERATIONS, halo_rows, project_rows
@@ -27,28 +26,38 @@ RowSink = Callable[[range, torch.Tensor], None]
 
 
 class _BandStream:
-    """One sample's tiles in, projected full-width bands out."""
+    """One sample's tiles in, projected full-width bands out.
+
+    Rows are kept one by one with the columns that have arrived, so any tiling works, also an engine that
+    redoes the image in other tiles after some reached the sink (LINF and SRFlow after CUDA out-of-memory):
+    a row arriving again replaces its values, and rows already passed on and forgotten are not taken again."""
 
     def __init__(self, lr: torch.Tensor, size: Size, iterations: int, emit: RowSink) -> None:
         self.lr, self.size, self.iterations, self.emit = lr, size, iterations, emit
         self.halo = halo_rows(size.height, lr.shape[-2], iterations)
         self.band = max(4 * self.halo, BAND_ELEMENTS // (lr.shape[1] * size.width))
-        self.stripes: dict[tuple[int, int], torch.Tensor] = {}
-        self.columns_filled = np.zeros(size.height, dtype=np.int64)
+        self.rows: dict[int, torch.Tensor] = {}
+        """Output row -> its (C, W) values, for the rows not forgotten yet."""
+        self.filled: dict[int, torch.Tensor] = {}
+        """Output row -> which of its columns have arrived."""
         self.complete = 0
         """Rows before this one have every column."""
         self.emitted = 0
 
     def add(self, rows: range, columns: range, tile: torch.Tensor) -> None:
         """Store one tile; project and emit every band that became ready."""
-        key = (rows.start, rows.stop)
-        if key not in self.stripes:
-            self.stripes[key] = torch.empty(1, tile.shape[1], len(rows), self.size.width)
-        self.stripes[key][..., columns.start : columns.stop] = tile
-        self.columns_filled[rows.start : rows.stop] += len(columns)
-        while self.complete < self.size.height and self.columns_filled[self.complete] >= self.size.width:
+        for row in range(max(rows.start, self.emitted - self.halo), rows.stop):
+            if row not in self.rows:
+                self.rows[row] = torch.empty(tile.shape[1], self.size.width)
+                self.filled[row] = torch.zeros(self.size.width, dtype=torch.bool)
+            self.rows[row][:, columns.start : columns.stop] = tile[0, :, row - rows.start]
+            self.filled[row][columns.start : columns.stop] = True
+        while self.complete < self.size.height and self._has_every_column(self.complete):
             self.complete += 1
         self._emit_ready()
+
+    def _has_every_column(self, row: int) -> bool:
+        return row in self.filled and bool(self.filled[row].all())
 
     def _emit_ready(self) -> None:
         height = self.size.height
@@ -65,17 +74,12 @@ class _BandStream:
             self._forget_before(self.emitted - self.halo)
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` (all complete) from the stored stripes."""
-        parts = []
-        for (first, last), stripe in sorted(self.stripes.items()):
-            low, high = max(first, start), min(last, stop)
-            if low < high:
-                parts.append(stripe[..., low - first : high - first, :])
-        return torch.cat(parts, dim=-2)
+        """Rows ``start:stop`` (all complete) as a (1, C, rows, W) tensor."""
+        return torch.stack([self.rows[row] for row in range(start, stop)], dim=1).unsqueeze(0)
 
     def _forget_before(self, row: int) -> None:
-        for key in [key for key in self.stripes if key[1] <= row]:
-            del self.stripes[key]
+        for key in [key for key in self.rows if key < row]:
+            del self.rows[key], self.filled[key]
 
 
 @dataclass

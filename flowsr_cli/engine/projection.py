@@ -2,16 +2,17 @@
 
 An output ``x`` is consistent with its input ``y`` when ``down(x) = y``, ``down`` being the MATLAB
 bicubic of :mod:`flowsr_cli.engine.resize` (antialiased, kernel scale = input size / output size per
-axis, as LR-PSNR measures it). Iterative back-projection moves ``x`` towards that set and keeps it in
-the valid value range::
+axis, as LR-PSNR measures it). Iterative back-projection moves ``x`` towards that set::
 
-    x <- clamp(x + up(y - down(x)))
+    x <- x + up(y - down(x))          (K times, then clamped to the value range)
 
-with ``up`` the bicubic enlargement from the input size back to the output's. Both resizes are separable
-sparse operators; along the columns they act on whole rows, along the rows on a band of rows, so a band
-of output rows can be projected on its own: each iteration spreads an error at the band's cut edges by
-at most :func:`halo_rows` / iterations output rows, and rows farther than :func:`halo_rows` from a cut
-are the same as when projecting the whole image. Everything here is differentiable (training uses it).
+with ``up`` the bicubic enlargement from the input size back to the output's. Since the residual obeys
+``r <- r - down(up(r))``, the K steps are taken on the input grid, where ``down∘up`` is a small operator,
+and the output is touched twice: ``x_K = x + up(r_0 + ... + r_{K-1})``, one shrink and one enlargement
+whatever K is. All operators are separable and sparse; along the columns they act on whole rows, along the
+rows on a band of rows, so a band of output rows can be projected on its own: an error at a band's cut
+edges spreads by at most :func:`halo_rows` output rows, and rows farther than that from a cut are the same
+as when projecting the whole image. Everything here is differentiable (training uses it).
 """
 
 from __future__ import annotations
@@ -36,15 +37,41 @@ def halo_rows(out_size: int, in_size: int, iterations: int) -> int:
     return iterations * per_iteration + 2 * math.ceil(scale)
 
 
-def _apply(x: torch.Tensor, dim: int, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_t weights[:, t] * x.index_select(dim, indices[:, t])`` along ``dim`` (-2 or -1)."""
-    indices = indices.to(x.device)
-    weights = weights.to(device=x.device, dtype=x.dtype)
-    shape = (-1, 1) if dim == -2 else (-1,)
-    result = x.index_select(dim, indices[:, 0]) * weights[:, 0].view(shape)
-    for tap in range(1, indices.shape[1]):
-        result = result + x.index_select(dim, indices[:, tap]) * weights[:, tap].view(shape)
-    return result
+Taps = tuple[torch.Tensor, torch.Tensor]
+"""A sparse operator along one axis: ``(indices, weights)``, both (out, taps); out[i] = sum_t w[i, t] x[idx[i, t]]
+(``contributions``' form)."""
+
+
+BLOCK = 256
+"""Outputs per dense block when an operator is applied as small matrix products."""
+
+
+def _apply(x: torch.Tensor, dim: int, taps: Taps) -> torch.Tensor:
+    """The operator ``taps`` along ``dim`` (-2 or -1) of ``x``, as one matrix product per block of
+    :data:`BLOCK` outputs with the span of inputs that block reads (the operators are banded)."""
+    indices, weights = taps
+    parts = []
+    for start in range(0, indices.shape[0], BLOCK):
+        block_indices, block_weights = indices[start : start + BLOCK], weights[start : start + BLOCK]
+        used = block_indices[block_weights != 0]
+        low, high = (int(used.min()), int(used.max()) + 1) if used.numel() else (0, 1)
+        matrix = torch.zeros(block_indices.shape[0], high - low, dtype=torch.float64)
+        rows = torch.arange(block_indices.shape[0])[:, None].expand_as(block_indices)
+        matrix.index_put_((rows, (block_indices - low).clamp(0, high - low - 1)), block_weights, accumulate=True)
+        matrix = matrix.to(device=x.device, dtype=x.dtype)
+        if dim == -2:
+            parts.append(matrix @ x[..., low:high, :])
+        else:
+            parts.append(x[..., low:high] @ matrix.t())
+    return torch.cat(parts, dim=dim)
+
+
+def _compose(outer: Taps, inner: Taps) -> Taps:
+    """The operator ``outer ∘ inner`` (``inner`` maps to the samples ``outer`` reads) as taps; an input
+    may appear in several taps of one output (:func:`_apply` sums them)."""
+    outer_indices, outer_weights = outer
+    inner_indices, inner_weights = inner[0][outer_indices], inner[1][outer_indices]
+    return inner_indices.flatten(1), (outer_weights[..., None] * inner_weights).flatten(1)
 
 
 class _RowOperators:
@@ -64,6 +91,7 @@ class _RowOperators:
         position[self.input_rows] = torch.arange(len(self.input_rows))
         mapped = position[up_indices]
         self.up = (mapped.clamp_min(0), torch.where(mapped >= 0, up_weights, torch.zeros_like(up_weights)))
+        self.down_up = _compose(self.down, self.up)
 
 
 def project_rows(
@@ -75,23 +103,28 @@ def project_rows(
     value_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """Back-project ``band`` (B, C, len(rows), W), output rows ``rows`` of an ``out_height``-row upscale of
-    ``lr`` (B, C, h, w, the whole input), towards ``down(x) = lr``. Rows within :func:`halo_rows` of a cut
-    edge (one that is not the image's border) are approximate; all others match :func:`project`."""
+    ``lr`` (B, C, h, w, the whole input), ``iterations`` times towards ``down(x) = lr``, then clamp it to
+    ``value_range``. Rows within :func:`halo_rows` of a cut edge (one that is not the image's border) are
+    approximate; all others match :func:`project`."""
     if band.shape[-2] != len(rows):
         raise ValueError(f"band has {band.shape[-2]} rows, expected {len(rows)}")
+    if iterations == 0:
+        return band.clamp(*value_range)
     in_height, in_width = lr.shape[-2:]
     out_width = band.shape[-1]
     row_operators = _RowOperators(out_height, in_height, rows)
-    target = lr.index_select(-2, row_operators.input_rows.to(lr.device))
     down_columns = contributions(out_width, in_width, in_width / out_width)
     up_columns = contributions(in_width, out_width, out_width / in_width, antialias=False)
-    low, high = value_range
-    x = band
-    for _ in range(iterations):
-        shrunk = _apply(_apply(x, -2, *row_operators.down), -1, *down_columns)
-        correction = _apply(_apply(target - shrunk, -1, *up_columns), -2, *row_operators.up)
-        x = (x + correction).clamp(low, high)
-    return x
+    target = lr.index_select(-2, row_operators.input_rows.to(lr.device))
+    residual = target - _apply(_apply(band, -2, row_operators.down), -1, down_columns)
+    total = residual
+    if iterations > 1:
+        down_up_columns = _compose(down_columns, up_columns)
+    for _ in range(iterations - 1):
+        residual = residual - _apply(_apply(residual, -2, row_operators.down_up), -1, down_up_columns)
+        total = total + residual
+    correction = _apply(_apply(total, -1, up_columns), -2, row_operators.up)
+    return (band + correction).clamp(*value_range)
 
 
 def project(
@@ -100,6 +133,6 @@ def project(
     iterations: int = DEFAULT_ITERATIONS,
     value_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """``sr`` (B, C, H, W) back-projected ``iterations`` times towards ``down(sr) = lr`` (B, C, h, w),
-    clamped to ``value_range`` after each step."""
+    """``sr`` (B, C, H, W) back-projected ``iterations`` times towards ``down(sr) = lr`` (B, C, h, w), then
+    clamped to ``value_range``."""
     return project_rows(sr, lr, sr.shape[-2], range(sr.shape[-2]), iterations, value_range)

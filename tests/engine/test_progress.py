@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flowsr_cli.engine.consistent import ConsistentUpscaler
 from flowsr_cli.engine.pipeline import rgb_tensor
 from flowsr_cli.engine.upscaler import ResampledUpscaler, Upscaler
 from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
@@ -35,8 +36,10 @@ def model(name: str, **request: str | int | float) -> Upscaler:
 
 
 def small_chunks(upscaler: Upscaler) -> Upscaler:
-    """LINF's query chunk (a speed setting) made small, so that one tile renders in many bands."""
-    upscaler.chunk_queries = 256  # type: ignore[attr-defined]
+    """LINF's query chunk (a speed setting) made small, so that one tile renders in many bands (in the engine
+    that the consistency projection wraps)."""
+    engine = upscaler.inner if isinstance(upscaler, ConsistentUpscaler) else upscaler
+    engine.chunk_queries = 256  # type: ignore[attr-defined]
     return upscaler
 
 
