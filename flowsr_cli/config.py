@@ -129,6 +129,23 @@ BICUBIC = "bicubic"
 """The model name of the built-in bicubic baseline, which needs no model file."""
 
 
+CONSISTENCY_CHOICES = ("auto", "on", "off")
+"""The values of the ``consistency`` setting (``--consistency``)."""
+
+
+def consistency_default(metadata: Mapping[str, Any] | None) -> bool:
+    """What ``consistency = auto`` does for a model with this file metadata (None: the bicubic baseline).
+
+    Off for bicubic and for imported original checkpoints (metadata ``source``: they reproduce their original
+    code); a model file's own ``consistency`` entry (``on``/``off``, written where it was measured) otherwise
+    decides; on for other models flowsr trained, where back-projection measured better (docs/quality.md)."""
+    if metadata is None:
+        return False
+    if metadata.get("consistency") in ("on", "off"):
+        return metadata["consistency"] == "on"
+    return "source" not in metadata
+
+
 def _model_name(raw: Any) -> str:
     text = str(raw).strip()
     if not text:
@@ -257,6 +274,14 @@ SETTINGS: dict[str, Setting] = {
             3600.0,
             "Seconds one model download may take in all before it is abandoned.",
             "a number > 0",
+        ),
+        Setting(
+            "consistency",
+            _choice(*CONSISTENCY_CHOICES),
+            "auto",
+            "Back-project each output so that its MATLAB-bicubic shrink matches the input; auto: on for models "
+            "flowsr trained, off for bicubic and imported original checkpoints.",
+            "auto, on or off",
         ),
         Setting(
             "strip_metadata", _boolean, False, "Drop ICC profile, EXIF, DPI and text from outputs.", "true or false"

@@ -74,6 +74,7 @@ def options(command: str, flag: str, values: tuple[str, ...], allowed: str) -> l
 
 
 SETTING_FLAGS = (
+    ("--consistency", ("maybe",), "auto, on or off"),
     (
         "--device",
         ("gpu", "cuda:x", "cuda:99999999999999999999", "cuda:128", "cuda:\u0663"),
@@ -121,6 +122,7 @@ CASES: list[Bad] = [
     *options("eval", "--runs", ("0", "x"), "an integer >= 1"),
     *options("eval", "--seed", ("1.5",), "an integer"),
     option("eval", "--baseline", "nearest", "bicubic or none"),
+    option("eval", "--consistency", "maybe", "auto, on or off"),
     *options("eval", "--max-images", ("0", "all"), "an integer >= 1"),
     option("eval", "--device", "gpu", "auto, cpu, cuda or cuda:N"),
     option("train flow", "--arch", "linf-huge", "choose one of linf-edsr, linf-rrdb, linf-small, srflow, srflow-small"),
@@ -221,6 +223,7 @@ def test_bad_value_is_exit_2_naming_parameter_value_and_allowed(
 
 
 BAD_SETTINGS: dict[str, str] = {
+    "consistency": "maybe",
     "model": "",
     "device": "tpu",
     "precision": "fp8",

@@ -171,6 +171,7 @@ def test_outputs_of_every_format_carry_the_mark_and_are_replaced_on_request(
         "prior": None,
         "temperature": 0.5,
         "seed": 0,
+        "consistency": "off",
         "sample": None,
     }
     assert read_mark(tmp_path / f"a.{ext}") is None

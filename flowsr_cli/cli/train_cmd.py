@@ -220,18 +220,24 @@ def _batches(data: list[Path], recipe: Recipe, multiple: int, cluster: Cluster) 
 def _validator(
     model: nn.Module, folder: Path | None, recipe: Recipe, device: torch.device, settings: Settings, announce: bool
 ) -> Callable[[], dict[str, float]] | None:
-    """Validation on ``folder`` through the same engine as `upscale`; images it cannot score are named
-    (when ``announce``) and left out, and a folder with nothing to score is an error before training."""
+    """Validation on ``folder`` through the same engine as `upscale`, with the consistency projection that
+    ``--consistency auto`` gives the exported model; images it cannot score are named (when ``announce``)
+    and left out, and a folder with nothing to score is an error before training."""
     if folder is None:
         return None
     import torch
 
+    from flowsr_cli.config import consistency_default
+    from flowsr_cli.engine.consistent import ConsistentUpscaler
     from flowsr_cli.engine.upscaler import samples_gaussian
     from flowsr_cli.eval.evaluation import Evaluation, Setting, load_dataset
     from flowsr_cli.families.registry import EngineOptions, build_engine
 
     options = EngineOptions("validation", device, torch.float32, temperature=0.0, tile=0, guard=False)
     upscaler = build_engine(model, options)
+    consistent = consistency_default({})  # the exported model file's metadata: no source, no consistency entry
+    if consistent:
+        upscaler = ConsistentUpscaler(upscaler)
     setting = Setting("model", "gaussian", 0.0) if samples_gaussian(upscaler) else Setting("model", "learned")
     evaluation = Evaluation([(setting, upscaler)], [recipe.val_scale], 1, 0, None)
     dataset = load_dataset(folder, recipe.val_images, settings["max_pixels"])
@@ -242,7 +248,7 @@ def _validator(
     if announce:
         report_note(
             f"--val {printable(folder)}: PSNR/SSIM at x{recipe.val_scale:g} every {recipe.val_every} steps "
-            "(val_every) and after the last step"
+            f"(val_every) and after the last step (consistency {'on' if consistent else 'off'})"
         )
 
     def validate() -> dict[str, float]:

@@ -3,7 +3,9 @@ loads, run the jobs, report."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from flowsr_cli.config import (
     SETTINGS,
     Settings,
     choice_flag,
+    consistency_default,
     flag_parser,
     integer_flag,
     number_flag,
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from flowsr_cli.engine.upscaler import Upscaler
     from flowsr_cli.families.upscalers import PreparedModel, UpscalerRequest
     from flowsr_cli.hub.catalog import Hub
+    from flowsr_cli.hub.manifest import ModelEntry
     from flowsr_cli.io.outputs import Job
     from flowsr_cli.io.sizing import SizeRequest
 
@@ -84,22 +88,67 @@ def _given(ctx: typer.Context) -> Callable[[T, str], T | None]:
     return given
 
 
+def _model_location(hub: Hub, model: str) -> tuple[ModelEntry | None, Path]:
+    """The hub's entry for the (non-bicubic) ``model`` (None for a path) and where its file is or will be."""
+    from flowsr_cli.hub.catalog import written_as_path
+
+    entry = None if written_as_path(model) else hub.find(model)
+    return entry, hub.local_path(entry) if entry is not None else Path(model).expanduser()
+
+
 def _model_sha256(hub: Hub, model: str) -> str | None:
     """The sha256 of the model file ``model`` names, when it is known without downloading: a named model's
     published or recorded one, else the file's own; None for bicubic and for a file not there (yet)."""
-    from flowsr_cli.hub.catalog import written_as_path
-
     if model == BICUBIC:
         return None
-    entry = None if written_as_path(model) else hub.find(model)
+    entry, path = _model_location(hub, model)
     if entry is not None and entry.sha256:
         return entry.sha256.lower()
-    path = hub.local_path(entry) if entry is not None else Path(model).expanduser()
     if not path.is_file():
         return None
     from flowsr_cli.hub.download import sha256_of
 
     return sha256_of(path)
+
+
+_MAX_MODEL_HEADER = 100_000_000
+"""The longest safetensors header read for its metadata (safetensors' own limit)."""
+
+
+def _model_metadata(path: Path) -> dict[str, object] | None:
+    """A model file's metadata strings, read without torch: a safetensors file starts with its header's length
+    (8 bytes) and the header, a JSON object whose ``__metadata__`` holds them. None when the file is not
+    there or not readable so (loading it reports why)."""
+    try:
+        with path.open("rb") as stream:
+            (length,) = struct.unpack("<Q", stream.read(8))
+            header = json.loads(stream.read(length)) if length <= _MAX_MODEL_HEADER else None
+    except (OSError, ValueError, RecursionError, struct.error):
+        return None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def _resolved_consistency(hub: Hub, model: str, choice: str) -> str | None:
+    """``on`` or ``off``: the ``consistency`` setting, with ``auto`` resolved by the model file's metadata
+    (:func:`~flowsr_cli.config.consistency_default`); None when that file is not here to read yet."""
+    if choice != "auto":
+        return choice
+    if model == BICUBIC:
+        return _on_off(consistency_default(None))
+    metadata = _model_metadata(_model_location(hub, model)[1])
+    return None if metadata is None else _on_off(consistency_default(metadata))
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _consistency_tag(choice: str, default: str) -> str:
+    """What a default output name adds for a ``--consistency`` other than the configured one (``auto``
+    unless set): ``_consistency-on`` or ``_consistency-off``. By the choice, not by what ``auto`` resolves
+    to, so that a name never depends on whether the model's file is here yet."""
+    return "" if choice == default else f"_consistency-{choice}"
 
 
 def _check_model_named(hub: Hub, model: str) -> None:
@@ -232,6 +281,14 @@ def upscale(
         help="Let a fixed-scale model (SRFlow: ×4) give any size: its own output, resized with bicubic.",
         rich_help_panel=_MODEL,
     ),
+    consistency: str = typer.Option(
+        SETTINGS["consistency"].default,
+        "--consistency",
+        metavar="auto|on|off",
+        help="Back-project the output so that its MATLAB-bicubic shrink matches the input: on, off, or auto: on "
+        "for models flowsr trained, off for bicubic and imported original checkpoints (config: consistency).",
+        rich_help_panel=_MODEL,
+    ),
     seed: int = typer.Option(
         DEFAULT_SEED,
         "--seed",
@@ -261,7 +318,8 @@ def upscale(
         "--suffix",
         metavar="TEXT",
         help="Added to output names instead of the default: {size} becomes x3.5, w1920 or h1080 (config: "
-        "suffix). The default also names a model, prior, -t or --seed other than the defaults: _x4_linf_t0.8.",
+        "suffix). The default also names a model, prior, -t, --seed or --consistency other than the defaults: "
+        "_x4_linf_t0.8.",
         rich_help_panel=_OUTPUT,
     ),
     quality: str = typer.Option(
@@ -311,9 +369,10 @@ def upscale(
     """Upscale images: [bold]flowsr upscale photo.png --scale 3.5[/]
 
     Outputs go next to each input as NAME_x3.5.EXT unless -o says otherwise; a model or sampling settings
-    other than the defaults add to the name (NAME_x4_linf_t0.8.EXT). Existing outputs made with the same
-    settings are skipped, so an interrupted batch resumes by running the same command again; earlier outputs
-    found in a folder are not upscaled again. Exit code: 0 all done, 1 some inputs failed (the rest are
+    other than the defaults add to the name (NAME_x4_linf_t0.8.EXT). Outputs of flowsr-trained models are
+    back-projected onto the input (--consistency). Existing outputs made with the same settings are skipped,
+    so an interrupted batch resumes by running the same command again; earlier outputs found in a folder are
+    not upscaled again. Exit code: 0 all done, 1 some inputs failed (the rest are
     written), 2 usage or configuration error.
     """
     from flowsr_cli.hub.catalog import Hub
@@ -329,6 +388,7 @@ def upscale(
             "precision": given(precision, "precision"),
             "tile": given(tile, "tile"),
             "tile_pad": given(tile_pad, "tile_pad"),
+            "consistency": given(consistency, "consistency"),
             "offline": offline,
             "format": given(output_format, "output_format"),
             "suffix": given(suffix, "suffix"),
@@ -345,10 +405,20 @@ def upscale(
     if json_lines and output == "-":
         raise UsageError("--json writes to stdout, which -o - already uses for the image")
     hub = Hub(settings)
-    run = RunSettings(settings["model"], _model_sha256(hub, settings["model"]), request.label, prior, temperature, seed)
+    model_name, choice = settings["model"], settings["consistency"]
+    run = RunSettings(
+        model_name,
+        _model_sha256(hub, model_name),
+        request.label,
+        prior,
+        temperature,
+        seed,
+        _resolved_consistency(hub, model_name, choice),
+    )
     name_suffix = settings["suffix"]
     if name_suffix == SETTINGS["suffix"].default:
-        name_suffix += settings_suffix(run, Settings()["model"])
+        defaults = Settings()
+        name_suffix += settings_suffix(run, defaults["model"]) + _consistency_tag(choice, defaults["consistency"])
     discovery = discover(inputs, recursive)
     options = OutputOptions(output, settings["format"], name_suffix, request.label, samples)
     jobs = plan_jobs(discovery, options)
@@ -402,6 +472,7 @@ class _RunChoices:
             tile_pad=self.settings["tile_pad"],
             prior=self.run.prior,
             temperature=self.run.temperature,
+            consistency=self.settings["consistency"],
             hub=self.hub,
         )
 
@@ -430,16 +501,27 @@ def _prepare_model(choices: _RunChoices, reporter: ConsoleReporter) -> PreparedM
 
 def _load_upscaler(prepared: PreparedModel, choices: _RunChoices) -> Upscaler:
     """Load the prepared model; a fixed-scale model is resampled to any size under ``--allow-resample``."""
-    from flowsr_cli.engine.upscaler import ResampledUpscaler, fixed_scale, fixed_scale_error
+    from flowsr_cli.engine.upscaler import fixed_scale, fixed_scale_error
     from flowsr_cli.families.upscalers import load_upscaler
 
     upscaler = load_upscaler(prepared)
     native = fixed_scale(upscaler)
     if native is not None and choices.allow_resample:
-        return ResampledUpscaler(upscaler, native)
+        return _resampled(upscaler, native)
     if native is not None and choices.request.scale not in (None, native):
         raise fixed_scale_error(upscaler.name, native)
     return upscaler
+
+
+def _resampled(upscaler: Upscaler, native: int) -> Upscaler:
+    """``upscaler`` resampled from its ``native`` scale to any size; a consistency projection moves after the
+    resampling, so that the output at the size asked for is the one that agrees with the input."""
+    from flowsr_cli.engine.consistent import ConsistentUpscaler
+    from flowsr_cli.engine.upscaler import ResampledUpscaler
+
+    if isinstance(upscaler, ConsistentUpscaler):
+        return ConsistentUpscaler(ResampledUpscaler(upscaler.inner, native), upscaler.iterations)
+    return ResampledUpscaler(upscaler, native)
 
 
 def _run(
@@ -470,6 +552,8 @@ def _run(
     reporter = ConsoleReporter(len(jobs), quiet=quiet, json_lines=json_lines)
     runner = BatchRunner(batch_options, reporter)
     prepared = _prepare_model(choices, reporter) if runner.settle(jobs) else None
+    if prepared is not None:
+        runner.resolve_consistency(_on_off(prepared.consistency))
     for argument, reason in problems:
         reporter.report_problem(argument, reason)
     settled = runner.start(None if prepared is None else partial(_load_upscaler, prepared, choices))

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -50,6 +50,8 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     skip: Skip | None = None
     """Why a skipped job was skipped (``reason`` is its text)."""
+    consistency: str | None = None
+    """The run's consistency, resolved (``on``/``off``; None if its model was never looked at)."""
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-ready description (the `--json` line for this image)."""
@@ -66,6 +68,7 @@ class Outcome:
             "tiles": self.tiles,
             "guarded_tiles": self.guarded_tiles,
             "warnings": self.warnings,
+            "consistency": self.consistency,
         }
 
 
@@ -132,6 +135,11 @@ class BatchRunner:
             self._upscaler = make_upscaler()
             self._show_new_notes()
         return self._settled_jobs
+
+    def resolve_consistency(self, consistency: str) -> None:
+        """Take the run's consistency as resolved for its prepared model (``on``/``off``): the outputs' marks
+        record it and the jobs still to run are compared with it."""
+        self.options = replace(self.options, run=replace(self.options.run, consistency=consistency))
 
     def run(self) -> list[Outcome]:
         """Process every job :meth:`settle` left, in order; returns their outcomes."""
@@ -226,6 +234,7 @@ class BatchRunner:
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome.seconds = time.perf_counter() - started
+        outcome.consistency = self.options.run.consistency
         self.observer.image_finished(outcome)
         return outcome
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowsr_cli.config import BICUBIC
+from flowsr_cli.config import BICUBIC, CONSISTENCY_CHOICES, consistency_default
 from flowsr_cli.engine.bicubic import BicubicUpscaler
 from flowsr_cli.engine.consistent import ConsistentUpscaler
 from flowsr_cli.engine.device import DeviceChoice, resolve_device, resolve_dtype
@@ -38,7 +38,8 @@ class UpscalerRequest:
     temperature: float = 0.5
     guard: bool = True
     consistency: str = "auto"
-    """``on``, ``off`` or ``auto`` (:func:`consistency_default`): back-project the output onto the input."""
+    """``on``, ``off`` or ``auto`` (:func:`~flowsr_cli.config.consistency_default`): back-project the output
+    onto the input."""
     hub: Hub | None = None
     """Turns model names into files (registry, cache, downloads); None accepts paths only."""
 
@@ -70,19 +71,6 @@ class PreparedModel:
         return self.gaussian and self.request.temperature > 0
 
 
-def consistency_default(metadata: dict[str, Any] | None) -> bool:
-    """What ``--consistency auto`` does for a model with this file metadata (None: the bicubic baseline).
-
-    Off for bicubic and for imported original checkpoints (they reproduce their original code); a model
-    file's own ``consistency`` entry (``on``/``off``, written where it was measured) otherwise decides;
-    on for other models flowsr trained, where back-projection measured better (docs/quality.md)."""
-    if metadata is None:
-        return False
-    if metadata.get("consistency") in ("on", "off"):
-        return metadata["consistency"] == "on"
-    return "source" not in metadata
-
-
 def prepare_model(request: UpscalerRequest) -> PreparedModel:
     """Check a request before its model loads: the device, the model's file (fetched by the hub, sha256
     checked) and its header's architecture (one ``upscale`` runs, with a learned prior if one is asked for)."""
@@ -102,7 +90,7 @@ def prepare_model(request: UpscalerRequest) -> PreparedModel:
 
 
 def _consistency(choice: str, metadata: dict[str, Any] | None) -> bool:
-    if choice not in ("auto", "on", "off"):
+    if choice not in CONSISTENCY_CHOICES:
         raise UsageError(f"consistency must be auto, on or off, got {choice!r}")
     return consistency_default(metadata) if choice == "auto" else choice == "on"
 

@@ -57,8 +57,9 @@ def mark_json(settings: Mapping[str, object] | None = None) -> str:
 class RunSettings:
     """The settings of an ``upscale`` run that change its pixels, as its outputs' marks record them: the model
     as the user named it (and its file's sha256 when known), the size request (``x3.5``, ``w1920``), the prior
-    asked for (None: the model's default), the Gaussian prior's temperature and seed; each output adds its
-    sample number (None when the run writes one output per input)."""
+    asked for (None: the model's default), the Gaussian prior's temperature and seed, and whether the output is
+    back-projected onto the input (``consistency`` resolved for the model: ``on`` or ``off``); each output adds
+    its sample number (None when the run writes one output per input)."""
 
     model: str
     model_sha256: str | None
@@ -66,6 +67,8 @@ class RunSettings:
     prior: str | None = None
     temperature: float = DEFAULT_TEMPERATURE
     seed: int = DEFAULT_SEED
+    consistency: str | None = None
+    """``on`` or ``off``; None while ``auto`` is not resolved yet (the model's file is not here to read)."""
 
     def mark(self, sample: int | None = None) -> dict[str, object]:
         """The settings an output of this run records; ``sample`` numbers it among several samples (None: the
@@ -76,10 +79,15 @@ class RunSettings:
         """How the settings recorded in ``mark`` (an earlier output's) differ from this run's output ``sample``,
         e.g. ``["model linf, not linf-lp"]``: empty when they are the same, None when the mark records no
         settings (written by an earlier flowsr). Model files are compared by sha256 when both are known; a
-        setting the mark does not record (one a later flowsr added) is taken to be the same."""
+        setting the mark does not record (one a later flowsr added) is taken to be the same, except
+        ``consistency``: no flowsr before it was recorded projected, so such a mark's is ``off``. A setting
+        this run has not resolved yet (None ``consistency``) is not compared."""
         wanted = self.mark(sample)
         if not set(wanted) & (set(mark) - {MARK_KEY}):
             return None
+        mark = {**_UNRECORDED, **mark}
+        if self.consistency is None:
+            wanted.pop("consistency")
         recorded_sha, wanted_sha = mark.get("model_sha256"), wanted.pop("model_sha256")
         found: list[str] = []
         if recorded_sha and wanted_sha:
@@ -90,6 +98,10 @@ class RunSettings:
             if key in mark and mark[key] != value:
                 found.append(f"{key} {_shown(mark.get(key))}, not {_shown(value)}")
         return found
+
+
+_UNRECORDED = {"consistency": "off"}
+"""What marks written before flowsr recorded a setting mean by its absence."""
 
 
 def _shown(value: object) -> str:

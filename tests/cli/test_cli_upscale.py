@@ -326,6 +326,7 @@ def test_srflow_is_fixed_x4_unless_resampling(run_cli: CliInvoker, tmp_path: Pat
     import torch
 
     from flowsr_cli.engine.pipeline import pixels_to_tensor, tensor_to_pixels
+    from flowsr_cli.engine.projection import project
     from flowsr_cli.engine.resize import resize
     from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
     from flowsr_cli.io.sizing import Size
@@ -336,10 +337,12 @@ def test_srflow_is_fixed_x4_unless_resampling(run_cli: CliInvoker, tmp_path: Pat
         native[..., rows.start : rows.stop, columns.start : columns.stop] = tile
 
     lr = pixels_to_tensor(np.asarray(PILImage.open(source)))
-    create_upscaler(UpscalerRequest(str(srflow_file), device="cpu", temperature=0.0)).upscale(lr, Size(84, 52), sink)
-    expected = tensor_to_pixels(resize(native, (46, 74)), np.dtype(np.uint8))
+    request = UpscalerRequest(str(srflow_file), device="cpu", temperature=0.0, consistency="off")
+    create_upscaler(request).upscale(lr, Size(84, 52), sink)
+    expected = tensor_to_pixels(project(resize(native, (46, 74)), lr), np.dtype(np.uint8))
     resampled_file = tmp_path / "a_x3.5_srflow_t0.png"
-    assert np.array_equal(np.asarray(PILImage.open(resampled_file)), expected), "the float ×4 output, resized"
+    written = np.asarray(PILImage.open(resampled_file)).astype(int)
+    assert np.array_equal(written, expected), "the float ×4 output, resized, then projected onto the input"
 
 
 # --------------------------------------------------------------------------- output names and settings
@@ -417,6 +420,7 @@ def test_the_mark_records_the_settings_that_change_pixels(run_cli: CliInvoker, t
         "prior": None,
         "temperature": 0.3,
         "seed": 0,
+        "consistency": "on",
         "sample": 1,
     }
 
@@ -461,7 +465,8 @@ def test_an_output_of_other_settings_is_never_taken_as_done(
     errors = [line for line in other.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         f"error: {source}: {target} exists, written by flowsr with other settings (model bicubic, not linf; "
-        "temperature 0.5, not 0.8); --overwrite replaces it, or choose another name with --suffix or -o"
+        "temperature 0.5, not 0.8; consistency off, not on); --overwrite replaces it, or choose another name "
+        "with --suffix or -o"
     ]
     replaced = run_cli("upscale", str(source), "-s", "2", *naming, "--model", "linf", "-t", "0.8", "--overwrite")
     assert replaced.exit_code == 0 and target.read_bytes() != before

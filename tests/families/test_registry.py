@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from flowsr_cli.engine.projection import project
 from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, UpscaleReport
 from flowsr_cli.families.model_file import load_model, save_model
 from flowsr_cli.families.registry import (
@@ -94,13 +95,25 @@ def expected_output(pixels: np.ndarray, scale: int, gain: float) -> np.ndarray:
 
 
 def test_a_registered_family_runs_through_upscale(toy_family: Family, tmp_path: Path, run_cli: CliInvoker) -> None:
+    """Its engine's own output with ``--consistency off``; by default (a model flowsr made) that output
+    back-projected onto the input, as for every family."""
     pixels = marker_image(12, 16)
     Image.fromarray(pixels).save(tmp_path / "in.png")
     save_model(make({"name": "toy", "args": {"gain": 0.5}}), tmp_path / "toy.safetensors")
-    result = run_cli("upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "toy.safetensors"), "-s", "2")
+    model = ("--model", str(tmp_path / "toy.safetensors"), "-s", "2")
+    result = run_cli("upscale", str(tmp_path / "in.png"), *model, "--consistency", "off")
     assert result.exit_code == 0, result.output
-    written = np.asarray(Image.open(tmp_path / "in_x2_toy.png"))
+    written = np.asarray(Image.open(tmp_path / "in_x2_toy_consistency-off.png"))
     assert np.abs(written.astype(int) - expected_output(pixels, 2, 0.5)).max() <= 1
+    assert run_cli("upscale", str(tmp_path / "in.png"), *model).exit_code == 0
+    projected = project(to_tensor(expected_output(pixels, 2, 0.5)), to_tensor(pixels))
+    written = np.asarray(Image.open(tmp_path / "in_x2_toy.png"))
+    assert np.abs(written.astype(int) - np.round(projected[0].permute(1, 2, 0).numpy() * 255)).max() <= 1
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """8-bit RGB pixels as a (1, 3, H, W) tensor in [0, 1]."""
+    return torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
 
 
 def test_a_registered_importer_converts_its_checkpoints(

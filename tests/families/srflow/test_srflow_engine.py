@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flowsr_cli.engine.consistent import ConsistentUpscaler
 from flowsr_cli.engine.memory import choose_tile
 from flowsr_cli.engine.resize import resize
 from flowsr_cli.engine.upscaler import ResampledUpscaler, UpscaleReport, fixed_scale
@@ -247,13 +248,15 @@ def test_create_upscaler_wires_srflow_and_its_learned_prior(model: SRFlow, tmp_p
     save_model(tiny_srflow_lp(), learned_file)
     save_model(model, plain_file)
     request = UpscalerRequest(str(learned_file), device="cpu", temperature=0.7, tile_pad=8)
-    learned = create_upscaler(request)
+    projected = create_upscaler(request)
+    assert isinstance(projected, ConsistentUpscaler), "a model flowsr trained is projected under auto"
+    learned = projected.inner
     assert isinstance(learned, SRFlowUpscaler) and isinstance(learned.predictor, SRFlowLP)
-    assert learned.model is learned.predictor.flow and not learned.stochastic
-    assert learned.halo == 8 and fixed_scale(learned) == 4
-    gaussian = create_upscaler(UpscalerRequest(request.model, device="cpu", prior="gaussian"))
+    assert learned.model is learned.predictor.flow and not projected.stochastic
+    assert learned.halo == 8 and fixed_scale(projected) == 4
+    gaussian = create_upscaler(UpscalerRequest(request.model, device="cpu", prior="gaussian", consistency="off"))
     assert isinstance(gaussian, SRFlowUpscaler) and gaussian.predictor is None
-    plain = create_upscaler(UpscalerRequest(str(plain_file), device="cpu", temperature=0.7))
+    plain = create_upscaler(UpscalerRequest(str(plain_file), device="cpu", temperature=0.7, consistency="off"))
     assert isinstance(plain, SRFlowUpscaler) and plain.predictor is None and plain.temperature == 0.7
     with pytest.raises(UsageError, match="has no learned prior"):
         create_upscaler(UpscalerRequest(str(plain_file), device="cpu", prior="learned"))
