@@ -74,6 +74,13 @@ def eval_command(
     device: str | None = typer.Option(
         None, "--device", help="auto, cpu, cuda or cuda:N (default: auto; config: device)."
     ),
+    consistency: str | None = typer.Option(
+        None,
+        "--consistency",
+        help="auto, on or off: back-project every output onto its input, as `upscale` does; auto: on for models "
+        "flowsr trained, off for bicubic and imported originals (default: auto; config: consistency).",
+        show_default=False,
+    ),
     lpips: bool = typer.Option(
         True,
         "--lpips/--no-lpips",
@@ -94,10 +101,14 @@ def eval_command(
         None, "--save-images", help="Save every output as PNG under this folder.", rich_help_panel=_OUTPUT
     ),
 ) -> None:
-    """Score models on folders of HR images: PSNR-Y, SSIM, LPIPS, LR-PSNR, inf rate, diversity.
+    """Score models on folders of HR images: PSNR-Y, SSIM, LPIPS, LR-PSNR, grid, colour shift, inf rate, diversity.
 
     LR inputs are made with the MATLAB-style bicubic; outputs come from the same engine as
-    `flowsr upscale` (with the exploding-inverse guard off, so the inf rate is the model's own).
+    `flowsr upscale` (with the exploding-inverse guard off, so the inf rate is the model's own), projected
+    onto the input as --consistency says; "projected" in a setting's name marks it.
+
+    grid: the share of an output's detail power at the model's patch period over the photo's (1.0: no more
+    grid than the photo). colour shift: the largest per-channel mean difference from the photo, in levels of 255.
 
     An unreadable image, or one too small for a scale, gets one error line and is left out there;
     the tables count the images scored and skipped per dataset and scale. A dataset with nothing
@@ -109,7 +120,7 @@ def eval_command(
     Exit code: 0 every image scored, 1 some images skipped (the results of the rest are written)
     or nothing to score, 2 usage or configuration error.
     """
-    settings = Settings({"device": device, "offline": offline})
+    settings = Settings({"device": device, "offline": offline, "consistency": consistency})
     settings.validate()
     scale_list = _numbers(scales, "--scales", 1.0)
     temperature_list = _numbers(temperatures, "--temperatures", 0.0)
@@ -140,7 +151,12 @@ def eval_command(
     results = [result for _, result in scored]
     row_labels = [setting.label for setting, _ in scored]
     _print_table(results, row_labels, [setting.label for setting, _ in evaluation.settings], lpips)
-    run_settings: dict[str, object] = {"seed": seed, "runs": runs, **({} if lpips else {"lpips": NOT_COMPUTED})}
+    run_settings: dict[str, object] = {
+        "seed": seed,
+        "runs": runs,
+        **({} if lpips else {"lpips": NOT_COMPUTED}),
+        "models": evaluation.models(),
+    }
     _write_outputs(results, row_labels, skipped, json_path, csv_path, markdown_path, run_settings)
     if skipped:
         files = sum(dataset.files for dataset in loaded)
@@ -174,8 +190,6 @@ def _report_skips(evaluation: Evaluation, datasets: list[Dataset]) -> list[Skip]
 def _build_settings(
     models: list[str], prior: str | None, temperatures: list[float], with_bicubic: bool, settings: Settings
 ) -> list[tuple[Setting, Upscaler]]:
-    import dataclasses
-
     from flowsr_cli.config import BICUBIC
     from flowsr_cli.engine.upscaler import samples_gaussian
     from flowsr_cli.eval.evaluation import Setting
@@ -185,7 +199,8 @@ def _build_settings(
     hub = Hub(settings) if models else None
     chosen: list[tuple[Setting, Upscaler]] = []
     if with_bicubic:
-        bicubic = create_upscaler(UpscalerRequest("bicubic", device=settings["device"], tile=0))
+        request = UpscalerRequest("bicubic", device=settings["device"], tile=0, consistency=settings["consistency"])
+        bicubic = create_upscaler(request)
         chosen.append((Setting("bicubic", "bicubic"), bicubic))
     for model in models:
         request = UpscalerRequest(
@@ -195,6 +210,7 @@ def _build_settings(
             tile=settings["tile"],
             prior=prior,
             guard=False,
+            consistency=settings["consistency"],
             hub=hub,
         )
         upscaler = create_upscaler(request)
@@ -202,10 +218,20 @@ def _build_settings(
             chosen.append((Setting(model, "bicubic" if model == BICUBIC else "learned"), upscaler))
             continue
         for temperature in temperatures:
-            chosen.append(
-                (Setting(model, "gaussian", temperature), dataclasses.replace(upscaler, temperature=temperature))
-            )
+            chosen.append((Setting(model, "gaussian", temperature), _at_temperature(upscaler, temperature)))
     return chosen
+
+
+def _at_temperature(upscaler: Upscaler, temperature: float) -> Upscaler:
+    """A copy of a Gaussian-sampling upscaler at ``temperature``; a projecting wrapper gets a copy of its inner
+    upscaler at that temperature."""
+    import dataclasses
+
+    from flowsr_cli.engine.consistent import ConsistentUpscaler
+
+    if isinstance(upscaler, ConsistentUpscaler):
+        return dataclasses.replace(upscaler, inner=_at_temperature(upscaler.inner, temperature))
+    return dataclasses.replace(upscaler, temperature=temperature)
 
 
 def _check_fixed_scales(chosen: list[tuple[Setting, Upscaler]], scales: list[float]) -> None:
@@ -246,7 +272,10 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
 
     from flowsr_cli.eval.report import HIGHER_IS_BETTER
 
-    columns = (("psnr_y", "PSNR-Y", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("lr_psnr", "LR-PSNR", 2))
+    columns = (
+        ("psnr_y", "PSNR-Y", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("lr_psnr", "LR-PSNR", 2),
+        ("grid", "grid ×", 2), ("colour_shift", "shift", 2),
+    )  # fmt: skip
     shown = [column for column in columns if lpips or column[0] != "lpips"]
     table = Table(title="flowsr eval", title_justify="left")
     table.add_column("dataset", no_wrap=True)
@@ -264,6 +293,7 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
         best = {
             key: (max if HIGHER_IS_BETTER[key] else min)(getattr(result, key) for result in by_label.values())
             for key, _, _ in shown
+            if key in HIGHER_IS_BETTER
         }
         counts = next(iter(by_label.values()))
         cells = [dataset, f"×{scale:g}", str(counts.images), str(counts.skipped)]
@@ -274,8 +304,8 @@ def _print_table(results: list[Result], row_labels: list[str], setting_labels: l
                 continue
             for key, _, digits in shown:
                 value = getattr(result, key)
-                text = f"{value:.{digits}f}"
-                cells.append(f"[bold green]{text}[/]" if len(by_label) > 1 and value == best[key] else text)
+                text = "–" if value is None else f"{value:.{digits}f}"
+                cells.append(f"[bold green]{text}[/]" if len(by_label) > 1 and value == best.get(key) else text)
             cells.append(f"{100 * result.inf_rate:.1f}")
         table.add_row(*cells)
     console = Console()

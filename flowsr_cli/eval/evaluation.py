@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from flowsr_cli.console import printable
+from flowsr_cli.engine.consistent import ConsistentUpscaler
 from flowsr_cli.engine.pipeline import rgb_tensor, tensor_to_pixels
 from flowsr_cli.engine.upscaler import Upscaler, fixed_scale
 from flowsr_cli.errors import FlowsrError, ImageError, UsageError
@@ -31,7 +32,27 @@ PROTOCOL = {
     "ssim": "Y, Gaussian window 11, sigma 1.5, valid filtering (MATLAB ssim_index), same shave",
     "lpips": "lpips package, alex, v0.1, whole image",
     "lr_psnr": "SR downscaled with the same bicubic, PSNR against the LR input (RGB)",
-    "inf_rate": "share of outputs (images x runs) with any non-finite value before clamping",
+    "consistency": (
+        "true where the output was back-projected onto its input (--consistency): x <- clamp(x + up(lr - down(x)),"
+        " 0, 1), repeated (models: projection_iterations); down: the LR's MATLAB bicubic (antialiased, kernel"
+        " scale = LR size / SR size per axis, as lr_psnr); up: the MATLAB bicubic enlargement to the SR size"
+    ),
+    "grid": (
+        "patch-grid measure, share(SR) / share(HR), mean over images x runs; 1.0: as much as the photo."
+        " detail = Y(image) - Y(clamped bicubic enlargement of the LR), same shave, cropped (bottom, right) to"
+        " multiples of the period p (models: grid_period), mean removed, periodic 2-D Hann window;"
+        " share = power of its 2-D FFT on the columns k*W/p + d and rows k*H/p + d with |d| <= 1 / the same"
+        " with |d| <= 6 (k = 1..p-1, each bin once): about 3/13 for a spectrum smooth around the grid"
+        " frequencies, towards 1 for a p-periodic pattern; 0 for an output without detail (RMS < 1e-4)"
+    ),
+    "colour_shift": (
+        "levels of 255: per image, the largest over R, G, B of |mean(SR - HR)| (clamped SR, same shave);"
+        " mean over images x runs"
+    ),
+    "inf_rate": (
+        "share of outputs (images x runs) with any non-finite value before clamping (after the projection"
+        " where consistency is on: a non-finite model output stays non-finite through it)"
+    ),
     "diversity": "mean per-pixel standard deviation across runs (stochastic settings, runs >= 2)",
     "skipped": "unreadable images, and at each scale the images whose crop is too small to score",
 }
@@ -44,6 +65,8 @@ class Setting:
     model: str
     prior: str
     temperature: float | None = None
+    consistency: bool = False
+    """The output is back-projected onto the input (set by :class:`Evaluation` from the upscaler)."""
 
     @property
     def stochastic(self) -> bool:
@@ -52,16 +75,17 @@ class Setting:
 
     @property
     def label(self) -> str:
-        """How the setting is named in tables."""
+        """How the setting is named in tables; ``projected`` marks consistency on."""
         if self.prior == "bicubic":
-            return "bicubic"
+            return "bicubic (projected)" if self.consistency else "bicubic"
         name = self.model
         if name.endswith(".safetensors"):
             path = Path(name)
             name = path.parent.name if path.stem == "model" and path.parent.name else path.stem
         if self.prior == "gaussian":
-            return f"{name} τ={format_scale(self.temperature or 0.0)}"
-        return f"{name} ({self.prior})"
+            label = f"{name} τ={format_scale(self.temperature or 0.0)}"
+            return f"{label} (projected)" if self.consistency else label
+        return f"{name} ({self.prior}, projected)" if self.consistency else f"{name} ({self.prior})"
 
 
 @dataclass
@@ -73,6 +97,8 @@ class Result:
     model: str
     prior: str
     temperature: float | None
+    consistency: bool
+    """The outputs were back-projected onto the input."""
     runs: int
     images: int
     """Images scored."""
@@ -83,6 +109,10 @@ class Result:
     ssim: float
     lpips: float | None
     lr_psnr: float
+    grid: float | None
+    """Patch-grid measure (:func:`metrics.grid_ratio`) at the model's :func:`grid_period`; None if no image
+    is large enough for it."""
+    colour_shift: float
     inf_rate: float
     diversity: float | None
     seconds: float
@@ -174,6 +204,26 @@ def supports(upscaler: Upscaler, scale: float) -> bool:
     return native is None or scale == native
 
 
+DEFAULT_GRID_PERIOD = 3
+"""The period the grid measure uses for upscalers without a patch grid of their own (bicubic): the bundled
+LINF models' patch size, so their rows compare."""
+
+
+def grid_period(upscaler: Upscaler) -> int:
+    """The period of ``upscaler``'s patch grid, in output pixels: its ``grid_period`` if it declares one, else
+    its model's ``patch_size`` (LINF, LINF-LP) if above 1, else :data:`DEFAULT_GRID_PERIOD`."""
+    declared = getattr(upscaler, "grid_period", None)
+    if isinstance(declared, int) and declared >= 2:
+        return declared
+    patch = getattr(getattr(upscaler, "model", None), "patch_size", None)
+    return patch if isinstance(patch, int) and patch >= 2 else DEFAULT_GRID_PERIOD
+
+
+def projected(upscaler: Upscaler) -> bool:
+    """Whether ``upscaler`` back-projects its outputs onto the input (``--consistency on``)."""
+    return isinstance(upscaler, ConsistentUpscaler)
+
+
 def super_resolve(upscaler: Upscaler, lr: torch.Tensor, size: Size, seed: int) -> torch.Tensor:
     """The raw float output of the engine (not clamped, non-finite values kept)."""
     output = torch.empty(1, 3, size.height, size.width)
@@ -187,7 +237,9 @@ def super_resolve(upscaler: Upscaler, lr: torch.Tensor, size: Size, seed: int) -
 
 @dataclass
 class Evaluation:
-    """What to run: settings (each with its upscaler), scales, runs, seed, and where to save images."""
+    """What to run: settings (each with its upscaler), scales, runs, seed, and where to save images.
+
+    Each setting's ``consistency`` is set from its upscaler (:func:`projected`), so rows say what ran."""
 
     settings: list[tuple[Setting, Upscaler]]
     scales: list[float]
@@ -196,6 +248,23 @@ class Evaluation:
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     """None leaves LPIPS out (e.g. validation during training without the AlexNet backbone)."""
     save_images: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.settings = [
+            (replace(setting, consistency=projected(upscaler)), upscaler) for setting, upscaler in self.settings
+        ]
+
+    def models(self) -> dict[str, dict[str, object]]:
+        """Per model (as named in the rows): whether its outputs are projected, with how many iterations, and
+        the period its grid measure uses (for the report's protocol)."""
+        return {
+            setting.model: {
+                "consistency": setting.consistency,
+                "projection_iterations": getattr(upscaler, "iterations", None) if setting.consistency else None,
+                "grid_period": grid_period(upscaler),
+            }
+            for setting, upscaler in self.settings
+        }
 
     def steps(self, datasets: Sequence[Dataset]) -> int:
         """Upscales the whole evaluation performs (for a progress bar)."""
@@ -274,7 +343,9 @@ class Evaluation:
     ) -> Result:
         started = time.perf_counter()
         runs = self._runs(setting)
-        scores: dict[str, list[float]] = {key: [] for key in ("psnr_y", "psnr_rgb", "ssim", "lpips", "lr_psnr")}
+        period = grid_period(upscaler)
+        keys = ("psnr_y", "psnr_rgb", "ssim", "lpips", "lr_psnr", "grid", "colour_shift")
+        scores: dict[str, list[float]] = {key: [] for key in keys}
         finite: list[bool] = []
         diversities: list[float] = []
         for name, hr, lr in pairs:
@@ -289,6 +360,10 @@ class Evaluation:
                 if self.lpips is not None:
                     scores["lpips"].append(self.lpips(sr, hr).item())
                 scores["lr_psnr"].append(metrics.lr_psnr(sr, lr, scale).item())
+                grid = metrics.grid_ratio(sr, hr, lr, scale, period).item()
+                if not math.isnan(grid):
+                    scores["grid"].append(grid)
+                scores["colour_shift"].append(metrics.colour_shift(sr, hr, scale).item())
                 outputs.append(sr)
                 if self.save_images is not None:
                     self._save(self.save_images, sr, dataset.name, setting, scale, name, run if runs > 1 else None)
@@ -301,6 +376,7 @@ class Evaluation:
             model=setting.model,
             prior=setting.prior,
             temperature=setting.temperature,
+            consistency=setting.consistency,
             runs=runs,
             images=len(pairs),
             skipped=dataset.files - len(pairs),

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LPIPS",
+    "colour_shift",
     "crop_to_scale",
+    "grid_ratio",
+    "grid_share",
     "is_finite",
     "lr_psnr",
     "make_lr",
@@ -150,6 +153,94 @@ def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, scale: float) -> torch.Tensor:
     """
     downscaled = resize(_clean(sr), tuple(lr.shape[-2:]), scale=1 / scale)
     return psnr(downscaled, lr)
+
+
+GRID_FLANK = 6
+"""FFT bins on each side of a grid frequency that set the level the grid's own bins are compared with."""
+
+GRID_NO_DETAIL = 1e-4
+"""Detail RMS (Y on the [0, 1] scale, about 1/40 of a level of 255) below which an image has no detail: its
+grid share is 0 (the bicubic baseline's detail is zero up to rounding)."""
+
+
+def grid_share(image: torch.Tensor, lr: torch.Tensor, scale: float, period: int) -> torch.Tensor:
+    """How much ``image``'s detail power stands out at spatial period ``period`` ``(B,)``.
+
+    Detail: BT.601 Y of the clamped ``image`` minus Y of the clamped bicubic enlargement of ``lr`` to its
+    size, ``ceil(scale)`` pixels shaved per border, then cropped (bottom, right) to multiples of ``period``
+    so that the grid's frequencies fall on FFT bins; its mean removed, a periodic 2-D Hann window applied.
+    Share: of the 2-D power on the lines of horizontal frequency ``k·W/p + d`` and vertical frequency
+    ``k·H/p + d`` (k = 1..p-1, ``|d| <= GRID_FLANK``), the part on the lines with ``|d| <= 1`` (the
+    Hann window's main lobe); each bin counts once. A spectrum smooth around those frequencies (photos,
+    noise, blur) gives about 3 / (2·GRID_FLANK + 1); a pattern repeating every ``period`` pixels pushes it
+    towards 1. 0 if the detail's RMS is below ``GRID_NO_DETAIL``; NaN where the region is too small to
+    separate the lines (fewer than ``period·(2·GRID_FLANK + 2)`` pixels on a side)."""
+    return _share(_detail(image, _enlarged_y(lr, image), scale), period)
+
+
+def grid_ratio(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: float, period: int) -> torch.Tensor:
+    """``grid_share`` of the clamped ``sr`` over that of ``hr`` ``(B,)``: 1.0 is as much detail power at
+    ``period`` as the photo has; a patch grid scores above 1. NaN where ``hr``'s share is 0 or NaN."""
+    _check_same_shape(sr, hr)
+    enlarged = _enlarged_y(lr, hr)
+    reference = _share(_detail(hr, enlarged, scale), period)
+    ratio = _share(_detail(sr, enlarged, scale), period) / reference
+    return torch.where(reference > 0, ratio, torch.full_like(ratio, math.nan))
+
+
+def _enlarged_y(lr: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Y of the clamped bicubic enlargement of ``lr`` to ``like``'s size, in the metrics' dtype."""
+    enlarged = resize(lr, tuple(like.shape[-2:])).clamp(0, 1)
+    return rgb_to_y(enlarged.to(_metric_dtype(like.device)))
+
+
+def _detail(image: torch.Tensor, enlarged_y: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(B, H', W')``: Y of the clamped ``image`` minus ``enlarged_y``, ``ceil(scale)`` pixels shaved."""
+    return shave(rgb_to_y(_clean(image).to(enlarged_y.dtype)) - enlarged_y, math.ceil(scale))[:, 0]
+
+
+def _share(detail: torch.Tensor, period: int) -> torch.Tensor:
+    """``grid_share`` of a detail image ``(B, H, W)``."""
+    rows, columns = (side - side % period for side in detail.shape[-2:])
+    if period < 2 or min(rows, columns) < period * (2 * GRID_FLANK + 2):
+        return torch.full(detail.shape[:1], math.nan, dtype=detail.dtype, device=detail.device)
+    detail = detail[:, :rows, :columns]
+    detail = detail - detail.mean(dim=(-2, -1), keepdim=True)
+    window = torch.outer(_hann(rows, detail), _hann(columns, detail))
+    power = torch.fft.fft2(detail * window).abs().square()
+    on_lines = _grid_bins(rows, columns, period, range(-1, 2), detail.device)
+    near_lines = _grid_bins(rows, columns, period, range(-GRID_FLANK, GRID_FLANK + 1), detail.device)
+    at_period = power[:, on_lines].sum(dim=1)
+    share = at_period / power[:, near_lines].sum(dim=1)
+    flat = detail.square().flatten(1).mean(dim=1).sqrt() < GRID_NO_DETAIL
+    return torch.where(flat, torch.zeros_like(share), share)
+
+
+def colour_shift(sr: torch.Tensor, hr: torch.Tensor, scale: float) -> torch.Tensor:
+    """The largest absolute per-channel mean shift ``(B,)`` of the clamped ``sr`` from ``hr``, in levels
+    of 255: ``max_c |mean(sr_c - hr_c)|`` over the pixels left after shaving ``ceil(scale)`` per border."""
+    _check_same_shape(sr, hr)
+    dtype = _metric_dtype(sr.device)
+    difference = shave(_clean(sr).to(dtype) - hr.to(dtype), math.ceil(scale))
+    return (255 * difference.mean(dim=(-2, -1))).abs().amax(dim=1)
+
+
+def _hann(length: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.hann_window(length, periodic=True, dtype=like.dtype, device=like.device)
+
+
+def _grid_bins(rows: int, columns: int, period: int, offsets: range, device: torch.device) -> torch.Tensor:
+    """Boolean ``(rows, columns)``: the FFT bins ``offsets`` away from vertical or horizontal frequency
+    ``k/period``."""
+
+    def lines(length: int) -> torch.Tensor:
+        centres = torch.arange(1, period, device=device) * (length // period)
+        return torch.remainder(centres[:, None] + torch.tensor(list(offsets), device=device), length).flatten()
+
+    mask = torch.zeros(rows, columns, dtype=torch.bool, device=device)
+    mask[lines(rows), :] = True
+    mask[:, lines(columns)] = True
+    return mask
 
 
 def is_finite(sr: torch.Tensor) -> torch.Tensor:

@@ -11,16 +11,20 @@ from flowsr_cli import __version__
 from flowsr_cli.eval.evaluation import PROTOCOL, Result, Skip
 
 COLUMNS = (
-    "dataset", "scale", "model", "prior", "temperature", "runs", "images", "skipped", "psnr_y", "psnr_rgb", "ssim",
-    "lpips", "lr_psnr", "inf_rate", "diversity", "seconds",
+    "dataset", "scale", "model", "prior", "temperature", "consistency", "runs", "images", "skipped", "psnr_y",
+    "psnr_rgb", "ssim", "lpips", "lr_psnr", "grid", "colour_shift", "inf_rate", "diversity", "seconds",
 )  # fmt: skip
 
-HIGHER_IS_BETTER = {"psnr_y": True, "psnr_rgb": True, "ssim": True, "lr_psnr": True, "lpips": False, "inf_rate": False}
+HIGHER_IS_BETTER = {
+    "psnr_y": True, "psnr_rgb": True, "ssim": True, "lr_psnr": True, "lpips": False, "colour_shift": False,
+    "inf_rate": False,
+}  # fmt: skip
+"""The scores with a best value per table row; the grid measure has none (1.0 is the photo's)."""
 
 
 def to_json(results: Sequence[Result], settings: dict[str, object], skipped: Sequence[Skip]) -> str:
-    """The JSON document: version, protocol (with the run's seed and runs), the result rows and the files
-    left out (with why, and at which scales)."""
+    """The JSON document: version, protocol (with the run's ``settings``: seed, runs, per-model projection and
+    grid period), the result rows and the files left out (with why, and at which scales)."""
     document = {
         "flowsr_version": __version__,
         "protocol": {**PROTOCOL, **settings},
@@ -49,10 +53,10 @@ def _cell(value: object, digits: int) -> str:
 
 
 def to_markdown(results: Sequence[Result], labels: Sequence[str]) -> str:
-    """A Markdown table: one row per result, the setting named by its label."""
+    """A Markdown table: one row per result, the setting named by its label (``projected``: consistency on)."""
     names = (
         "dataset", "scale", "setting", "images", "skipped", "PSNR-Y", "PSNR-RGB", "SSIM", "LPIPS", "LR-PSNR",
-        "inf %", "diversity", "seconds",
+        "grid ×", "colour shift", "inf %", "diversity", "seconds",
     )  # fmt: skip
     header = "| " + " | ".join(names) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -68,6 +72,8 @@ def to_markdown(results: Sequence[Result], labels: Sequence[str]) -> str:
             _cell(result.ssim, 4),
             _cell(result.lpips, 4),
             _cell(result.lr_psnr, 2),
+            _cell(result.grid, 2),
+            _cell(result.colour_shift, 2),
             _cell(100 * result.inf_rate, 1),
             _cell(result.diversity, 4),
             _cell(result.seconds, 1),

@@ -76,7 +76,7 @@ def test_flow_settings_runs_diversity_and_all_formats(run_cli: CliInvoker, tmp_p
         assert len(list(csv.DictReader(handle))) == len(rows)
     assert outputs["md"].read_text().count("\n") == len(rows) + 2
     saved = sorted(path.relative_to(tmp_path / "images").as_posix() for path in (tmp_path / "images").rglob("*.png"))
-    assert "Set5/tiny_τ=0.8/x3.5/baby_run1.png" in saved and "Set5/bicubic/x2/bird.png" in saved
+    assert "Set5/tiny_τ=0.8_(projected)/x3.5/baby_run1.png" in saved and "Set5/bicubic/x2/bird.png" in saved
 
 
 def test_inf_rate_counts_raw_non_finite_outputs(run_cli: CliInvoker, tmp_path: Path) -> None:
@@ -187,7 +187,7 @@ def test_help_shows_defaults(run_cli: CliInvoker) -> None:
     for default in (
         "[default: 2,3,4]", "default: none, only the baseline", "(default: all)", "[default: lpips]",
         "(default: learned where the model has one, else gaussian)", "(default: auto; config: device)",
-        "(default: online; config: offline)",
+        "(default: online; config: offline)", "(default: auto; config: consistency)",
     ):  # fmt: skip
         assert default in text, default
     assert "--no-lpips" in text and "backbone_dir" in text

@@ -13,10 +13,14 @@ from resize_right import interp_methods
 from scipy.signal import convolve2d
 from scipy.signal.windows import gaussian
 
+from flowsr_cli.engine.projection import project
 from flowsr_cli.engine.resize import resize
 from flowsr_cli.errors import ImageError
 from flowsr_cli.eval.metrics import (
+    colour_shift,
     crop_to_scale,
+    grid_ratio,
+    grid_share,
     is_finite,
     lr_psnr,
     make_lr,
@@ -288,3 +292,95 @@ def test_sample_diversity() -> None:
     assert sample_diversity([torch.ones(1, 3, 4, 4), torch.full((1, 3, 4, 4), 3.0)]) == 0.0
     with pytest.raises(ValueError):
         sample_diversity([])
+
+
+def periodic(image: torch.Tensor, period: int, levels: float) -> torch.Tensor:
+    """``image`` plus a cross-hatch of period ``period`` (cosines along rows and columns), ``levels`` of 255 each."""
+    height, width = image.shape[-2:]
+    rows, columns = torch.arange(height)[:, None], torch.arange(width)[None]
+    waves = torch.cos(2 * math.pi * rows / period) + torch.cos(2 * math.pi * columns / period)
+    return image + levels / 255 * waves
+
+
+def reference_grid_share(image: np.ndarray, lr: np.ndarray, border: int, period: int, flank: int = 6) -> float:
+    """``grid_share`` in numpy from its definition, bins collected as sets of (row, column) pairs.
+    ``image`` (H, W, 3) in [0, 1], ``lr`` its bicubic enlargement's source already enlarged and clamped."""
+    weights = np.array([65.481, 128.553, 24.966]) / 255
+    detail = (np.clip(image, 0, 1) - lr) @ weights
+    detail = detail[border:-border, border:-border]
+    rows, columns = (side - side % period for side in detail.shape)
+    detail = detail[:rows, :columns] - detail[:rows, :columns].mean()
+    window = np.outer(np.hanning(rows + 1)[:-1], np.hanning(columns + 1)[:-1])
+    power = np.abs(np.fft.fft2(detail * window)) ** 2
+
+    def bins(offsets: range) -> set[tuple[int, int]]:
+        found = set()
+        for k in range(1, period):
+            for offset in offsets:
+                found |= {((k * rows // period + offset) % rows, column) for column in range(columns)}
+                found |= {(row, (k * columns // period + offset) % columns) for row in range(rows)}
+        return found
+
+    on, near = bins(range(-1, 2)), bins(range(-flank, flank + 1))
+    return sum(power[bin_] for bin_ in on) / sum(power[bin_] for bin_ in near)
+
+
+@pytest.mark.parametrize(("scale", "period"), [(2, 3), (3.5, 2), (4, 5)])
+def test_grid_share_matches_a_numpy_reference(scale: float, period: int) -> None:
+    hr, lr = make_lr(load_set5("head")[..., :100, :90] if period < 5 else load_set5("head"), scale)
+    image = noisy(hr, 0.02)
+    enlarged = resize(lr.double(), tuple(hr.shape[-2:])).clamp(0, 1)
+
+    def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+        return tensor[0].permute(1, 2, 0).double().numpy()
+
+    expected = reference_grid_share(to_numpy(image), to_numpy(enlarged), math.ceil(scale), period)
+    assert grid_share(image, lr.double(), scale, period).item() == pytest.approx(expected, rel=1e-9)
+    assert grid_share(image, lr, scale, period).item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_grid_ratio_is_one_for_the_photo_and_far_above_with_a_period_3_grid(scale: int) -> None:
+    hr, lr = make_lr(load_set5("bird"), scale)
+    assert grid_ratio(hr, hr, lr, scale, 3).item() == 1.0
+    assert grid_ratio(periodic(hr, 3, 2.0), hr, lr, scale, 3).item() > 2.5
+    assert grid_ratio(periodic(hr, 3, 0.5), hr, lr, scale, 3).item() > 1.2
+
+
+def test_grid_ratio_at_period_3_barely_moves_for_a_period_4_grid() -> None:
+    hr, lr = make_lr(load_set5("bird"), 2)
+    gridded = periodic(hr, 4, 2.0)
+    assert grid_ratio(gridded, hr, lr, 2, 4).item() > 2
+    assert 0.9 < grid_ratio(gridded, hr, lr, 2, 3).item() < 1.1
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_grid_ratio_of_outputs_without_a_pattern_is_about_one(scale: int) -> None:
+    hr, lr = make_lr(load_set5("woman"), scale)
+    bicubic = resize(lr, tuple(hr.shape[-2:]))
+    assert grid_ratio(bicubic, hr, lr, scale, 3).item() == 0.0  # no detail at all
+    assert 0.7 < grid_ratio(project(bicubic, lr), hr, lr, scale, 3).item() < 1.3
+    assert 0.7 < grid_ratio(noisy(hr, 0.05), hr, lr, scale, 3).item() < 1.3  # white noise: no peak
+    blurred = resize(resize(hr, (hr.shape[-2] // 2, hr.shape[-1] // 2)), tuple(hr.shape[-2:]))
+    assert grid_ratio(blurred, hr, lr, scale, 3).item() < 1.3
+
+
+def test_grid_share_is_nan_on_regions_too_small_for_the_period() -> None:
+    hr, lr = make_lr(load_set5("bird")[..., :50, :50], 2)
+    assert math.isnan(grid_share(hr, lr, 2, 4).item())
+    assert math.isnan(grid_ratio(hr, hr, lr, 2, 4).item())
+    assert not math.isnan(grid_share(hr, lr, 2, 3).item())
+
+
+def test_colour_shift_is_the_largest_channel_mean_offset_in_levels() -> None:
+    hr = 0.1 + 0.8 * load_set5("head")
+    shifted = hr.clone()
+    shifted[:, 0] += 0.5 / 255
+    shifted[:, 1] -= 2 / 255
+    assert colour_shift(hr, hr, 2).item() == 0.0
+    assert colour_shift(shifted, hr, 2).item() == pytest.approx(2.0, abs=1e-6)
+    assert colour_shift(torch.cat([shifted, noisy(hr, 0.05)]), torch.cat([hr, hr]), 2)[1].item() < 0.1
+    border_only = hr.clone()
+    border_only[..., :2, :] = 1.0
+    assert colour_shift(border_only, hr, 2).item() == 0.0
+    assert colour_shift(hr + 1, hr, 2).item() == pytest.approx(255 * (1 - hr[..., 2:-2, 2:-2]).mean(dim=(-2, -1)).max())

@@ -148,6 +148,11 @@ class SRFlowUpscaler:
         return SCALE
 
     @property
+    def grid_period(self) -> int:
+        """The period in output pixels of the pattern its latents can print: the first level's 2x2 squeeze."""
+        return 2
+
+    @property
     def stochastic(self) -> bool:
         """Gaussian latents at a positive temperature; a learned prior is deterministic."""
         return self.predictor is None and self.temperature > 0
