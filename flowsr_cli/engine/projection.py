@@ -4,7 +4,7 @@ An output ``x`` is consistent with its input ``y`` when ``down(x) = y``, ``down`
 bicubic of :mod:`flowsr_cli.engine.resize` (antialiased, kernel scale = input size / output size per
 axis, as LR-PSNR measures it). Iterative back-projection moves ``x`` towards that set::
 
-    x <- x + up(y - down(x))          (K times, then clamped to the value range)
+    x <- x + up(y - down(x))          (from x clamped to the value range, K times, then clamped again)
 
 with ``up`` the bicubic enlargement from the input size back to the output's. Since the residual obeys
 ``r <- r - down(up(r))``, the K steps are taken on the input grid, where ``down∘up`` is a small operator,
@@ -23,7 +23,7 @@ import torch
 
 from flowsr_cli.engine.resize import contributions
 
-DEFAULT_ITERATIONS = 3
+DEFAULT_ITERATIONS = 10
 """Back-projection iterations of ``--consistency on``."""
 
 
@@ -103,8 +103,8 @@ def project_rows(
     value_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """Back-project ``band`` (B, C, len(rows), W), output rows ``rows`` of an ``out_height``-row upscale of
-    ``lr`` (B, C, h, w, the whole input), ``iterations`` times towards ``down(x) = lr``, then clamp it to
-    ``value_range``. Rows within :func:`halo_rows` of a cut edge (one that is not the image's border) are
+    ``lr`` (B, C, h, w, the whole input), clamped to ``value_range``, ``iterations`` times towards
+    ``down(x) = lr``, then clamped again. Rows within :func:`halo_rows` of a cut edge (one that is not the image's border) are
     approximate; all others match :func:`project`."""
     if band.shape[-2] != len(rows):
         raise ValueError(f"band has {band.shape[-2]} rows, expected {len(rows)}")
@@ -116,6 +116,7 @@ def project_rows(
     down_columns = contributions(out_width, in_width, in_width / out_width)
     up_columns = contributions(in_width, out_width, out_width / in_width, antialias=False)
     target = lr.index_select(-2, row_operators.input_rows.to(lr.device))
+    band = band.clamp(*value_range)
     residual = target - _apply(_apply(band, -2, row_operators.down), -1, down_columns)
     total = residual
     if iterations > 1:

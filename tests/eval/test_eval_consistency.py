@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 
 from flowsr_cli.cli.eval_cmd import _at_temperature
 from flowsr_cli.engine.consistent import ConsistentUpscaler
-from flowsr_cli.engine.projection import project
+from flowsr_cli.engine.projection import DEFAULT_ITERATIONS, project
 from flowsr_cli.eval import report
 from flowsr_cli.eval.evaluation import DEFAULT_GRID_PERIOD, Setting, grid_period, super_resolve
 from flowsr_cli.eval.metrics import make_lr
@@ -79,8 +79,9 @@ def test_consistency_on_and_off_are_recorded_and_on_matches_the_input(
         assert rows_on[("bicubic", scale)]["lr_psnr"] > rows_off[("bicubic", scale)]["lr_psnr"] + 10
 
     models = on["protocol"]["models"]
-    assert models["linf-lp"] == {"consistency": True, "projection_iterations": 3, "grid_period": 3}
-    assert models["bicubic"] == {"consistency": True, "projection_iterations": 3, "grid_period": DEFAULT_GRID_PERIOD}
+    assert models["linf-lp"] == {"consistency": True, "projection_iterations": DEFAULT_ITERATIONS, "grid_period": 3}
+    projected_bicubic = {"consistency": True, "projection_iterations": DEFAULT_ITERATIONS}
+    assert models["bicubic"] == {**projected_bicubic, "grid_period": DEFAULT_GRID_PERIOD}
     assert off["protocol"]["models"]["linf-lp"] == {
         "consistency": False,
         "projection_iterations": None,

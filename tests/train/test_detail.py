@@ -40,13 +40,23 @@ def test_detail_loss_gradients_reach_the_output() -> None:
     assert output.grad is not None and output.grad.abs().sum() > 0
 
 
+def test_recipe_checks_the_consistency_iterations() -> None:
+    assert load_recipe(None, {}).consistency_iterations == 0
+    assert load_recipe(None, {"arch": "lp-small", "consistency_iterations": 3}).consistency_iterations == 3
+    for bad in (-1, 21):
+        with pytest.raises(UsageError, match="consistency_iterations must be 0 to 20"):
+            load_recipe(None, {"consistency_iterations": bad})
+    with pytest.raises(UsageError, match="are for LINF priors"):
+        load_recipe(None, {"arch": "srflow-lp-small", "consistency_iterations": 3})
+
+
 @pytest.mark.parametrize("key", ["detail_weight", "grid_weight"])
 def test_recipe_checks_the_detail_and_grid_weights(key: str) -> None:
     assert getattr(load_recipe(None, {}), key) == 0.0
     assert getattr(load_recipe(None, {"arch": "lp-small", key: 25.0}), key) == 25.0
     with pytest.raises(UsageError, match=f"{key} must be >= 0"):
         load_recipe(None, {key: -1.0})
-    with pytest.raises(UsageError, match="detail_weight and grid_weight are for LINF priors"):
+    with pytest.raises(UsageError, match="detail_weight, grid_weight and consistency_iterations are for LINF priors"):
         load_recipe(None, {"arch": "srflow-lp-small", key: 1.0})
 
 
