@@ -6,9 +6,9 @@ The fade keeps ``exp(-((s - FROM) / width)^2)`` of the prior's latent at scale s
 renders every candidate width on a fixed sample of *training* photos (every N-th file, shrunk by 2 so
 JPEG artefacts fall below the pixel grid, centre crop) at several out-of-range scales, prints the mean
 LPIPS of each, picks the width with the lowest mean over all scales, and writes a copy of the model
-with that fade in its spec. Outputs are scored as `flowsr upscale` shows them: back-projected onto the
-LR (`--consistency-iterations`, 3 like `--consistency on`; 0 for none). Evaluation sets are never read:
-pass only training folders.
+with that fade in its spec. Outputs are scored as `flowsr upscale` shows them: cleaned of the patch grid
+and back-projected onto the LR (`--consistency-iterations`, 10 like `--consistency on`; 0 for neither).
+Evaluation sets are never read: pass only training folders.
 
     python scripts/calibrate_fade.py runs/prior/model.safetensors ../shared/data/train \
         --out runs/prior/faded.safetensors
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from flowsr_cli.engine.degrid import remove_grid
 from flowsr_cli.engine.pipeline import rgb_tensor
 from flowsr_cli.engine.projection import DEFAULT_ITERATIONS, project
 from flowsr_cli.eval.metrics import LPIPS, make_lr
@@ -89,8 +90,9 @@ def calibrate(
     widths: list[float],
     iterations: int = DEFAULT_ITERATIONS,
 ) -> Calibration:
-    """Render each photo at each scale with each width's gain on the unfaded prior's latent, back-project
-    it ``iterations`` times onto the LR; mean LPIPS."""
+    """Render each photo at each scale with each width's gain on the unfaded prior's latent; unless
+    ``iterations`` is 0, remove its patch grid and back-project it ``iterations`` times onto the LR, as
+    ``--consistency on`` does; mean LPIPS."""
     lpips = LPIPS()
     totals = {(width, scale): 0.0 for width in widths for scale in scales}
     for scale in scales:
@@ -104,7 +106,9 @@ def calibrate(
                 for width in widths:
                     gain = fade_gain(from_scale, width, scale)
                     output = model.render_latent(features, size, z_hat * gain, conditions=conditions)
-                    output = project((output + 1) / 2, lr, iterations)
+                    output = ((output + 1) / 2).clamp(0, 1)
+                    if iterations:
+                        output = project(remove_grid(output, model.patch_size), lr, iterations)
                     totals[width, scale] += lpips(output, hr).item()
         print(f"x{scale:g}: " + "  ".join(f"{w:g}:{totals[w, scale] / len(photos):.4f}" for w in widths), flush=True)
     means = {key: total / len(photos) for key, total in totals.items()}

@@ -1,10 +1,11 @@
 """``--consistency on``: any upscaler's output back-projected onto its input, band by band as tiles arrive.
 
-The wrapped upscaler's tiles are gathered into bands of whole output rows. A band is projected
-(:mod:`flowsr_cli.engine.projection`) once the rows within :func:`~flowsr_cli.engine.projection.halo_rows`
-below it have arrived, together with that many rows above it, and only its own rows are passed on: so
-the result equals projecting the whole image at once, whatever the tiling, while memory holds a few
-bands of full-width rows rather than the whole image.
+The wrapped upscaler's tiles are gathered into bands of whole output rows. A patch model's grid pattern is
+removed first (:mod:`flowsr_cli.engine.degrid`), then the band is projected
+(:mod:`flowsr_cli.engine.projection`). A band is processed once the rows within its halo (both operations'
+reach) below it have arrived, together with that many rows above it, and only its own rows are passed on:
+so the result equals processing the whole image at once, whatever the tiling, while memory holds a few
+bands of full-width rows rather than the whole image. Bands start on the patch grid.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flowsr_cli.engine.degrid import degrid_reach, remove_grid
 from flowsr_cli.engine.projection import DEFAULT_ITERATIONS, halo_rows, project_rows
 from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, Upscaler, UpscaleReport
 from flowsr_cli.io.sizing import Size
@@ -32,10 +34,13 @@ class _BandStream:
     redoes the image in other tiles after some reached the sink (LINF and SRFlow after CUDA out-of-memory):
     a row arriving again replaces its values, and rows already passed on and forgotten are not taken again."""
 
-    def __init__(self, lr: torch.Tensor, size: Size, iterations: int, emit: RowSink) -> None:
-        self.lr, self.size, self.iterations, self.emit = lr, size, iterations, emit
-        self.halo = halo_rows(size.height, lr.shape[-2], iterations)
-        self.band = max(4 * self.halo, BAND_ELEMENTS // (lr.shape[1] * size.width))
+    def __init__(self, lr: torch.Tensor, size: Size, iterations: int, grid_period: int | None, emit: RowSink) -> None:
+        self.lr, self.size, self.iterations, self.grid_period, self.emit = lr, size, iterations, grid_period, emit
+        self.step = grid_period or 1
+        """Bands start and end on multiples of this (the patch grid), but for the image's last row."""
+        reach = halo_rows(size.height, lr.shape[-2], iterations) + (degrid_reach(grid_period) if grid_period else 0)
+        self.halo = _round_up(reach, self.step)
+        self.band = _round_up(max(4 * self.halo, BAND_ELEMENTS // (lr.shape[1] * size.width)), self.step)
         self.rows: dict[int, torch.Tensor] = {}
         """Output row -> its (C, W) values, for the rows not forgotten yet."""
         self.filled: dict[int, torch.Tensor] = {}
@@ -66,9 +71,14 @@ class _BandStream:
             if end - self.emitted < (1 if self.complete == height else self.band):
                 return
             end = min(end, self.emitted + self.band)
+            if end < height:
+                end -= end % self.step
             start = max(0, self.emitted - self.halo)
             stop = min(height, end + self.halo)
-            window = project_rows(self._rows(start, stop), self.lr, height, range(start, stop), self.iterations)
+            rows = self._rows(start, stop)
+            if self.grid_period:
+                rows = remove_grid(rows.clamp(0.0, 1.0), self.grid_period)
+            window = project_rows(rows, self.lr, height, range(start, stop), self.iterations)
             self.emit(range(self.emitted, end), window[..., self.emitted - start : end - start, :])
             self.emitted = end
             self._forget_before(self.emitted - self.halo)
@@ -82,19 +92,33 @@ class _BandStream:
             del self.rows[key], self.filled[key]
 
 
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def patch_period(upscaler: Upscaler) -> int | None:
+    """The side of a patch model's patches (LINF's ``patch_size``) when above 1, else None."""
+    patch = getattr(getattr(upscaler, "model", None), "patch_size", None)
+    return patch if isinstance(patch, int) and patch > 1 else None
+
+
 @dataclass
 class ConsistentUpscaler:
-    """Another upscaler whose every output is back-projected ``iterations`` times towards its input, so
-    that its MATLAB-bicubic shrink matches the input (``--consistency on``). Tiled == untiled."""
+    """Another upscaler whose every output is cleaned of its patch grid (patch models) and back-projected
+    ``iterations`` times towards its input, so that its MATLAB-bicubic shrink matches the input
+    (``--consistency on``). Tiled == untiled."""
 
     inner: Upscaler
     iterations: int = DEFAULT_ITERATIONS
     name: str = field(init=False)
     notes: list[str] = field(init=False)
     """The wrapped upscaler's name and notes (the same list)."""
+    degrid_period: int | None = field(init=False)
+    """The patch period whose pattern is removed (:func:`patch_period` of the wrapped upscaler), or None."""
 
     def __post_init__(self) -> None:
         self.name, self.notes = self.inner.name, self.inner.notes
+        self.degrid_period = patch_period(self.inner)
 
     @property
     def stochastic(self) -> bool:
@@ -120,7 +144,9 @@ class ConsistentUpscaler:
         def emitter(sample: int) -> RowSink:
             return lambda rows, band: sink(sample, rows, range(size.width), band)
 
-        streams = [_BandStream(lr, size, self.iterations, emitter(sample)) for sample in range(len(seeds))]
+        streams = [
+            _BandStream(lr, size, self.iterations, self.degrid_period, emitter(sample)) for sample in range(len(seeds))
+        ]
 
         def collect(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
             streams[sample].add(rows, columns, tile.float())

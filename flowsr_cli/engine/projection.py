@@ -104,8 +104,8 @@ def project_rows(
 ) -> torch.Tensor:
     """Back-project ``band`` (B, C, len(rows), W), output rows ``rows`` of an ``out_height``-row upscale of
     ``lr`` (B, C, h, w, the whole input), clamped to ``value_range``, ``iterations`` times towards
-    ``down(x) = lr``, then clamped again. Rows within :func:`halo_rows` of a cut edge (one that is not the image's border) are
-    approximate; all others match :func:`project`."""
+    ``down(x) = lr``, then clamped again. Rows within :func:`halo_rows` of a cut edge (one that is not the
+    image's border) are approximate; all others match :func:`project`."""
     if band.shape[-2] != len(rows):
         raise ValueError(f"band has {band.shape[-2]} rows, expected {len(rows)}")
     if iterations == 0:

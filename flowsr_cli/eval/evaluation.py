@@ -33,9 +33,11 @@ PROTOCOL = {
     "lpips": "lpips package, alex, v0.1, whole image",
     "lr_psnr": "SR downscaled with the same bicubic, PSNR against the LR input (RGB)",
     "consistency": (
-        "true where the output was back-projected onto its input (--consistency): x <- clamp(x + up(lr - down(x)),"
-        " 0, 1), repeated (models: projection_iterations); down: the LR's MATLAB bicubic (antialiased, kernel"
-        " scale = LR size / SR size per axis, as lr_psnr); up: the MATLAB bicubic enlargement to the SR size"
+        "true where the output was made consistent with its input (--consistency): clamped to [0, 1]; for patch"
+        " models (LINF) its local pattern of the patch period removed (each of the p x p phases averaged over"
+        " 9 x 9 patches, less the mean over phases); then x <- x + up(lr - down(x)), repeated (models:"
+        " projection_iterations), clamped; down: the LR's MATLAB bicubic (antialiased, kernel scale = LR size /"
+        " SR size per axis, as lr_psnr); up: the MATLAB bicubic enlargement to the SR size"
     ),
     "grid": (
         "patch-grid measure, share(SR) / share(HR), mean over images x runs; 1.0: as much as the photo."
