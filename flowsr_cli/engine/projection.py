@@ -42,15 +42,18 @@ Taps = tuple[torch.Tensor, torch.Tensor]
 (``contributions``' form)."""
 
 
-BLOCK = 256
+BLOCK = 32
 """Outputs per dense block when an operator is applied as small matrix products."""
 
+Blocks = list[tuple[slice, slice, torch.Tensor]]
+"""An operator as dense blocks: (outputs, the inputs they read, the block's float64 matrix)."""
 
-def _apply(x: torch.Tensor, dim: int, taps: Taps) -> torch.Tensor:
-    """The operator ``taps`` along ``dim`` (-2 or -1) of ``x``, as one matrix product per block of
-    :data:`BLOCK` outputs with the span of inputs that block reads (the operators are banded)."""
+
+def _blocks(taps: Taps) -> Blocks:
+    """``taps`` as one dense matrix per :data:`BLOCK` outputs over the span of inputs they read (the
+    operators are banded)."""
     indices, weights = taps
-    parts = []
+    blocks = []
     for start in range(0, indices.shape[0], BLOCK):
         block_indices, block_weights = indices[start : start + BLOCK], weights[start : start + BLOCK]
         used = block_indices[block_weights != 0]
@@ -58,11 +61,16 @@ def _apply(x: torch.Tensor, dim: int, taps: Taps) -> torch.Tensor:
         matrix = torch.zeros(block_indices.shape[0], high - low, dtype=torch.float64)
         rows = torch.arange(block_indices.shape[0])[:, None].expand_as(block_indices)
         matrix.index_put_((rows, (block_indices - low).clamp(0, high - low - 1)), block_weights, accumulate=True)
+        blocks.append((slice(start, start + block_indices.shape[0]), slice(low, high), matrix))
+    return blocks
+
+
+def _apply(x: torch.Tensor, dim: int, blocks: Blocks) -> torch.Tensor:
+    """The operator ``blocks`` along ``dim`` (-2 or -1) of ``x``, one matrix product per block."""
+    parts = []
+    for _, inputs, matrix in blocks:
         matrix = matrix.to(device=x.device, dtype=x.dtype)
-        if dim == -2:
-            parts.append(matrix @ x[..., low:high, :])
-        else:
-            parts.append(x[..., low:high] @ matrix.t())
+        parts.append(matrix @ x[..., inputs, :] if dim == -2 else x[..., inputs] @ matrix.t())
     return torch.cat(parts, dim=dim)
 
 
@@ -84,14 +92,14 @@ class _RowOperators:
         down_indices, down_weights = contributions(out_size, in_size, in_size / out_size)
         inside = ((down_indices >= rows.start) & (down_indices < rows.stop)).all(dim=1)
         self.input_rows = torch.nonzero(inside).flatten()
-        self.down = (down_indices[self.input_rows] - rows.start, down_weights[self.input_rows])
+        down = (down_indices[self.input_rows] - rows.start, down_weights[self.input_rows])
         up_indices, up_weights = contributions(in_size, out_size, out_size / in_size, antialias=False)
         up_indices, up_weights = up_indices[rows.start : rows.stop], up_weights[rows.start : rows.stop]
         position = torch.full((in_size,), -1, dtype=torch.int64)
         position[self.input_rows] = torch.arange(len(self.input_rows))
         mapped = position[up_indices]
-        self.up = (mapped.clamp_min(0), torch.where(mapped >= 0, up_weights, torch.zeros_like(up_weights)))
-        self.down_up = _compose(self.down, self.up)
+        up = (mapped.clamp_min(0), torch.where(mapped >= 0, up_weights, torch.zeros_like(up_weights)))
+        self.down, self.up, self.down_up = _blocks(down), _blocks(up), _blocks(_compose(down, up))
 
 
 def project_rows(
@@ -113,14 +121,15 @@ def project_rows(
     in_height, in_width = lr.shape[-2:]
     out_width = band.shape[-1]
     row_operators = _RowOperators(out_height, in_height, rows)
-    down_columns = contributions(out_width, in_width, in_width / out_width)
-    up_columns = contributions(in_width, out_width, out_width / in_width, antialias=False)
+    down_column_taps = contributions(out_width, in_width, in_width / out_width)
+    up_column_taps = contributions(in_width, out_width, out_width / in_width, antialias=False)
+    down_columns, up_columns = _blocks(down_column_taps), _blocks(up_column_taps)
     target = lr.index_select(-2, row_operators.input_rows.to(lr.device))
     band = band.clamp(*value_range)
     residual = target - _apply(_apply(band, -2, row_operators.down), -1, down_columns)
     total = residual
     if iterations > 1:
-        down_up_columns = _compose(down_columns, up_columns)
+        down_up_columns = _blocks(_compose(down_column_taps, up_column_taps))
     for _ in range(iterations - 1):
         residual = residual - _apply(_apply(residual, -2, row_operators.down_up), -1, down_up_columns)
         total = total + residual
