@@ -97,9 +97,12 @@ def _round_up(value: int, step: int) -> int:
 
 
 def patch_period(upscaler: Upscaler) -> int | None:
-    """The side of a patch model's patches (LINF's ``patch_size``) when above 1, else None."""
-    patch = getattr(getattr(upscaler, "model", None), "patch_size", None)
-    return patch if isinstance(patch, int) and patch > 1 else None
+    """The period of the grid a model's latents can print, when above 1: the engine's ``grid_period``
+    (SRFlow: its 2 x 2 squeeze), else its model's ``patch_size`` (LINF: 3); None for other upscalers."""
+    period = getattr(upscaler, "grid_period", None)
+    if period is None:
+        period = getattr(getattr(upscaler, "model", None), "patch_size", None)
+    return period if isinstance(period, int) and period > 1 else None
 
 
 @dataclass

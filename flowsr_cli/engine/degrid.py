@@ -6,9 +6,9 @@ would otherwise look like a pattern and turn into steps); then each of the p x p
 (pixels ``(i, j)`` with the same ``(i mod p, j mod p)``) is averaged over a window of ``2 * window + 1``
 patches each way; those averages less their mean over the phases are the local periodic pattern, which
 is subtracted from the image. This is a linear, local filter: it removes only what repeats exactly with
-the patch period in the neighbourhood (a notch at the grid's frequencies) and keeps everything else. Rows and columns 0 are on the patch grid (the models'
-patches start there); a band of rows that starts on the grid is filtered like the whole image, except
-within :func:`degrid_reach` rows of a cut edge.
+the patch period in the neighbourhood (a notch at the grid's frequencies) and keeps everything else. Rows
+and columns 0 are on the patch grid (the models' patches start there); a band of rows that starts on the
+grid is filtered like the whole image, except within :func:`degrid_reach` rows of a cut edge.
 """
 
 from __future__ import annotations
