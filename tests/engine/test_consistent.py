@@ -142,7 +142,7 @@ def test_the_wrapper_answers_for_its_engine() -> None:
     assert srflow.name == srflow.inner.name and srflow.notes is srflow.inner.notes
     learned = engine("srflow-lp", "on")
     assert fixed_scale(learned) == 4 and not learned.stochastic and not samples_gaussian(learned)
-    periods = [getattr(engine(name, "on"), "degrid_period") for name in ("srflow", "linf-lp", "bicubic")]
+    periods = [engine(name, "on").degrid_period for name in ("srflow", "linf-lp", "bicubic")]  # type: ignore[attr-defined]
     assert periods == [2, 3, None], "the grid filter's period: SRFlow's squeeze, LINF's patches, none"
     with pytest.raises(AttributeError):
         _ = srflow.no_such_attribute  # type: ignore[attr-defined]
