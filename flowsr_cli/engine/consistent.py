@@ -75,13 +75,23 @@ class _BandStream:
                 end -= end % self.step
             start = max(0, self.emitted - self.halo)
             stop = min(height, end + self.halo)
-            rows = self._rows(start, stop)
-            if self.grid_period:
-                rows = remove_grid(rows.clamp(0.0, 1.0), self.grid_period)
-            window = project_rows(rows, self.lr, height, range(start, stop), self.iterations)
+            raw = self._rows(start, stop)
+            window = self._consistent(raw, range(start, stop))
             self.emit(range(self.emitted, end), window[..., self.emitted - start : end - start, :])
             self.emitted = end
             self._forget_before(self.emitted - self.halo)
+
+    def _consistent(self, raw: torch.Tensor, rows: range) -> torch.Tensor:
+        """Rows ``rows`` cleaned of the grid and projected. Non-finite values (an unguarded engine's, which
+        evaluation counts) are taken as the nearest bound meanwhile and kept where they were, so that they
+        neither spread nor vanish."""
+        finite = torch.isfinite(raw)
+        rows_in = raw if bool(finite.all()) else torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=0.0)
+        rows_in = rows_in.clamp(0.0, 1.0)
+        if self.grid_period:
+            rows_in = remove_grid(rows_in, self.grid_period)
+        result = project_rows(rows_in, self.lr, self.size.height, rows, self.iterations)
+        return result if bool(finite.all()) else torch.where(finite, result, raw)
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` (all complete) as a (1, C, rows, W) tensor."""

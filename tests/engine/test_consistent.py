@@ -209,3 +209,26 @@ def test_an_image_redone_after_cuda_out_of_memory_is_projected_once(
     assert upscaler.notes == ["GPU out of memory: continuing with 64-pixel tiles"] and len(calls) == 5
     assert min(band.stop for band in bands) < 256, "a band was passed on before the image was redone"
     assert torch.allclose(projected, made_consistent(raw, lr, upscaler), atol=1e-5)
+
+
+def test_non_finite_values_stay_where_they_were_and_do_not_spread() -> None:
+    """Evaluation runs engines unguarded and counts non-finite outputs: the stage must neither hide them nor
+    smear them over their neighbourhood through the grid filter's and the projection's sums."""
+    raw = torch.rand(1, 3, 96, 90, generator=torch.Generator().manual_seed(2))
+    raw[..., 40, 30], raw[..., 70, 11] = float("nan"), float("inf")
+
+    class Broken:
+        name, notes, stochastic = "broken", [], False
+        model = type("Patches", (), {"patch_size": 3})()
+
+        def upscale(self, lr, size, sink, seeds=(0,), progress=None):  # type: ignore[no-untyped-def]
+            sink(0, range(size.height), range(size.width), raw)
+
+    output = torch.empty_like(raw)
+
+    def sink(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
+        output[..., rows.start : rows.stop, columns.start : columns.stop] = tile
+
+    ConsistentUpscaler(Broken()).upscale(torch.rand(1, 3, 32, 30), Size(90, 96), sink)  # type: ignore[arg-type]
+    assert torch.equal(torch.isfinite(output), torch.isfinite(raw))
+    assert torch.isnan(output[..., 40, 30]).all() and torch.isinf(output[..., 70, 11]).all()
