@@ -45,8 +45,8 @@ Taps = tuple[torch.Tensor, torch.Tensor]
 BLOCK = 32
 """Outputs per dense block when an operator is applied as small matrix products."""
 
-Blocks = list[tuple[slice, slice, torch.Tensor]]
-"""An operator as dense blocks: (outputs, the inputs they read, the block's float64 matrix)."""
+Blocks = list[tuple[slice, torch.Tensor]]
+"""An operator as dense blocks of consecutive outputs: (the inputs a block reads, its float64 matrix)."""
 
 
 def _blocks(taps: Taps) -> Blocks:
@@ -61,14 +61,14 @@ def _blocks(taps: Taps) -> Blocks:
         matrix = torch.zeros(block_indices.shape[0], high - low, dtype=torch.float64)
         rows = torch.arange(block_indices.shape[0])[:, None].expand_as(block_indices)
         matrix.index_put_((rows, (block_indices - low).clamp(0, high - low - 1)), block_weights, accumulate=True)
-        blocks.append((slice(start, start + block_indices.shape[0]), slice(low, high), matrix))
+        blocks.append((slice(low, high), matrix))
     return blocks
 
 
 def _apply(x: torch.Tensor, dim: int, blocks: Blocks) -> torch.Tensor:
     """The operator ``blocks`` along ``dim`` (-2 or -1) of ``x``, one matrix product per block."""
     parts = []
-    for _, inputs, matrix in blocks:
+    for inputs, matrix in blocks:
         matrix = matrix.to(device=x.device, dtype=x.dtype)
         parts.append(matrix @ x[..., inputs, :] if dim == -2 else x[..., inputs] @ matrix.t())
     return torch.cat(parts, dim=dim)
