@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from flowsr_cli.engine.degrid import remove_grid
+from flowsr_cli.engine.consistent import make_consistent
 from flowsr_cli.engine.pipeline import rgb_tensor
-from flowsr_cli.engine.projection import DEFAULT_ITERATIONS, project
+from flowsr_cli.engine.projection import DEFAULT_ITERATIONS
 from flowsr_cli.eval.metrics import LPIPS, make_lr
 from flowsr_cli.families.linf.prior import LINFLP, LatentFade
 from flowsr_cli.families.model_file import load_model, model_notes, save_model
@@ -108,7 +108,7 @@ def calibrate(
                     output = model.render_latent(features, size, z_hat * gain, conditions=conditions)
                     output = ((output + 1) / 2).clamp(0, 1)
                     if iterations:
-                        output = project(remove_grid(output, model.patch_size), lr, iterations)
+                        output = make_consistent(output, lr, model.patch_size, iterations)
                     totals[width, scale] += lpips(output, hr).item()
         print(f"x{scale:g}: " + "  ".join(f"{w:g}:{totals[w, scale] / len(photos):.4f}" for w in widths), flush=True)
     means = {key: total / len(photos) for key, total in totals.items()}

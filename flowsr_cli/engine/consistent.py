@@ -76,22 +76,10 @@ class _BandStream:
             start = max(0, self.emitted - self.halo)
             stop = min(height, end + self.halo)
             raw = self._rows(start, stop)
-            window = self._consistent(raw, range(start, stop))
+            window = make_consistent(raw, self.lr, self.grid_period, self.iterations, range(start, stop), height)
             self.emit(range(self.emitted, end), window[..., self.emitted - start : end - start, :])
             self.emitted = end
             self._forget_before(self.emitted - self.halo)
-
-    def _consistent(self, raw: torch.Tensor, rows: range) -> torch.Tensor:
-        """Rows ``rows`` cleaned of the grid and projected. Non-finite values (an unguarded engine's, which
-        evaluation counts) are taken as the nearest bound meanwhile and kept where they were, so that they
-        neither spread nor vanish."""
-        finite = torch.isfinite(raw)
-        rows_in = raw if bool(finite.all()) else torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=0.0)
-        rows_in = rows_in.clamp(0.0, 1.0)
-        if self.grid_period:
-            rows_in = remove_grid(rows_in, self.grid_period)
-        result = project_rows(rows_in, self.lr, self.size.height, rows, self.iterations)
-        return result if bool(finite.all()) else torch.where(finite, result, raw)
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` (all complete) as a (1, C, rows, W) tensor."""
@@ -100,6 +88,28 @@ class _BandStream:
     def _forget_before(self, row: int) -> None:
         for key in [key for key in self.rows if key < row]:
             del self.rows[key], self.filled[key]
+
+
+def make_consistent(
+    raw: torch.Tensor,
+    lr: torch.Tensor,
+    grid_period: int | None,
+    iterations: int = DEFAULT_ITERATIONS,
+    rows: range | None = None,
+    out_height: int | None = None,
+) -> torch.Tensor:
+    """``raw`` (B, C, R, W), rows ``rows`` (default: all) of an ``out_height``-row upscale of ``lr`` (default:
+    R rows), clamped to [0, 1], cleaned of its grid of period ``grid_period`` (None: no grid) and projected
+    ``iterations`` times onto ``lr``. Non-finite values (an unguarded engine's, which evaluation counts) are
+    taken as the nearest bound meanwhile and kept where they were, so that they neither spread nor vanish."""
+    rows = range(raw.shape[-2]) if rows is None else rows
+    finite = torch.isfinite(raw)
+    cleaned = raw if bool(finite.all()) else torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=0.0)
+    cleaned = cleaned.clamp(0.0, 1.0)
+    if grid_period:
+        cleaned = remove_grid(cleaned, grid_period)
+    result = project_rows(cleaned, lr, raw.shape[-2] if out_height is None else out_height, rows, iterations)
+    return result if bool(finite.all()) else torch.where(finite, result, raw)
 
 
 def _round_up(value: int, step: int) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from flowsr_cli.console import printable
-from flowsr_cli.engine.consistent import ConsistentUpscaler
+from flowsr_cli.engine.consistent import ConsistentUpscaler, patch_period
 from flowsr_cli.engine.pipeline import rgb_tensor, tensor_to_pixels
 from flowsr_cli.engine.upscaler import Upscaler, fixed_scale
 from flowsr_cli.errors import FlowsrError, ImageError, UsageError
@@ -212,13 +212,9 @@ LINF models' patch size, so their rows compare."""
 
 
 def grid_period(upscaler: Upscaler) -> int:
-    """The period of ``upscaler``'s patch grid, in output pixels: its ``grid_period`` if it declares one, else
-    its model's ``patch_size`` (LINF, LINF-LP) if above 1, else :data:`DEFAULT_GRID_PERIOD`."""
-    declared = getattr(upscaler, "grid_period", None)
-    if isinstance(declared, int) and declared >= 2:
-        return declared
-    patch = getattr(getattr(upscaler, "model", None), "patch_size", None)
-    return patch if isinstance(patch, int) and patch >= 2 else DEFAULT_GRID_PERIOD
+    """The period of ``upscaler``'s latent grid in output pixels (:func:`patch_period`: SRFlow 2, LINF its patch
+    size), else :data:`DEFAULT_GRID_PERIOD`."""
+    return patch_period(upscaler) or DEFAULT_GRID_PERIOD
 
 
 def projected(upscaler: Upscaler) -> bool:
