@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def listed(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
 
 
+def load_fitting(module: nn.Module, state: Mapping[str, torch.Tensor], location: Path, what: str) -> None:
+    """Load ``state`` (as float32) into ``module``: a one-line import failure at ``location`` saying that the
+    weights do not fit ``what`` (e.g. "a LINF of the checkpoint's own arguments") when they do not."""
+    try:
+        module.load_state_dict({key: value.float() for key, value in state.items()})
+    except RuntimeError as exc:
+        problem = " ".join(str(exc).split())[:400]
+        raise import_failure(location, f"weights do not fit {what}: {problem}") from None
+
+
 def load_weights_only(path: str | os.PathLike[str]) -> Any:
     """A checkpoint's contents, loaded without running any pickled code."""
     location = Path(path)
@@ -59,13 +70,27 @@ def load_weights_only(path: str | os.PathLike[str]) -> Any:
         raise import_failure(location, f"cannot be loaded safely as a weights-only checkpoint ({reason})") from None
 
 
-def convert_original(path: str | os.PathLike[str]) -> nn.Module:
-    """Build the flowsr model holding the weights of an original checkpoint of any registered family."""
+def convert_original(path: str | os.PathLike[str], prior: str | os.PathLike[str] | None = None) -> nn.Module:
+    """Build the flowsr model holding the weights of an original checkpoint of any registered family; with
+    ``prior``, one model holding the flow of ``path`` and the original learned prior (LP) of ``prior``."""
     location = Path(path)
     checkpoint = load_weights_only(location)
     known = importers()
+    if prior is None:
+        for importer in known:
+            model = importer.convert(checkpoint, location)
+            if model is not None:
+                return model.eval()
+        raise import_failure(location, "not " + " nor ".join(importer.expects for importer in known))
+    prior_location = Path(prior)
+    prior_checkpoint = load_weights_only(prior_location)
     for importer in known:
-        model = importer.convert(checkpoint, location)
-        if model is not None:
-            return model.eval()
-    raise import_failure(location, "not " + " nor ".join(importer.expects for importer in known))
+        if importer.convert_with_prior is not None:
+            model = importer.convert_with_prior(checkpoint, location, prior_checkpoint, prior_location)
+            if model is not None:
+                return model.eval()
+    for importer in known:
+        if importer.convert(checkpoint, location) is not None:
+            raise import_failure(location, "its family has no original learned prior that flowsr imports")
+    with_priors = [importer.expects for importer in known if importer.convert_with_prior is not None]
+    raise import_failure(location, "not " + " nor ".join(with_priors))

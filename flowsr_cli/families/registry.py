@@ -98,6 +98,11 @@ CheckpointConverter = Callable[[Any, Path], "nn.Module | None"]
 when the checkpoint is not of this family. Raises :class:`~flowsr_cli.families.importing.CheckpointImportError`
 for a checkpoint of this family that cannot be converted."""
 
+PriorConverter = Callable[[Any, Path, Any, Path], "nn.Module | None"]
+"""Turns a loaded original flow checkpoint and a loaded original learned-prior checkpoint (each with the
+path it was read from) into one flowsr model (flow and prior), or returns None when the flow checkpoint
+is not of this family. Raises ``CheckpointImportError`` as :data:`CheckpointConverter` does."""
+
 
 @dataclass(frozen=True)
 class Network:
@@ -132,6 +137,8 @@ class Importer:
     expects: str
     """What the family's checkpoints look like, for the error when no importer recognises a file."""
     convert: CheckpointConverter
+    convert_with_prior: PriorConverter | None = None
+    """Imports a flow checkpoint together with an original learned prior (``models import --prior``)."""
 
 
 @dataclass(frozen=True)

@@ -53,3 +53,10 @@ def fold_patches(vectors: torch.Tensor, rows: int, columns: int, patch: int) -> 
     channels = vectors.shape[-1] // (patch * patch)
     patches = vectors.view(batch, rows, columns, channels, patch, patch)
     return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, rows * patch, columns * patch)
+
+
+def to_window(coordinates: torch.Tensor, full: int, origin: int, length: int) -> torch.Tensor:
+    """Coordinates on the [-1, 1] grid of ``full`` pixels as coordinates on the [-1, 1] grid of a window of
+    ``length`` of those pixels starting at pixel ``origin``."""
+    pixels = ((coordinates + 1) * full - 1) / 2 - origin
+    return (2 * pixels + 1) / length - 1

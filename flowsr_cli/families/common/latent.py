@@ -8,6 +8,7 @@ so LR features and latents stay aligned for any output size. A UNet maps the con
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -15,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowsr_cli.families.common.coords import patch_centres
 from flowsr_cli.families.common.derived import tensors_key
 from flowsr_cli.families.common.layout import like
 from flowsr_cli.families.registry import Bound
@@ -31,10 +31,16 @@ LATENT_BOUNDS: Mapping[str, Bound] = {"branch_channels": WIDTH, "growth": WIDTH,
 """Bounds of the sizes of a latent module (LINF's and each of SRFlow-LP's levels)."""
 
 
-def lr_positions(out_length: int, patch: int, lr_length: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Where the centres of the ``ceil(out_length / patch)`` latent cells along one axis of an output of
-    ``out_length`` pixels fall on the LR image, in LR pixel units (pixel i's centre is at i)."""
-    return (patch_centres(out_length, patch, device) + 1.0) * lr_length / 2.0 - 0.5
+def lr_positions(
+    out_length: int, patch: int, lr_length: int, device: torch.device | str = "cpu", count: int | None = None
+) -> torch.Tensor:
+    """Where the centres of the latent cells along one axis of an output of ``out_length`` pixels fall on
+    the LR image, in LR pixel units (pixel i's centre is at i): ``ceil(out_length / patch)`` cells, or
+    ``count`` (cells past the image extrapolate on the patch grid)."""
+    count = math.ceil(out_length / patch) if count is None else count
+    index = torch.arange(count, dtype=torch.float32, device=device)
+    centres = -1.0 + patch * (2.0 * index + 1.0) / out_length
+    return (centres + 1.0) * lr_length / 2.0 - 0.5
 
 
 class DenseBlock(nn.Module):
@@ -169,6 +175,11 @@ class LatentModule(nn.Module):
         self.lr_branch = DenseBlock(dim, growth, branch_channels)
         self.unet = UNet(2 * branch_channels, widths)
         self.head = nn.Conv2d(self.unet.out_channels, dim, 1)
+
+    @property
+    def multiple(self) -> int:
+        """Latent windows must start on multiples of this (the UNet's pooling factor)."""
+        return self.unet.multiple
 
     @property
     def receptive_field(self) -> int:

@@ -125,7 +125,9 @@ class FlowUpscaler:
         rows, columns = part.rows.crop, part.columns.crop
         crop = lr[:, :, rows.start : rows.stop, columns.start : columns.stop].to(self.device) * 2 - 1
         with torch.inference_mode(), self._autocast(dtype):
-            return self.model.encode(crop, origin=(rows.start, columns.start), full_size=tuple(lr.shape[-2:]))
+            return self.model.encode(
+                crop, origin=(rows.start, columns.start), full_size=tuple(lr.shape[-2:]), whole_unit=lr
+            )
 
     def _render(
         self,

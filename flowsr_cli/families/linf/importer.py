@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from flowsr_cli.errors import FlowsrError
-from flowsr_cli.families.importing import import_failure, is_plain_tensor, listed
+from flowsr_cli.families.importing import import_failure, is_plain_tensor, listed, load_fitting
 from flowsr_cli.families.registry import make
 
 LINF_CHECKPOINTS = "an original LINF checkpoint (expected {'model': {'name', 'args', 'sd'}})"
@@ -153,11 +153,61 @@ def import_linf(checkpoint: Any, location: Path) -> nn.Module | None:
         model = make(spec)
     except FlowsrError as exc:
         raise import_failure(location, f"its arguments do not make a LINF flowsr can build: {exc}") from None
+    load_fitting(model, converted, location, "a LINF of the checkpoint's own arguments")
+    return model.eval()
+
+
+LINF_LP_PRIORS = "an original LINF-LP prior (expected {'prior_model': {'name': 'unet', 'args', 'sd'}})"
+_PRIOR_KEYS = re.compile(r"^(input_proj|lr_proj|inc|down_layers|up_layers|outc)\.")
+
+
+def _prior_spec(
+    location: Path, prior: Mapping[str, Any], state: Mapping[str, torch.Tensor], dim: int
+) -> dict[str, Any]:
+    """The ``lp-latent-original`` spec of an original LINF-LP prior for a flow of latent size ``dim``."""
+    if prior.get("name") != "unet":
+        raise import_failure(location, f"prior model {prior.get('name')!r:.40} is not LINF-LP's 'unet'")
+    args = _mapping(location, prior.get("args"), "args")
+    if any(key.startswith("input_proj0.") for key in state):
+        raise import_failure(location, "it is an SRFlow-LP prior (two UNets, no LR branch), not a LINF-LP prior")
+    if args.get("bilinear", True) is not True:
+        raise import_failure(location, "its UNet upsamples with transposed convolutions; flowsr imports bilinear ones")
+    if args.get("cell_input"):
+        raise import_failure(location, "its UNet takes a cell input, which the released models do not")
+    in_chans = _integer(location, args, "in_chans", dim)
+    if in_chans != dim:
+        raise import_failure(location, f"its latent size in_chans = {in_chans} does not match the flow's {dim}")
+    return {
+        "name": "lp-latent-original",
+        "args": {
+            "in_chans": in_chans,
+            "dim": _integer(location, args, "dim", 64),
+            "depth": _integer(location, args, "depth", 3),
+        },
+    }
+
+
+def import_linf_with_prior(
+    checkpoint: Any, location: Path, prior_checkpoint: Any, prior_location: Path
+) -> nn.Module | None:
+    """One ``linf-lp-original`` model from an original LINF checkpoint and an original LINF-LP prior, or
+    None when ``checkpoint`` is not a LINF checkpoint."""
+    flow = import_linf(checkpoint, location)
+    if flow is None:
+        return None
+    prior = prior_checkpoint.get("prior_model") if isinstance(prior_checkpoint, Mapping) else None
+    if not isinstance(prior, Mapping) or "sd" not in prior:
+        raise import_failure(prior_location, f"not {LINF_LP_PRIORS}")
+    state = _state(prior_location, prior["sd"])
+    latent = _prior_spec(prior_location, prior, state, flow.dim)
+    unknown = [key for key in state if not _PRIOR_KEYS.match(key)]
+    if unknown:
+        raise import_failure(prior_location, f"unrecognised weights: {listed(unknown, 5)}")
+    flow_spec = {"name": "linf", "args": {**flow.spec["args"], "query_geometry": "original"}}
     try:
-        model.load_state_dict({key: value.float() for key, value in converted.items()})
-    except RuntimeError as exc:
-        problem = " ".join(str(exc).split())[:400]
-        raise import_failure(
-            location, f"weights do not fit a LINF of the checkpoint's own arguments: {problem}"
-        ) from None
+        model = make({"name": "linf-lp-original", "args": {"flow": flow_spec, "latent": latent}})
+    except FlowsrError as exc:
+        raise import_failure(prior_location, f"its arguments do not make a prior flowsr can build: {exc}") from None
+    model.flow.load_state_dict(flow.state_dict())
+    load_fitting(model.latent, state, prior_location, "a LINF-LP prior of the checkpoint's own arguments")
     return model.eval()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +24,7 @@ from flowsr_cli.families.common.coords import (
     fold_patches,
     grid,
     patch_centres,
+    to_window,
     unfold_patches,
 )
 from flowsr_cli.families.common.layout import channels_last
@@ -31,6 +32,13 @@ from flowsr_cli.families.common.linear_flow import ConditionalLinearFlow
 from flowsr_cli.families.registry import Bound, make
 
 _NEIGHBOUR_OFFSETS = ((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0))
+QUERY_GEOMETRIES = ("flowsr", "original")
+"""How queries are placed. ``flowsr``: a patch cell whose centre pixel lies past the image's bottom or right
+edge is queried at its own centre, extrapolated on the patch grid. ``original``: as the original code
+(kept to reproduce imported original models): such a cell is queried at the image centre (0, 0), where
+its zero-padded coordinates put it, and coordinates follow the original's float32 arithmetic (its
+``make_coord``), which decides the neighbour weights of queries on an LR pixel centre of the last row or
+column (their four areas are all about zero)."""
 _SHIFT_EPS = 1e-6
 
 
@@ -52,6 +60,12 @@ class LRFeatures:
     fourier_rows: tuple[range, torch.Tensor] | None = None
     """The last rows of coef and freq computed (see ``LINF._fourier``): bands of queries move down the
     image and overlap, so each band computes only the rows the previous one did not."""
+    whole_unit: torch.Tensor | None = None
+    """The whole LR image in [0, 1] (any device) when ``lr`` is a crop; read only by a LINF whose edge
+    cells take the image centre's conditioning (``query_geometry="original"``), of which it encodes the
+    centre alone."""
+    centre_conditions: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    """The conditioning at the image centre (B, 1, C) for each output size asked, once computed."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -92,6 +106,8 @@ class LINF(nn.Module):
         "flow_layers": Bound(0, 256),
     }
     spec_parts: ClassVar[tuple[str, ...]] = ("encoder",)
+    _centre_margin: ClassVar[int] = 3
+    """LR pixels beyond the encoder's reach that the image-centre query reads (its 4 neighbours, their 3x3 conv)."""
 
     def __init__(
         self,
@@ -100,10 +116,14 @@ class LINF(nn.Module):
         hidden: int = 256,
         mlp_layers: int = 3,
         flow_layers: int = 10,
+        query_geometry: str = "flowsr",
     ) -> None:
         super().__init__()
         if hidden % 2:
             raise TypeError("hidden must be even (frequencies are split into y and x halves)")
+        if query_geometry not in QUERY_GEOMETRIES:
+            raise TypeError(f"query_geometry must be one of {', '.join(QUERY_GEOMETRIES)}, got {query_geometry!r:.40}")
+        self.query_geometry = query_geometry
         self.encoder = make(encoder)
         if not all(isinstance(getattr(self.encoder, size, None), int) for size in ("out_channels", "receptive_radius")):
             raise TypeError(f"encoder must be an LR encoder (edsr-baseline, rrdb), got {encoder['name']!r}")
@@ -133,11 +153,17 @@ class LINF(nn.Module):
         return int(self.encoder.receptive_radius) + 2
 
     def encode(
-        self, lr: torch.Tensor, origin: tuple[int, int] = (0, 0), full_size: tuple[int, int] | None = None
+        self,
+        lr: torch.Tensor,
+        origin: tuple[int, int] = (0, 0),
+        full_size: tuple[int, int] | None = None,
+        whole_unit: torch.Tensor | None = None,
     ) -> LRFeatures:
-        """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin``; the encoder
-        runs channels-last (see :func:`channels_last`), so its features are laid out that way."""
-        return LRFeatures(lr=lr, encoded=self.encoder(channels_last(lr)), origin=origin, full_size=full_size)
+        """Features of an LR image (B, 3, h, w) in [-1, 1], or of a crop of one at ``origin`` (``whole_unit``:
+        the whole image in [0, 1], see :class:`LRFeatures`); the encoder runs channels-last (see
+        :func:`channels_last`), so its features are laid out that way."""
+        encoded = self.encoder(channels_last(lr))
+        return LRFeatures(lr=lr, encoded=encoded, origin=origin, full_size=full_size, whole_unit=whole_unit)
 
     def _fourier(self, features: LRFeatures, rows: range) -> torch.Tensor:
         """Amplitudes and frequencies (B, len(rows) * w, 2 * hidden), channels last (coef first), of the
@@ -194,8 +220,8 @@ class LINF(nn.Module):
         terms: list[torch.Tensor] = []
         areas: list[torch.Tensor] = []
         for row, column in neighbours:
-            relative_y = (points[..., 0] - (-1.0 + (2 * row + 1) / height)) * height
-            relative_x = (points[..., 1] - (-1.0 + (2 * column + 1) / width)) * width
+            relative_y = (points[..., 0] - self._pixel_centres(row, height)) * height
+            relative_x = (points[..., 1] - self._pixel_centres(column, width)) * width
             local = (row - origin_y - first_row) * crop_width + column - origin_x
             rows_at = _rows_at(table, local)
             coef, freq = rows_at[..., : self.hidden], rows_at[..., self.hidden :]
@@ -362,10 +388,74 @@ class LINF(nn.Module):
     ) -> torch.Tensor:
         """The conditioning of the latent cells rows x columns, computed (into ``out`` if given)."""
         device = features.lr.device
-        row_centres = patch_centres(size[0], self.patch_size, device)[rows.start : rows.stop]
-        column_centres = patch_centres(size[1], self.patch_size, device)[columns.start : columns.stop]
+        row_centres = self._cell_centres(rows, size[0], device)
+        column_centres = self._cell_centres(columns, size[1], device)
         points = grid(row_centres, column_centres).expand(features.lr.shape[0], -1, -1)
-        return self.condition(features, points, cell_size(*size), out)
+        past = self._past_edge(size, rows, columns, device)
+        if past is None:
+            return self.condition(features, points, cell_size(*size), out)
+        centre = self.centre_condition(features, size)
+        if bool(past.all()):
+            filled = centre.expand(points.shape[0], points.shape[1], -1)
+            return filled.contiguous() if out is None else out.copy_(filled)
+        # cells past the edge come after the first cell of the window, which is inside: query there, then replace
+        conditions = self.condition(features, torch.where(past[:, None], points[:, :1], points), cell_size(*size), out)
+        conditions[:, past] = centre.to(conditions.dtype)
+        return conditions
+
+    def _cell_centres(self, cells: range, length: int, device: torch.device) -> torch.Tensor:
+        """Query coordinates of patch cells ``cells`` (any indices) on an axis of ``length`` pixels: their
+        centres extrapolated on the patch grid, or the original code's coordinates of their centre pixels."""
+        patch = self.patch_size
+        index = torch.arange(cells.start, cells.stop, device=device)
+        if self.query_geometry == "flowsr":
+            return -1.0 + patch * (2.0 * index.float() + 1.0) / length
+        return self._pixel_centres(index * patch + patch // 2, length)
+
+    def _pixel_centres(self, index: torch.Tensor, length: int) -> torch.Tensor:
+        """Coordinates of the centres of pixels ``index`` (any integers: past the ends they extrapolate) on an
+        axis of ``length`` pixels, with the original code's arithmetic under ``query_geometry="original"``."""
+        if self.query_geometry == "flowsr":
+            return -1.0 + (2 * index + 1) / length
+        radius = 1 / length
+        return (-1 + radius) + (2 * radius) * index.float()
+
+    def _past_edge(
+        self, size: tuple[int, int], rows: range, columns: range, device: torch.device
+    ) -> torch.Tensor | None:
+        """For ``query_geometry="original"``: which cells of rows x columns (row-major) have their centre
+        pixel past the image; None when none has or the edge cells are extrapolated."""
+        if self.query_geometry == "flowsr":
+            return None
+        patch = self.patch_size
+        past_rows = torch.arange(rows.start, rows.stop, device=device) * patch + patch // 2 >= size[0]
+        past_columns = torch.arange(columns.start, columns.stop, device=device) * patch + patch // 2 >= size[1]
+        past = (past_rows[:, None] | past_columns[None, :]).reshape(-1)
+        return past if bool(past.any()) else None
+
+    def centre_condition(self, features: LRFeatures, size: tuple[int, int]) -> torch.Tensor:
+        """The conditioning (B, 1, C) at the image centre (0, 0) for an output of ``size``: from the features
+        when they cover the centre's reach, else from the centre of ``features.whole_unit`` encoded alone."""
+        if size in features.centre_conditions:
+            return features.centre_conditions[size]
+        height, width = features.size
+        reach = int(self.encoder.receptive_radius) + self._centre_margin
+        rows = range(max(0, height // 2 - reach), min(height, height // 2 + reach + 1))
+        columns = range(max(0, width // 2 - reach), min(width, width // 2 + reach + 1))
+        crop_rows = range(features.origin[0], features.origin[0] + int(features.lr.shape[-2]))
+        crop_columns = range(features.origin[1], features.origin[1] + int(features.lr.shape[-1]))
+        source = features
+        if not (_within(rows, crop_rows) and _within(columns, crop_columns)):
+            if features.whole_unit is None:
+                raise ValueError("the image centre lies outside these LR features and no whole image was given")
+            window = features.whole_unit[..., rows.start : rows.stop, columns.start : columns.stop]
+            source = self.encode(
+                window.to(features.lr.device, features.lr.dtype) * 2 - 1, (rows.start, columns.start), (height, width)
+            )
+        centre = features.lr.new_zeros(features.lr.shape[0], 1, 2)
+        condition = self.condition(source, centre, cell_size(*size))
+        features.centre_conditions[size] = condition
+        return condition
 
     @staticmethod
     def bilinear_base(features: LRFeatures, size: tuple[int, int], rows: range, columns: range) -> torch.Tensor:
@@ -375,8 +465,8 @@ class LINF(nn.Module):
         full_height, full_width = features.size
         centres_y = patch_centres(size[0], 1, device)[rows.start : rows.stop]
         centres_x = patch_centres(size[1], 1, device)[columns.start : columns.stop]
-        local_y = _to_crop(centres_y, full_height, features.origin[0], crop_height)
-        local_x = _to_crop(centres_x, full_width, features.origin[1], crop_width)
+        local_y = to_window(centres_y, full_height, features.origin[0], crop_height)
+        local_x = to_window(centres_x, full_width, features.origin[1], crop_width)
         return bilinear_base(features.lr.float(), local_y, local_x)
 
 
@@ -399,9 +489,3 @@ def _split(cells: range, covered: range) -> list[range]:
         return [cells]
     parts = [range(cells.start, start), range(start, stop), range(stop, cells.stop)]
     return [part for part in parts if len(part)]
-
-
-def _to_crop(coordinates: torch.Tensor, full: int, origin: int, crop: int) -> torch.Tensor:
-    """Coordinates on the full image's [-1, 1] grid as coordinates on a crop's own [-1, 1] grid."""
-    pixels = ((coordinates + 1) * full - 1) / 2 - origin
-    return (2 * pixels + 1) / crop - 1

@@ -66,6 +66,8 @@ class LINFLP(nn.Module):
     """
 
     spec_parts: ClassVar[tuple[str, ...]] = ("flow", "latent")
+    latent_type: ClassVar[type[nn.Module]] = LatentModule
+    """The latent module's class (its spec's network)."""
 
     def __init__(self, flow: dict[str, Any], latent: dict[str, Any], fade: dict[str, float] | None = None) -> None:
         super().__init__()
@@ -73,8 +75,8 @@ class LINFLP(nn.Module):
         latent_model = make(latent)
         if not isinstance(flow_model, LINF):
             raise TypeError(f"flow must be a 'linf' spec, got {flow.get('name')!r}")
-        if not isinstance(latent_model, LatentModule):
-            raise TypeError(f"latent must be an 'lp-latent' spec, got {latent.get('name')!r}")
+        if not isinstance(latent_model, self.latent_type):
+            raise TypeError(f"latent must be a {self.latent_type.__name__} spec, got {latent.get('name')!r}")
         if latent_model.dim != flow_model.dim:
             raise TypeError(f"latent dim {latent_model.dim} does not match the flow's vector size {flow_model.dim}")
         self.flow = flow_model
@@ -99,9 +101,13 @@ class LINFLP(nn.Module):
         self.flow.eval()
         return self
 
+    def latent_count(self, out_length: int) -> int:
+        """Latent cells along an axis of ``out_length`` output pixels: ``ceil(out_length / p)``."""
+        return math.ceil(out_length / self.patch_size)
+
     def latent_shape(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The latent grid (Hp, Wp) = (ceil(H / p), ceil(W / p)) of an output of ``size`` (H, W)."""
-        return math.ceil(size[0] / self.patch_size), math.ceil(size[1] / self.patch_size)
+        """The latent grid (Hp, Wp) of an output of ``size`` (H, W)."""
+        return self.latent_count(size[0]), self.latent_count(size[1])
 
     def encode(self, lr_n: torch.Tensor) -> LRFeatures:
         """The flow's features of whole LR images (B, 3, h, w) in [-1, 1], shared by every later step."""
@@ -137,7 +143,15 @@ class LINFLP(nn.Module):
         patch = self.patch_size
         pixel_rows = range(rows.start * patch, rows.stop * patch)
         pixel_columns = range(columns.start * patch, columns.stop * patch)
-        pseudo_residual = torch.cat(
+        pseudo_residual = self._window_residual(features, size, pixel_rows, pixel_columns)
+        return self._flow_forward(features, pseudo_residual, size, rows, columns, chunk_queries, conditions, progress)
+
+    def _window_residual(
+        self, features: LRFeatures, size: tuple[int, int], pixel_rows: range, pixel_columns: range
+    ) -> torch.Tensor:
+        """The pseudo-residual at output pixels rows x columns; past the image's bottom/right it repeats
+        its last row/column (whole patches)."""
+        return torch.cat(
             [
                 torch.cat([self._pseudo_residual(features, size, row_part, column_part) for column_part in
                            _inside_and_beyond(pixel_columns, size[1])], dim=-1)
@@ -145,7 +159,6 @@ class LINFLP(nn.Module):
             ],
             dim=-2,
         )  # fmt: skip
-        return self._flow_forward(features, pseudo_residual, size, rows, columns, chunk_queries, conditions, progress)
 
     def _pseudo_residual(
         self, features: LRFeatures, size: tuple[int, int], rows: range, columns: range
@@ -205,14 +218,21 @@ class LINFLP(nn.Module):
                 progress(INITIAL_PRIOR_SHARE * fraction)
 
         z_init = self.initial_prior(features, size, rows, columns, chunk_queries, conditions, initial_progress)
+        z_hat = self._refine(z_init, features, size, rows, columns)
+        if progress is not None:
+            progress(1.0)
+        return z_hat
+
+    def _refine(
+        self, z_init: torch.Tensor, features: LRFeatures, size: tuple[int, int], rows: range, columns: range
+    ) -> torch.Tensor:
+        """The latent module's z_hat for z_init of the latent rows x columns, faded beyond its scales."""
         lr = features.lr
         full_height, full_width = features.size
         row_positions = lr_positions(size[0], self.patch_size, full_height, lr.device)[rows.start : rows.stop]
         column_positions = lr_positions(size[1], self.patch_size, full_width, lr.device)[columns.start : columns.stop]
         origin_y, origin_x = features.origin
         z_hat = self.latent(z_init, channels_last(lr), row_positions - origin_y, column_positions - origin_x)
-        if progress is not None:
-            progress(1.0)
         gain = self.latent_gain(features.size, size)
         return z_hat if gain == 1.0 else z_hat * gain
 

@@ -44,12 +44,11 @@ def _floor_to(value: int, multiple: int) -> int:
 
 def plan_prior_axis(model: LINFLP, out_length: int, lr_length: int, core_cells: int) -> list[PriorTileAxis]:
     """Tiles along one axis for cores of ``core_cells`` latent cells (0: one tile)."""
-    patch = model.patch_size
-    cells = math.ceil(out_length / patch)
-    multiple = model.latent.unet.multiple
+    cells = model.latent_count(out_length)
+    multiple = model.latent.multiple
     reach = model.latent.receptive_field
     margin = max(model.flow.receptive_radius, model.latent.lr_reach + LR_STRIDE, 6) + 2
-    positions = lr_positions(out_length, patch, lr_length).tolist()
+    positions = lr_positions(out_length, model.patch_size, lr_length, count=cells).tolist()
     if core_cells <= 0 or core_cells >= cells:
         return [PriorTileAxis(range(cells), range(cells), range(lr_length))]
     core_cells = max(multiple, _floor_to(core_cells, multiple))
@@ -115,7 +114,7 @@ class LearnedPriorUpscaler:
         if window >= longest:
             return 0
         reach = self.model.latent.receptive_field
-        return max(self.model.latent.unet.multiple, math.floor(window * cells_per_pixel) - 2 * reach)
+        return max(self.model.latent.multiple, math.floor(window * cells_per_pixel) - 2 * reach)
 
     def upscale(
         self,
@@ -159,7 +158,10 @@ class LearnedPriorUpscaler:
         crop = lr[:, :, rows.crop.start : rows.crop.stop, columns.crop.start : columns.crop.stop].to(self.device)
         with torch.inference_mode():
             features = flow.encode(
-                crop * 2 - 1, origin=(rows.crop.start, columns.crop.start), full_size=tuple(lr.shape[-2:])
+                crop * 2 - 1,
+                origin=(rows.crop.start, columns.crop.start),
+                full_size=tuple(lr.shape[-2:]),
+                whole_unit=lr,
             )
             progress(encoded)
             conditions = flow.condition_grid(
