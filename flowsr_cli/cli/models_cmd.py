@@ -24,6 +24,7 @@ flowsr upscale photo.png -s 4 --model NAME
 flowsr models download NAME                     # ahead of time (--all: all)
 flowsr models verify                            # re-hash every file
 flowsr models import LINF.pth --name mine       # an original checkpoint
+flowsr models import LINF.pth --prior LP.pth --name mine-lp   # with its learned prior
 flowsr models remove NAME                       # unregister, delete its file"""
 
 models_app = typer.Typer(
@@ -38,9 +39,16 @@ models_app = typer.Typer(
 def import_command(
     checkpoint: Path = typer.Argument(..., help="An original LINF or SRFlow checkpoint (.pth).", show_default=False),
     name: str = typer.Option(..., "--name", help="The name to use with --model.", show_default=False),
+    prior: Path | None = typer.Option(
+        None,
+        "--prior",
+        help="The original learned prior trained for this flow (FlowSR-LP's LINF-LP or SRFlow-LP .pth): "
+        "one model of both, run with the original code's numerics.",
+        show_default=False,
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing model of that name."),
 ) -> None:
-    """Convert an original LINF or SRFlow checkpoint into a flowsr model.
+    """Convert an original LINF or SRFlow checkpoint (with --prior: and its learned prior) into a flowsr model.
 
     Only weights are read (no pickled code is run). The model's sha256 is recorded and checked before each
     use."""
@@ -55,10 +63,11 @@ def import_command(
     target = hub.cached_path(name)
     if target.exists() and not force:
         raise UsageError(f"a model named {name!r} exists ({printable(target)}); use --force to replace it")
-    model = convert_original(checkpoint)
+    model = convert_original(checkpoint, prior)
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, target, source=checkpoint.name)
-    hub.record_import(name, target, checkpoint.absolute())
+    sources = {"source": checkpoint.name} if prior is None else {"source": checkpoint.name, "prior": prior.name}
+    save_model(model, target, **sources)
+    hub.record_import(name, target, checkpoint.absolute(), prior.absolute() if prior is not None else None)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     typer.echo(f"imported {name}: {parameters / 1e6:.2f} M parameters -> {printable(target)}")
     scale = getattr(model, "scale", 3.5)  # fixed-scale models (SRFlow: 4) say which scale they do

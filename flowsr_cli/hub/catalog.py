@@ -122,6 +122,7 @@ class Hub:
                 record.get("sha256", ""),
                 source="imported",
                 checkpoint=record.get("checkpoint"),
+                prior=record.get("prior"),
             )
         return found
 
@@ -236,12 +237,15 @@ class Hub:
         self.__dict__.pop("user", None)  # read again on next use
         return path
 
-    def record_import(self, name: str, path: Path, checkpoint: Path) -> None:
-        """Record the sha256 of the model file ``flowsr models import`` wrote for ``name`` (atomically)."""
+    def record_import(self, name: str, path: Path, checkpoint: Path, prior: Path | None = None) -> None:
+        """Record the sha256 of the model file ``flowsr models import`` wrote for ``name`` and what it was
+        converted from (atomically)."""
         from flowsr_cli.hub.download import sha256_of
 
         with self._records() as records:
             records[name] = {"sha256": sha256_of(path), "checkpoint": str(checkpoint)}
+            if prior is not None:
+                records[name]["prior"] = str(prior)
 
     def forget_import(self, name: str) -> None:
         """Drop the record of an imported model whose file was removed."""
@@ -281,7 +285,8 @@ def changed_digest(entry: ModelEntry, path: Path) -> str | None:
 def reimport_command(entry: ModelEntry) -> str:
     """The command that imports ``entry`` again (and records its sha256)."""
     checkpoint = shlex.quote(entry.checkpoint) if entry.checkpoint else "CHECKPOINT"
-    return f"flowsr models import {checkpoint} --name {entry.name} --force"
+    prior = f" --prior {shlex.quote(entry.prior)}" if entry.prior else ""
+    return f"flowsr models import {checkpoint}{prior} --name {entry.name} --force"
 
 
 def _check_unchanged(entry: ModelEntry, path: Path) -> None:

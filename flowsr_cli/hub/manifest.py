@@ -49,11 +49,13 @@ class ModelEntry:
     """registry (the package's manifest), user (the user's manifest) or imported (a converted checkpoint)."""
     checkpoint: str | None = None
     """For an imported model: the checkpoint it was converted from (to import it again)."""
+    prior: str | None = None
+    """For a model imported with ``--prior``: the original learned prior's checkpoint."""
 
     def as_manifest(self) -> dict[str, Any]:
         """The entry as stored in a manifest."""
         stored = {key: value for key, value in asdict(self).items() if value not in (None, "")}
-        for key in ("name", "source", "checkpoint"):
+        for key in ("name", "source", "checkpoint", "prior"):
             stored.pop(key, None)
         return stored
 
@@ -189,13 +191,15 @@ def package_entries() -> dict[str, ModelEntry]:
 
 
 def check_record(name: str, record: Any) -> None:
-    """An imported-model record: {"sha256": hex, "checkpoint": text}; ManifestError otherwise."""
-    if not isinstance(record, dict) or set(record) != {"sha256", "checkpoint"}:
-        raise ManifestError(f"model {name!r}: expected the fields 'sha256' and 'checkpoint'")
+    """An imported-model record: {"sha256": hex, "checkpoint": text} and, for a model imported with its
+    learned prior, "prior": text; ManifestError otherwise."""
+    if not isinstance(record, dict) or not {"sha256", "checkpoint"} <= set(record) <= {"sha256", "checkpoint", "prior"}:
+        raise ManifestError(f"model {name!r}: expected the fields 'sha256', 'checkpoint' and optionally 'prior'")
     if not isinstance(record["sha256"], str) or _SHA256.fullmatch(record["sha256"]) is None:
         raise ManifestError(f"model {name!r}: 'sha256' is not 64 hexadecimal digits")
-    if not isinstance(record["checkpoint"], str):
-        raise ManifestError(f"model {name!r}: 'checkpoint' is not a string")
+    for key in ("checkpoint", "prior"):
+        if not isinstance(record.get(key, ""), str):
+            raise ManifestError(f"model {name!r}: {key!r} is not a string")
 
 
 def manifest_bytes(models: dict[str, Any]) -> bytes:
