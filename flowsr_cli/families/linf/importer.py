@@ -23,7 +23,13 @@ LINF_CHECKPOINTS = "an original LINF checkpoint (expected {'model': {'name', 'ar
 """What :func:`import_linf` recognises."""
 
 _ORIGINAL_NAMES = {"linf": 1, "linf-patch": None}
-_IGNORED_ENCODER_PREFIXES = ("encoder.sub_mean.", "encoder.add_mean.")
+_IGNORED_ENCODER_PREFIXES = (
+    "encoder.sub_mean.",
+    "encoder.add_mean.",
+    *(f"encoder.{name}." for name in ("upconv1", "upconv2", "HRconv", "conv_last")),
+)
+"""Weights the original encoders hold but a LINF never uses: EDSR's mean shifts (its LINF forward skips
+them) and the RRDB's upsampling tail, which its code builds even with ``no_upsampling``."""
 _RRDB_OLD = re.compile(r"^encoder\.RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)$")
 _RRDB_NEW = re.compile(r"^encoder\.body\.(\d+)\.rdb([123])\.conv([1-5])\.(weight|bias)$")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +317,30 @@ def test_cli_model_usage_errors(run_cli: CliInvoker, tmp_path: Path, args: list[
     result = run_cli(*base, *args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
+
+
+def _original_rrdb_key(key: str) -> str:
+    """The original RRDBNet's name for a flowsr RRDB encoder key (inverse of the importer's renaming)."""
+    if match := re.match(r"^encoder\.body\.(\d+)\.blocks\.(\d+)\.(?:convs\.(\d+)|fuse)\.(weight|bias)$", key):
+        block, dense, conv, kind = match.groups()
+        number = int(conv) + 1 if conv is not None else 5
+        return f"encoder.RRDB_trunk.{block}.RDB{int(dense) + 1}.conv{number}.{kind}"
+    return key.replace("encoder.conv_body.", "encoder.trunk_conv.")
+
+
+def test_an_original_rrdb_linf_with_its_unused_upsampling_tail_imports_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    encoder = {"name": "rrdb", "args": {"channels": 8, "blocks": 2, "growth": 4}}
+    args = {"encoder": encoder, "patch_size": 3, "hidden": 16, "mlp_layers": 2, "flow_layers": 2}
+    model = make({"name": "linf", "args": args})
+    checkpoint = original_layout(model.eval(), "linf-patch")
+    original = checkpoint["model"]
+    state = {_original_rrdb_key(key): value for key, value in original["sd"].items() if "sub_mean" not in key}
+    for tail in ("upconv1", "upconv2", "HRconv", "conv_last"):  # built by RRDBNet even with no_upsampling
+        state[f"encoder.{tail}.weight"] = torch.zeros(3 if tail == "conv_last" else 8, 8, 3, 3)
+    original["sd"] = state
+    original["args"]["encoder_spec"] = {"name": "rrdb", "args": {"no_upsampling": True}}
+    torch.save(checkpoint, tmp_path / "rrdb-linf.pth")
+    imported = convert_original(tmp_path / "rrdb-linf.pth")
+    lr = torch.rand(1, 3, 7, 9)
+    assert torch.equal(render(model, lr, Size(25, 21)), render(imported, lr, Size(25, 21)))
