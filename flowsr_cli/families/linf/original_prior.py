@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -121,16 +122,17 @@ class OriginalLatentModule(nn.Module):
         return cells
 
 
+@dataclass(frozen=True)
 class _StretchAxis:
-    """Along one axis: the LR-branch cells a window of latent cells reads through the whole-map bilinear
-    resize (``align_corners=False``), and how."""
+    """Along one axis: the LR-branch cells ``first_cell .. stop_cell`` a window of latent cells reads
+    through the whole-map bilinear resize (``align_corners=False``), and each latent cell's two cells
+    (indices from ``first_cell``) and weight of the second."""
 
-    def __init__(self, first_cell: int, stop_cell: int, low: torch.Tensor, high: torch.Tensor, fraction: torch.Tensor):
-        self.first_cell = first_cell
-        self.stop_cell = stop_cell
-        self.low = low
-        self.high = high
-        self.fraction = fraction
+    first_cell: int
+    stop_cell: int
+    low: torch.Tensor
+    high: torch.Tensor
+    fraction: torch.Tensor
 
     @staticmethod
     def plan(lr_length: int, latent_full: int, latent_origin: int, count: int) -> _StretchAxis:
