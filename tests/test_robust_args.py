@@ -155,6 +155,7 @@ UNCONSTRAINED: dict[str, str] = {
     "eval --markdown": "an output file path",
     "eval --save-images": "an output folder path",
     "models import CHECKPOINT": "a checkpoint file path",
+    "models import --prior": "a checkpoint file path (refusals: tests/families/*/test_*_lp_original.py)",
     "models add --description": "free text for `flowsr models list`",
     "config set VALUE": "checked for every key by test_config_set_refuses_a_bad_value",
     **{

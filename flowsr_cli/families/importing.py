@@ -46,6 +46,20 @@ def listed(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
 
 
+def checked_state(path: Path, state: object) -> dict[str, torch.Tensor]:
+    """A checkpoint's ``sd`` (at ``path``) with DataParallel's ``module.`` prefixes stripped, if it is a state
+    dict of plain tensors; a one-line import failure saying what is wrong otherwise."""
+    if not isinstance(state, Mapping):
+        raise import_failure(path, f"its 'sd' is of type {type(state).__name__}, not a state dict")
+    not_text = sorted(repr(key) for key in state if not isinstance(key, str))
+    if not_text:
+        raise import_failure(path, f"its 'sd' has keys that are not text: {listed(not_text)}")
+    not_tensors = sorted(key for key, value in state.items() if not is_plain_tensor(value))
+    if not_tensors:
+        raise import_failure(path, f"its 'sd' has entries that are not tensors of numbers: {listed(not_tensors)}")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
 def load_fitting(module: nn.Module, state: Mapping[str, torch.Tensor], location: Path, what: str) -> None:
     """Load ``state`` (as float32) into ``module``: a one-line import failure at ``location`` saying that the
     weights do not fit ``what`` (e.g. "a LINF of the checkpoint's own arguments") when they do not."""

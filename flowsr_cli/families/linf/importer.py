@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from flowsr_cli.errors import FlowsrError
-from flowsr_cli.families.importing import import_failure, is_plain_tensor, listed, load_fitting
+from flowsr_cli.families.importing import checked_state, import_failure, listed, load_fitting
 from flowsr_cli.families.registry import make
 
 LINF_CHECKPOINTS = "an original LINF checkpoint (expected {'model': {'name', 'args', 'sd'}})"
@@ -32,19 +32,6 @@ _IGNORED_ENCODER_PREFIXES = (
 them) and the RRDB's upsampling tail, which its code builds even with ``no_upsampling``."""
 _RRDB_OLD = re.compile(r"^encoder\.RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)$")
 _RRDB_NEW = re.compile(r"^encoder\.body\.(\d+)\.rdb([123])\.conv([1-5])\.(weight|bias)$")
-
-
-def _state(path: Path, state: object) -> dict[str, torch.Tensor]:
-    """The checkpoint's ``sd`` with DataParallel's ``module.`` prefixes stripped, if it is a state dict."""
-    if not isinstance(state, Mapping):
-        raise import_failure(path, f"its 'sd' is of type {type(state).__name__}, not a state dict")
-    not_text = sorted(repr(key) for key in state if not isinstance(key, str))
-    if not_text:
-        raise import_failure(path, f"its 'sd' has keys that are not text: {listed(not_text)}")
-    not_tensors = sorted(key for key, value in state.items() if not is_plain_tensor(value))
-    if not_tensors:
-        raise import_failure(path, f"its 'sd' has entries that are not tensors of numbers: {listed(not_tensors)}")
-    return {key.removeprefix("module."): value for key, value in state.items()}
 
 
 def _mapping(path: Path, value: object, name: str) -> Mapping[str, Any]:
@@ -134,7 +121,7 @@ def import_linf(checkpoint: Any, location: Path) -> nn.Module | None:
     if not isinstance(name, str) or name not in _ORIGINAL_NAMES:
         raise import_failure(location, f"model {name!r:.40} is not LINF ('linf' or 'linf-patch')")
     args = _mapping(location, original.get("args"), "args")
-    state = _state(location, original["sd"])
+    state = checked_state(location, original["sd"])
     spec = {
         "name": "linf",
         "args": {
@@ -204,7 +191,7 @@ def import_linf_with_prior(
     prior = prior_checkpoint.get("prior_model") if isinstance(prior_checkpoint, Mapping) else None
     if not isinstance(prior, Mapping) or "sd" not in prior:
         raise import_failure(prior_location, f"not {LINF_LP_PRIORS}")
-    state = _state(prior_location, prior["sd"])
+    state = checked_state(prior_location, prior["sd"])
     latent = _prior_spec(prior_location, prior, state, flow.dim)
     unknown = [key for key in state if not _PRIOR_KEYS.match(key)]
     if unknown:

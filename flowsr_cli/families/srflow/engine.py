@@ -37,9 +37,9 @@ effective reach is short: on a tiny model, 16 pixels keep tiles within 5e-4 of u
 
 
 PREDICTOR_HALO = 48
-"""LR context (--tile-pad auto) with a learned prior, whose UNets reach further than the flow: on the
-bundled srflow-lp (tile 48 on a B100 photo at LR 120x80), 16 pixels stayed within 6.2e-3 of untiled,
-32 within 2.0e-3 and 48 within 8.7e-5."""
+"""LR context (--tile-pad auto) with flowsr's own learned prior (``SRFlowLP.halo``), whose UNets reach
+further than the flow: on the bundled srflow-lp (tile 48 on a B100 photo at LR 120x80), 16 pixels stayed
+within 6.2e-3 of untiled, 32 within 2.0e-3 and 48 within 8.7e-5."""
 
 
 class LatentPredictor(Protocol):
@@ -48,9 +48,19 @@ class LatentPredictor(Protocol):
     flow: SRFlow
     size_multiple: int
     """The LR grid tiles must start on for the prior to see what the whole image would give it."""
+    halo: int
+    """LR context around each tile (--tile-pad auto) that keeps its tiles close to the untiled image."""
 
-    def predict_latents(self, features: SRFlowFeatures, lr: torch.Tensor) -> list[torch.Tensor]:
-        """The latents (in :meth:`SRFlow.latent_shapes` order) for an LR crop and its features."""
+    def predict_latents(
+        self,
+        features: SRFlowFeatures,
+        lr: torch.Tensor,
+        origin: tuple[int, int] = (0, 0),
+        whole: tuple[int, int] | None = None,
+    ) -> list[torch.Tensor]:
+        """The latents (in :meth:`SRFlow.latent_shapes` order) for an LR crop and its features; the crop's
+        top-left pixel is ``origin`` (on the ``size_multiple`` grid) of an LR image of ``whole`` (height,
+        width) pixels before padding (None: the crop is the whole image)."""
         ...
 
 
@@ -164,11 +174,12 @@ class SRFlowUpscaler:
 
     @property
     def halo(self) -> int:
-        """Context around each tile in LR pixels: DEFAULT_HALO (PREDICTOR_HALO with a learned prior)
-        unless --tile-pad says otherwise."""
+        """Context around each tile in LR pixels: DEFAULT_HALO (the learned prior's own with one) unless
+        --tile-pad says otherwise. A learned prior keeps at least 1 (rounded up to its grid by the tile
+        plan), so every crop spans at least one step of its grid, which its UNets may need to pool."""
         if self.tile_pad != "auto":
-            return int(self.tile_pad)
-        return DEFAULT_HALO if self.predictor is None else PREDICTOR_HALO
+            return int(self.tile_pad) if self.predictor is None else max(1, int(self.tile_pad))
+        return DEFAULT_HALO if self.predictor is None else self.predictor.halo
 
     @property
     def _size_multiple(self) -> int:
@@ -235,7 +246,6 @@ class SRFlowUpscaler:
         multiple = self._size_multiple
         rows = plan_blend_axis(height, tile, self.halo, multiple)
         columns = plan_blend_axis(width, tile, self.halo, multiple)
-        full_padded = (math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
         report.tiles, report.tile_size = len(rows) * len(columns), tile if len(rows) * len(columns) > 1 else 0
         pending = [torch.zeros(1, 3, 0, SCALE * width) for _ in seeds]
         first = 0  # the first output row not sent yet: pending bands start here
@@ -252,9 +262,7 @@ class SRFlowUpscaler:
                         if progress is not None:
                             progress((step + fraction) / steps)
 
-                    output = self._render_guarded(
-                        lr, crop, features, row, column, seed, full_padded, report, render_progress
-                    )
+                    output = self._render_guarded(lr, crop, features, row, column, seed, report, render_progress)
                     band = pending[sample][..., row.span.start - first : row.span.stop - first, :]
                     band[..., column.span.start : column.span.stop] += output * weight
                     step += 1
@@ -283,14 +291,18 @@ class SRFlowUpscaler:
         row: BlendAxis,
         column: BlendAxis,
         seed: int,
-        full_padded: tuple[int, int],
+        whole: tuple[int, int],
         dtype: torch.dtype,
     ) -> list[torch.Tensor]:
-        """The learned prior's latents, or N(0, I) tied to absolute positions; the temperature scales them."""
+        """The learned prior's latents, or N(0, I) tied to absolute positions in an LR image of ``whole``
+        (height, width) pixels; the temperature scales them."""
+        origin = (row.crop.start, column.crop.start)
         if self.predictor is not None:
             with torch.inference_mode(), self._autocast(dtype):
-                return [latent.float() for latent in self.predictor.predict_latents(features, crop)]
-        origin = (row.crop.start, column.crop.start)
+                latents = self.predictor.predict_latents(features, crop, origin, whole)
+            return [latent.float() for latent in latents]
+        multiple = self._size_multiple
+        full_padded = (math.ceil(whole[0] / multiple) * multiple, math.ceil(whole[1] / multiple) * multiple)
         return [latent.to(self.device) for latent in gaussian_latents(self.model, features, seed, origin, full_padded)]
 
     def _render(
@@ -321,7 +333,6 @@ class SRFlowUpscaler:
         row: BlendAxis,
         column: BlendAxis,
         seed: int,
-        full_padded: tuple[int, int],
         report: UpscaleReport,
         progress: ProgressCallback,
     ) -> torch.Tensor:
@@ -329,7 +340,8 @@ class SRFlowUpscaler:
         float32, then at halved temperatures, then at temperature 0; non-finite pixels that remain become the
         bicubic of the LR."""
         scale = self._latent_scale
-        base = self._base_latents(crop, features, row, column, seed, full_padded, self.dtype) if scale else None
+        whole = (int(lr.shape[-2]), int(lr.shape[-1]))
+        base = self._base_latents(crop, features, row, column, seed, whole, self.dtype) if scale else None
         output = self._render(features, base, scale, row, column, progress)
         if not self.guard or bool(torch.isfinite(output).all()):
             return output
@@ -340,7 +352,7 @@ class SRFlowUpscaler:
         else:
             crop, features = self._encode(lr, row, column, torch.float32)
             if self.predictor is not None:
-                base = self._base_latents(crop, features, row, column, seed, full_padded, torch.float32)
+                base = self._base_latents(crop, features, row, column, seed, whole, torch.float32)
         for retry in scales:
             output = self._render(features, base, retry, row, column)
             if bool(torch.isfinite(output).all()):

@@ -13,6 +13,11 @@ The original files hold ``SRFlowNet.state_dict()``:
 Our layers compute exactly what the original's compute with the same parameters (Glow's actnorm'd hidden
 convs and ``exp(3 logs)`` output convs, the full-weight 1x1 conv, the same channel splits and "cross" order),
 so the conversion only renames. Problems raise ``ValueError`` with a one-line description.
+
+With ``--prior``, an original SRFlow-LP prior file (``{'prior_model': {'name': 'unet', 'args': {'depth',
+'dim', 'bilinear'}, 'sd': state_dict}}``, the FlowSR-LP code's ``models/unet.py``: two UNets, one per latent,
+named ``input_proj{0,1}``, ``inc{0,1}``, ``down_layers{0,1}``, ``up_layers{0,1}``, ``outc{0,1}``) joins the
+flow in one ``srflow-lp-original`` model.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import torch
 from torch import nn
 
 from flowsr_cli.errors import FlowsrError
-from flowsr_cli.families.importing import import_failure, is_plain_tensor, listed
+from flowsr_cli.families.importing import checked_state, import_failure, is_plain_tensor, listed
+from flowsr_cli.families.model_file import weights_mismatch
 from flowsr_cli.families.registry import make
+from flowsr_cli.families.srflow.prior import latent_levels
 
 SRFLOW_CHECKPOINTS = "an SRFlow state dict (RRDB.*, flowUpsamplerNet.*)"
 """What :func:`import_srflow` recognises."""
@@ -247,3 +254,113 @@ def import_srflow(checkpoint: Any, location: Path) -> nn.Module | None:
         return convert_srflow(state)
     except ValueError as exc:
         raise import_failure(location, f"not an SRFlow checkpoint this flowsr can convert: {exc}") from None
+
+
+SRFLOW_LP_PRIORS = "an original SRFlow-LP prior (expected {'prior_model': {'name': 'unet', 'args', 'sd'}})"
+"""What :func:`import_srflow_with_prior` takes as the prior."""
+
+_PRIOR_KEY = re.compile(r"^(?:input_proj|inc|down_layers|up_layers|outc)([01])\.")
+_DOWN_LAYER = re.compile(r"^down_layers0\.(\d{1,9})\.")
+_PRIOR_ARGS = frozenset({"depth", "dim", "bilinear"})
+"""The arguments of the original's ``make_unet(depth, dim=64, bilinear=True)``."""
+
+
+def _prior_integer(location: Path, args: Mapping[str, Any], key: str) -> int:
+    """The prior's argument ``key``, which must be an integer."""
+    value = args[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise import_failure(location, f"its argument {key} = {value!r:.40} is not an integer")
+    return value
+
+
+def _weight_shape(location: Path, state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    """The shape of the convolution weight ``key`` of the prior."""
+    if key not in state:
+        raise import_failure(location, f"missing weight {key}")
+    shape = tuple(state[key].shape)
+    if len(shape) != 4:
+        raise import_failure(location, f"{key} has shape {shape} where a convolution weight belongs")
+    return shape
+
+
+def _prior_args(location: Path, prior: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The ``dim`` and ``depth`` of an original SRFlow-LP prior, from its ``args`` and checked against its weights."""
+    if prior.get("name") != "unet":
+        raise import_failure(location, f"prior model {prior.get('name')!r:.40} is not SRFlow-LP's 'unet'")
+    if any(key.startswith(("input_proj.", "lr_proj.")) for key in state):
+        raise import_failure(
+            location,
+            "it is a LINF-LP prior (one UNet with an LR branch: input_proj, lr_proj), not an SRFlow-LP "
+            "prior; import it with a LINF checkpoint",
+        )
+    args = prior.get("args")
+    if not isinstance(args, Mapping):
+        raise import_failure(location, f"its 'args' is of type {type(args).__name__}, not a mapping of arguments")
+    unknown = sorted(str(key) for key in args if key not in _PRIOR_ARGS)
+    if unknown:
+        raise import_failure(
+            location, f"unexpected arguments {listed(unknown)} (SRFlow-LP's UNet takes depth, dim, bilinear)"
+        )
+    if "depth" not in args:
+        raise import_failure(location, "its arguments give no depth")
+    if args.get("bilinear", True) is not True:
+        raise import_failure(location, "its UNet upsamples with transposed convolutions; flowsr imports bilinear ones")
+    depth = _prior_integer(location, args, "depth")
+    dim = _prior_integer(location, {"dim": 64, **args}, "dim")
+    weight_dim = _weight_shape(location, state, "inc0.double_conv.0.weight")[0]
+    weight_depth = len({match.group(1) for key in state if (match := _DOWN_LAYER.match(key))})
+    if (dim, depth) != (weight_dim, weight_depth):
+        raise import_failure(
+            location,
+            f"its arguments say dim {dim}, depth {depth}, but its weights have dim {weight_dim}, depth {weight_depth}",
+        )
+    return {"dim": dim, "depth": depth}
+
+
+def _check_latents(location: Path, state: Mapping[str, torch.Tensor], channels: list[int]) -> None:
+    """Refuse a prior whose UNets take other latents than the flow's (``channels``, in the flow's order)."""
+    if len(channels) != 2:
+        raise import_failure(
+            location, f"the flow has {len(channels)} latents; the original SRFlow-LP prior takes two (one split level)"
+        )
+    taken = [_weight_shape(location, state, f"input_proj{index}.conv1.weight")[1] for index in (0, 1)]
+    given = [_weight_shape(location, state, f"outc{index}.conv.weight")[0] for index in (0, 1)]
+    if taken != channels or given != channels:
+        raise import_failure(
+            location,
+            f"its UNets take latents of {taken[0]} and {taken[1]} channels and give {given[0]} and "
+            f"{given[1]}, but the flow's latents have {channels[0]} and {channels[1]}",
+        )
+
+
+def import_srflow_with_prior(
+    checkpoint: Any, location: Path, prior_checkpoint: Any, prior_location: Path
+) -> nn.Module | None:
+    """One ``srflow-lp-original`` model from an original SRFlow checkpoint and an original SRFlow-LP prior,
+    or None when ``checkpoint`` is not an SRFlow checkpoint."""
+    flow = import_srflow(checkpoint, location)
+    if flow is None:
+        return None
+    prior = prior_checkpoint.get("prior_model") if isinstance(prior_checkpoint, Mapping) else None
+    if not isinstance(prior, Mapping) or "sd" not in prior:
+        raise import_failure(prior_location, f"not {SRFLOW_LP_PRIORS}")
+    state = checked_state(prior_location, prior["sd"])
+    args = _prior_args(prior_location, prior, state)
+    unknown = sorted(key for key in state if not _PRIOR_KEY.match(key))
+    if unknown:
+        raise import_failure(prior_location, f"unrecognised weights: {listed(unknown, 5)}")
+    _check_latents(prior_location, state, [channels for channels, _ in latent_levels(flow)])
+    try:
+        model = make({"name": "srflow-lp-original", "args": {"flow": flow.spec, "prior": args}})
+    except FlowsrError as exc:
+        raise import_failure(prior_location, f"its arguments do not make a prior flowsr can build: {exc}") from None
+    mismatch = weights_mismatch(model.prior.state_dict(), state)
+    if mismatch:
+        raise import_failure(
+            prior_location, f"its weights do not fit SRFlow-LP's UNets of its own arguments ({mismatch})"
+        )
+    model.flow.load_state_dict(flow.state_dict())
+    model.prior.load_state_dict(
+        {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+    )
+    return model.eval()

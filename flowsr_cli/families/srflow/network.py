@@ -151,8 +151,9 @@ class FlowLevel(nn.Module):
         return self.squeeze.inverse(x)
 
 
-def _pad_bottom_right(x: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
-    """Reflect-pad (replicate where the image is too small to reflect)."""
+def pad_bottom_right(x: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """Pad at the bottom and right by reflection, as SRFlow pads odd sizes (replicate where the image is too
+    small to reflect)."""
     if rows == 0 and columns == 0:
         return x
     mode = "reflect" if rows < x.shape[-2] and columns < x.shape[-1] else "replicate"
@@ -217,7 +218,7 @@ class SRFlow(nn.Module):
         height, width = int(lr.shape[-2]), int(lr.shape[-1])
         multiple = self.size_multiple
         padded = (math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
-        lr = _pad_bottom_right(lr, padded[0] - height, padded[1] - width)
+        lr = pad_bottom_right(lr, padded[0] - height, padded[1] - width)
         conditions = self.conditioner(lr, len(self.flow_levels))
         return SRFlowFeatures(conditions=conditions, lr_size=(height, width), padded_size=padded)
 
@@ -250,7 +251,7 @@ class SRFlow(nn.Module):
         if tuple(hr.shape[-2:]) != expected:
             raise ValueError(f"HR size {tuple(hr.shape[-2:])} is not {SCALE}x the LR size {features.lr_size}")
         padded = (SCALE * features.padded_size[0], SCALE * features.padded_size[1])
-        return _pad_bottom_right(hr, padded[0] - expected[0], padded[1] - expected[1])
+        return pad_bottom_right(hr, padded[0] - expected[0], padded[1] - expected[1])
 
     def log_prob(self, hr: torch.Tensor, features: SRFlowFeatures) -> SRFlowLogProb:
         """HR (B, 3, 4h, 4w) in [0, 1] -> log p(HR | LR) in nats per image (continuous density) and its latents."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from flowsr_cli.families.common.latent import LATENT_BOUNDS, DenseBlock, UNet
 from flowsr_cli.families.registry import Bound, make
+from flowsr_cli.families.srflow.engine import PREDICTOR_HALO
 from flowsr_cli.families.srflow.network import SCALE, SRFlow, SRFlowFeatures
 
 STANDARDISE_EPS = 1e-6
@@ -96,6 +97,7 @@ class SRFlowLP(nn.Module):
     """
 
     scale = SCALE
+    halo = PREDICTOR_HALO
     spec_bounds: ClassVar[Mapping[str, Bound]] = {f"latent.{key}": bound for key, bound in LATENT_BOUNDS.items()}
     spec_parts: ClassVar[tuple[str, ...]] = ("flow",)
 
@@ -139,8 +141,15 @@ class SRFlowLP(nn.Module):
         upsampled = F.interpolate(lr.float(), scale_factor=SCALE, mode="bilinear", align_corners=False)
         return [standardise(z) for z in self.latents_of(features, upsampled)]
 
-    def predict_latents(self, features: SRFlowFeatures, lr: torch.Tensor) -> list[torch.Tensor]:
-        """z_hat for every latent level, in :meth:`SRFlow.sample`'s order (padded sizes, as the flow's)."""
+    def predict_latents(
+        self,
+        features: SRFlowFeatures,
+        lr: torch.Tensor,
+        origin: tuple[int, int] = (0, 0),
+        whole: tuple[int, int] | None = None,
+    ) -> list[torch.Tensor]:
+        """z_hat for every latent level, in :meth:`SRFlow.sample`'s order (padded sizes, as the flow's). Where
+        the crop lies (``origin``, ``whole``) does not matter: the priors pad their own input."""
         z_init = self.initial_latents(features, lr)
         return [prior(z, features.conditions[level]) for prior, level, z in zip(self.priors, self.levels, z_init)]
 

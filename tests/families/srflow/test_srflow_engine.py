@@ -223,13 +223,24 @@ def test_bfloat16_encoder_stays_close(model: SRFlow, lr: torch.Tensor) -> None:
 class FakeLP(torch.nn.Module):
     """Stands in for an SRFlow-LP model: a frozen SRFlow and a latent prediction from the features."""
 
-    def __init__(self, flow: SRFlow) -> None:
+    halo = 8
+
+    def __init__(self, flow: SRFlow, size_multiple: int | None = None) -> None:
         super().__init__()
         self.flow = flow
-        self.size_multiple = flow.size_multiple
+        self.size_multiple = size_multiple or flow.size_multiple
+        self.crops: list[tuple[tuple[int, int], tuple[int, int] | None, tuple[int, int]]] = []
+        """(origin, whole, crop size) of each call."""
 
-    def predict_latents(self, features: SRFlowFeatures, lr: torch.Tensor) -> list[torch.Tensor]:
+    def predict_latents(
+        self,
+        features: SRFlowFeatures,
+        lr: torch.Tensor,
+        origin: tuple[int, int] = (0, 0),
+        whole: tuple[int, int] | None = None,
+    ) -> list[torch.Tensor]:
         assert lr.shape[-2:] == features.lr_size
+        self.crops.append((origin, whole, features.lr_size))
         return [torch.full((1, *shape), 0.3) for shape in self.flow.latent_shapes(features)]
 
 
@@ -241,6 +252,17 @@ def test_a_learned_prior_replaces_the_gaussian_latents(model: SRFlow, lr: torch.
         features = model.encode(lr)
         expected = model.sample(features, latents=FakeLP(model).predict_latents(features, lr))
     assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_a_learned_prior_is_told_where_each_crop_lies(model: SRFlow, lr: torch.Tensor) -> None:
+    """Crops start on the prior's grid; with --tile-pad 0 they keep one step of it as context (here 8)."""
+    for tile_pad, starts in ((16, [0, 16]), (0, [0, 8, 24])):
+        predictor = FakeLP(model, size_multiple=8)
+        upscaler = SRFlowUpscaler(model, CPU, torch.float32, 0.0, "lp", 16, tile_pad, predictor=predictor)
+        collect(upscaler, lr, [0])
+        assert {origin[0] for origin, _, _ in predictor.crops} == set(starts)
+        assert all(whole == (40, 56) for _, whole, _ in predictor.crops)
+        assert upscaler.halo == max(tile_pad, 1)
 
 
 def test_create_upscaler_wires_srflow_and_its_learned_prior(model: SRFlow, tmp_path: Path) -> None:
