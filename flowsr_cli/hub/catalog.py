@@ -118,7 +118,7 @@ class Hub:
             record = records.get(name, {})
             found[name] = ModelEntry(
                 name,
-                "imported checkpoint",
+                "imported checkpoint with its learned prior" if record.get("prior") else "imported checkpoint",
                 record.get("sha256", ""),
                 source="imported",
                 checkpoint=record.get("checkpoint"),

@@ -14,6 +14,8 @@ import torch
 from PIL import Image as PILImage
 
 from flowsr_cli.families.importing import CheckpointImportError, convert_original
+from flowsr_cli.hub.catalog import reimport_command
+from flowsr_cli.hub.manifest import ModelEntry
 from tests.conftest import CliInvoker
 from tests.eval.test_eval import SET5, SHARED
 from tests.families.linf.original_linf_lp import (
@@ -151,3 +153,12 @@ def test_unusable_priors_are_refused_in_one_line(
         assert result.exit_code == 2 and str(path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = run_cli("models", "import", str(prior), "--prior", str(prior), "--name", "bad")
     assert result.exit_code == 2 and "not an original LINF checkpoint" in result.stderr
+
+
+def test_the_import_record_names_the_prior(run_cli: CliInvoker, imported: str) -> None:
+    listing = run_cli("models", "list", env={"COLUMNS": "200"})
+    assert listing.exit_code == 0 and "imported checkpoint with its learned prior" in listing.stdout
+    entry = ModelEntry(imported, source="imported", checkpoint="/m/linf.pth", prior="/m/my lp.pth")
+    assert (
+        reimport_command(entry) == f"flowsr models import /m/linf.pth --prior '/m/my lp.pth' --name {imported} --force"
+    )
