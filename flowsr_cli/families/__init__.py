@@ -3,3 +3,6 @@ building blocks in ``common``. Importing this package registers every family wit
 :mod:`flowsr_cli.families.registry`, through which models are built, run and imported."""
 
 from flowsr_cli.families import common, linf, srflow  # noqa: F401  (each registers its family)
+
+# isort: split
+from flowsr_cli.families import hcflow  # noqa: F401  (last: importers are asked, and named in errors, in this order)
