@@ -1,6 +1,7 @@
-"""HCFlow (hierarchical conditional flow, Liang et al., ICCV 2021) for SR: the network and the importer of the
-original's SR checkpoints. Its tiled engine comes later, so ``upscale`` cannot run it yet."""
+"""HCFlow (hierarchical conditional flow, Liang et al., ICCV 2021) for SR: the network, its tiled engine and the
+importer of the original's SR checkpoints."""
 
+from flowsr_cli.families.hcflow.engine import run_hcflow
 from flowsr_cli.families.hcflow.importer import HCFLOW_CHECKPOINTS, import_hcflow
 from flowsr_cli.families.hcflow.network import HCFlowSR
 from flowsr_cli.families.registry import Family, Importer, Network, register_family
@@ -8,7 +9,7 @@ from flowsr_cli.families.registry import Family, Importer, Network, register_fam
 register_family(
     Family(
         "hcflow",
-        networks={"hcflow": Network(HCFlowSR, engine=None)},
+        networks={"hcflow": Network(HCFlowSR, engine=run_hcflow)},
         importer=Importer(HCFLOW_CHECKPOINTS, import_hcflow),
     )
 )

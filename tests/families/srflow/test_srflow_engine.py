@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from flowsr_cli.engine import blended
+from flowsr_cli.engine.blended import gaussian_latents, plan_blend_axis
 from flowsr_cli.engine.consistent import ConsistentUpscaler
 from flowsr_cli.engine.memory import choose_tile
 from flowsr_cli.engine.resize import resize
@@ -16,8 +18,7 @@ from flowsr_cli.eval.evaluation import load_dataset
 from flowsr_cli.eval.metrics import make_lr
 from flowsr_cli.families.model_file import save_model
 from flowsr_cli.families.registry import make
-from flowsr_cli.families.srflow import engine as srflow_engine
-from flowsr_cli.families.srflow.engine import DEFAULT_HALO, SRFlowUpscaler, gaussian_latents, plan_blend_axis
+from flowsr_cli.families.srflow.engine import DEFAULT_HALO, SRFlowUpscaler
 from flowsr_cli.families.srflow.network import SRFlow, SRFlowFeatures
 from flowsr_cli.families.srflow.prior import SRFlowLP
 from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
@@ -87,7 +88,7 @@ def collect(up: object, lr: torch.Tensor, seeds: list[int], size: Size | None = 
 
 @pytest.mark.parametrize(("in_size", "tile", "halo"), [(40, 16, 16), (41, 16, 5), (57, 32, 16), (40, 13, 0)])
 def test_blend_plan_covers_the_output_with_weights_summing_to_one(in_size: int, tile: int, halo: int) -> None:
-    axes = plan_blend_axis(in_size, tile, halo, multiple=2)
+    axes = plan_blend_axis(in_size, tile, halo, multiple=2, scale=4)
     total = torch.zeros(4 * in_size, dtype=torch.float64)
     for axis in axes:
         total[axis.span.start : axis.span.stop] += axis.weights.double()
@@ -98,7 +99,7 @@ def test_blend_plan_covers_the_output_with_weights_summing_to_one(in_size: int, 
     assert len(axes) == -(-in_size // (tile // 2 * 2))
     if halo == 0:
         assert sum(len(axis.span) for axis in axes) == 4 * in_size  # no halo: plain crops, no overlap
-    assert plan_blend_axis(in_size, 0, halo, 2)[0].crop == range(in_size)
+    assert plan_blend_axis(in_size, 0, halo, 2, 4)[0].crop == range(in_size)
 
 
 @pytest.mark.parametrize(("origin", "size"), [((8, 16), (16, 24)), ((0, 10), (12, 30)), ((6, 0), (17, 41))])
@@ -109,14 +110,16 @@ def test_gaussian_latents_of_a_crop_are_a_window_of_the_whole_images(
     crop_lr = whole_lr[..., origin[0] :, origin[1] :]
     with torch.no_grad():
         whole, crop = model.encode(whole_lr), model.encode(crop_lr)
-    full = gaussian_latents(model, whole, 7, (0, 0), whole.padded_size)
-    part = gaussian_latents(model, crop, 7, origin, whole.padded_size)
+    full = gaussian_latents(model.latent_shapes(whole), whole.padded_size, 7, (0, 0), whole.padded_size)
+    part = gaussian_latents(model.latent_shapes(crop), crop.padded_size, 7, origin, whole.padded_size)
     for level, (big, small) in enumerate(zip(full, part)):
         top = origin[0] * big.shape[2] // whole.padded_size[0]
         left = origin[1] * big.shape[3] // whole.padded_size[1]
         window = big[..., top : top + small.shape[2], left : left + small.shape[3]]
         assert torch.equal(window, small), level
-    assert not torch.equal(full[0], gaussian_latents(model, whole, 8, (0, 0), whole.padded_size)[0])
+    assert not torch.equal(
+        full[0], gaussian_latents(model.latent_shapes(whole), whole.padded_size, 8, (0, 0), whole.padded_size)[0]
+    )
 
 
 def test_untiled_output_is_the_models_sample_and_seeds_are_stable(model: SRFlow, lr: torch.Tensor) -> None:
@@ -124,7 +127,12 @@ def test_untiled_output_is_the_models_sample_and_seeds_are_stable(model: SRFlow,
     assert report.tiles == 1 and report.tile_size == 0 and report.guarded_tiles == 0
     with torch.no_grad():
         features = model.encode(lr)
-        latents = [0.8 * z for z in gaussian_latents(model, features, 1, (0, 0), features.padded_size)]
+        latents = [
+            0.8 * z
+            for z in gaussian_latents(
+                model.latent_shapes(features), features.padded_size, 1, (0, 0), features.padded_size
+            )
+        ]
         assert torch.equal(first, model.sample(features, latents=latents))
     assert torch.equal(collect(upscaler(model, 0.8, tile=0), lr, [2])[0][0], second)
     assert (first - second).abs().max() > 0.05
@@ -179,7 +187,7 @@ def test_guard_retries_exploding_tiles_at_lower_temperature(
     model: SRFlow, lr: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     honest = collect(upscaler(model, 0.8, tile=24), lr, [5])[0][0]
-    real_latents = srflow_engine.gaussian_latents
+    real_latents = blended.gaussian_latents
 
     def outlier_in_the_top_row(*args: object) -> list[torch.Tensor]:
         latents = real_latents(*args)  # type: ignore[arg-type]
@@ -187,10 +195,10 @@ def test_guard_retries_exploding_tiles_at_lower_temperature(
             latents[-1][:, :, 0] = 10.0
         return latents
 
-    monkeypatch.setattr(srflow_engine, "gaussian_latents", outlier_in_the_top_row)
+    monkeypatch.setattr(blended, "gaussian_latents", outlier_in_the_top_row)
     fault_above(model, monkeypatch, 6.0)  # 0.8 * 10 explodes, 0.4 * 10 does not
     (guarded,), report = collect(upscaler(model, 0.8, tile=24), lr, [5])
-    rows = plan_blend_axis(lr.shape[-2], 24, DEFAULT_HALO, 2)
+    rows = plan_blend_axis(lr.shape[-2], 24, DEFAULT_HALO, 2, 4)
     assert [row.crop.start for row in rows] == [0, 8] and report.tiles == 2 * 3
     assert report.guarded_tiles == 3, "the top row of tiles"
     assert torch.isfinite(guarded).all()
@@ -294,7 +302,7 @@ def test_only_x4_unless_resampled(model: SRFlow, lr: torch.Tensor) -> None:
 
 
 def test_auto_tile_is_estimated_from_the_channel_counts(model: SRFlow, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(srflow_engine, "available_memory", lambda device: 2 * 10**8)
+    monkeypatch.setattr(blended, "available_memory", lambda device: 2 * 10**8)
     tiny = upscaler(model, 0.5)
     per_pixel = tiny._bytes_per_input_pixel()
     assert tiny._tile_size() == choose_tile(2 * 10**8, per_pixel, DEFAULT_HALO)
