@@ -274,7 +274,7 @@ def _train(
     from flowsr_cli.train.distributed import leave_cluster
     from flowsr_cli.train.loop import RunFiles, Trainer
 
-    fixed_scale = getattr(model, "scale", None)  # SRFlow (-LP): 4, with HR crops exactly 4x the LR; LINF: none
+    fixed_scale = getattr(model, "scale", None)  # SRFlow (-LP), HCFlow: 4, HR crops exactly 4x the LR; LINF: none
     multiple = fixed_scale or model.patch_size
     trainer = Trainer(
         model,
@@ -303,7 +303,7 @@ def train_flow(
         None,
         "--arch",
         help="LINF: linf-small (CPU-sized), linf-edsr or linf-rrdb (the paper's, for GPUs); SRFlow (x4 only): "
-        "srflow-small or srflow.",
+        "srflow-small or srflow; HCFlow (x4 only): hcflow-small or hcflow.",
         show_default=_recipe_default("arch", "linf-small; with --init, the small size of its family"),
         rich_help_panel=_RECIPE,
     ),
@@ -317,7 +317,7 @@ def train_flow(
     finetune: bool | None = typer.Option(
         None,
         "--finetune/--no-finetune",
-        help="Stage 2: alternate small NLL steps with L1 steps on the τ=0 output.",
+        help="Stage 2 (LINF's, or HCFlow+): alternate small-weight NLL steps with L1 steps on the τ=0 output.",
         show_default=_recipe_default("finetune"),
         rich_help_panel=_RECIPE,
     ),
@@ -326,8 +326,8 @@ def train_flow(
     val: Path | None = VAL_OPTION,
     device: str | None = DEVICE_OPTION,
 ) -> None:
-    """Train a flow and export out/model.safetensors: LINF (stage 1: NLL; --finetune: stage 2) or SRFlow
-    (NLL in bits per pixel, x4)."""
+    """Train a flow and export out/model.safetensors: LINF (stage 1: NLL; --finetune: stage 2), SRFlow
+    (NLL in bits per pixel, x4) or HCFlow (NLL with its LR term, x4; --finetune: HCFlow+)."""
     from flowsr_cli.train.recipe import ARCHITECTURES, DEFAULT_ARCHITECTURES, load_recipe
 
     settings = Settings({"device": device})
@@ -351,24 +351,11 @@ def train_flow(
 
     from flowsr_cli.families.model_file import load_model
     from flowsr_cli.families.registry import make
-    from flowsr_cli.families.srflow.network import SRFlow
-    from flowsr_cli.train.objectives import FlowObjective, SRFlowObjective
-    from flowsr_cli.train.perceptual import VGGPerceptualLoss
+    from flowsr_cli.train.objectives import flow_objective
 
     torch.manual_seed(recipe.seed)
     model = load_model(init_path, device_) if init_path is not None else make(ARCHITECTURES[recipe.arch]).to(device_)
-    if isinstance(model, SRFlow):
-        objective: nn.Module = SRFlowObjective(model.train())
-    else:
-        perceptual = (
-            VGGPerceptualLoss(device_, recipe.perceptual_loss, recipe.texture_weight)
-            if recipe.finetune and recipe.vgg_weight > 0
-            else None
-        )
-        objective = FlowObjective(
-            model.train(), recipe.queries, recipe.finetune, recipe.finetune_nll_weight, perceptual, recipe.vgg_weight
-        )
-    _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)
+    _train(model, flow_objective(model, recipe, device_), recipe, data, out, cluster, device_, val, settings, resume)
 
 
 @train_app.command("prior", epilog=PRIOR_EXAMPLES)
@@ -415,7 +402,9 @@ def train_prior(
     continued = _continued_prior(flow_path, family)
     flow_family = PRIORS[continued]["flow"] if continued else family
     if flow_family not in DEFAULT_PRIORS:
-        raise UsageError(f"--flow {flow}: a {family} model, not a flow ({' or '.join(DEFAULT_PRIORS)})")
+        raise UsageError(
+            f"--flow {flow}: a {family} model; learned priors train on {' or '.join(DEFAULT_PRIORS)} flows"
+        )
     recipe = load_recipe(
         recipe_file,
         _overrides(

@@ -131,7 +131,7 @@ class Trainer:
         self.validate = validate
         self.show_progress = show_progress and cluster.is_main
         parameters = [parameter for parameter in objective.parameters() if parameter.requires_grad]
-        self.optimizer = torch.optim.Adam(parameters, lr=recipe.learning_rate)
+        self.optimizer = torch.optim.Adam(parameters, lr=recipe.learning_rate, betas=(0.9, recipe.adam_beta2))
         self.mixed_precision = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision)
         self._unlogged: dict[str, object] | None = None
@@ -268,16 +268,44 @@ class Trainer:
             losses = module(lr, hr, state.step, generator)
         loss = losses["loss"]
         state.step += 1
-        if not bool(torch.isfinite(loss)):
-            state.skipped_steps += 1
-            self._log_last_step()
-            self._log({"step": state.step, "skipped": "non-finite loss"})
-            return None
+        if not self._finite_everywhere(loss):
+            return self._skipped(state, "non-finite loss")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        gradient_norm = self._clip_gradients()
+        if gradient_norm is not None and not math.isfinite(gradient_norm) and not self.mixed_precision:
+            return self._skipped(state, "non-finite gradient")
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {name: float(value.detach()) for name, value in losses.items()} | {"lr": learning_rate}
+        logged = {name: float(value.detach()) for name, value in losses.items()} | {"lr": learning_rate}
+        return logged | ({"grad_norm": gradient_norm} if gradient_norm is not None else {})
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite on every rank: under DDP all ranks skip a step together, or none does
+        (a rank that skipped its backward alone would leave the others' gradient reduction unmatched)."""
+        finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+        if self.cluster.distributed:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _skipped(self, state: TrainingState, reason: str) -> None:
+        """Count and log step ``state.step`` as skipped: no optimizer step was taken."""
+        state.skipped_steps += 1
+        self._log_last_step()
+        self._log({"step": state.step, "skipped": reason})
+
+    def _clip_gradients(self) -> float | None:
+        """The recipe's gradient clipping, as the original HCFlow clips: each value to ``grad_clip_value``,
+        then the total L2 norm to ``grad_clip_norm``. Returns the norm between the two clippings (None when
+        ``grad_clip_norm`` is off); under DDP the gradients are already reduced, so every rank agrees."""
+        value, norm = self.recipe.grad_clip_value, self.recipe.grad_clip_norm
+        if not value and not norm:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        parameters = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
+        if value:
+            nn.utils.clip_grad_value_(parameters, value)
+        return float(nn.utils.clip_grad_norm_(parameters, norm)) if norm else None
 
     def _after_step(
         self, state: TrainingState, losses: dict[str, float], started: float, first_step: int, view: ProgressView

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from flowsr_cli.engine.projection import project
 from flowsr_cli.engine.sampling import LatentSource
 from flowsr_cli.families.common.flow_layers import ActNorm
+from flowsr_cli.families.hcflow.network import HCFlowSR
 from flowsr_cli.families.linf.network import LINF
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.families.srflow.network import SRFlow
 from flowsr_cli.families.srflow.prior import SRFlowLP
 from flowsr_cli.train.detail import detail_loss, grid_loss
 from flowsr_cli.train.perceptual import VGGPerceptualLoss
+from flowsr_cli.train.recipe import Recipe
 
 
 def zero_latent(batch: int, dim: int) -> LatentSource:
@@ -134,12 +138,32 @@ def to_unit(image: torch.Tensor) -> torch.Tensor:
     return (image.float() + 1) / 2
 
 
+def _actnorms(model: nn.Module) -> list[ActNorm]:
+    return [layer for layer in model.modules() if isinstance(layer, ActNorm)]
+
+
+def needs_actnorm_init(model: nn.Module) -> bool:
+    """Whether ``model`` (in training mode) has an ActNorm not yet initialised from data: a fresh model."""
+    return model.training and not all(bool(layer.initialized) for layer in _actnorms(model))
+
+
+@torch.no_grad()
+def initialise_actnorms(model: nn.Module, forward: Callable[[], object]) -> None:
+    """Glow's data-dependent ActNorm start: ``forward()`` runs once without gradients, and every ActNorm it meets
+    initialises from its input. Under DDP every rank then takes rank 0's, so all ranks hold the same model
+    (DDP only aligns parameters when it starts)."""
+    forward()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for layer in _actnorms(model):
+            torch.distributed.broadcast(layer.bias, src=0)
+            torch.distributed.broadcast(layer.log_scale, src=0)
+
+
 class SRFlowObjective(nn.Module):
     """SRFlow: NLL in bits per HR pixel with uniform dequantisation (its only training stage here).
 
     The flow runs in float32 outside autocast. Before the first step of a fresh model, one no-grad pass
-    initialises the ActNorms from this batch (Glow's data-dependent init); under DDP every rank then
-    takes rank 0's parameters, so all ranks hold the same model (DDP only aligns them at its start)."""
+    initialises the ActNorms from this batch (:func:`initialise_actnorms`)."""
 
     def __init__(self, model: SRFlow) -> None:
         super().__init__()
@@ -151,21 +175,43 @@ class SRFlowObjective(nn.Module):
         """Losses for one batch (LR and HR in [-1, 1], HR exactly 4x the LR)."""
         lr, hr = to_unit(lr), to_unit(hr)
         with torch.autocast(lr.device.type, enabled=False):
-            if self.training and not all(bool(layer.initialized) for layer in self._actnorms()):
-                self._initialise_actnorms(lr, hr)
+            if needs_actnorm_init(self.model):
+                initialise_actnorms(self.model, lambda: self.model.log_prob(hr, self.model.encode(lr)))
             nll = self.model.nll_bits_per_pixel(hr, lr, generator=generator)
         return {"loss": nll, "nll": nll}
 
-    def _actnorms(self) -> list[ActNorm]:
-        return [layer for layer in self.model.modules() if isinstance(layer, ActNorm)]
 
-    @torch.no_grad()
-    def _initialise_actnorms(self, lr: torch.Tensor, hr: torch.Tensor) -> None:
-        self.model.log_prob(hr, self.model.encode(lr))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for layer in self._actnorms():
-                torch.distributed.broadcast(layer.bias, src=0)
-                torch.distributed.broadcast(layer.log_scale, src=0)
+class HCFlowObjective(nn.Module):
+    """HCFlow: the NLL in bits per HR pixel with the LR term (:meth:`HCFlowSR.nll_bits_per_pixel`, HR + U(0, 1) /
+    64). HCFlow+ (``finetune``): even steps minimise ``nll_weight`` x that NLL, odd steps the L1 distance of
+    the heat-0 output, clamped to [0, 1] as the original's reverse pass returns it, to the HR. The original
+    steps both losses separately on every batch; here each optimizer step takes one, on its own batch.
+
+    In float32 outside autocast. A fresh model's ActNorms start from the first batch (:func:`initialise_actnorms`)
+    exactly as the original starts them inside its first forward pass: on the dequantised HR of that step (the
+    same noise, drawn from a copy of the step's generator)."""
+
+    def __init__(self, model: HCFlowSR, finetune: bool = False, nll_weight: float = 2e-3) -> None:
+        super().__init__()
+        self.model = model
+        self.finetune = finetune
+        self.nll_weight = nll_weight
+
+    def forward(
+        self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Losses for one batch (LR and HR in [-1, 1], HR exactly 4x the LR); ``loss`` is the one to minimise."""
+        lr, hr = to_unit(lr), to_unit(hr)
+        with torch.autocast(lr.device.type, enabled=False):
+            if needs_actnorm_init(self.model):
+                twin = torch.Generator(generator.device).set_state(generator.get_state())
+                initialise_actnorms(self.model, lambda: self.model.nll_bits_per_pixel(hr, lr, generator=twin))
+            if not self.finetune or step % 2 == 0:
+                nll = self.model.nll_bits_per_pixel(hr, lr, generator=generator)
+                return {"loss": nll * (self.nll_weight if self.finetune else 1.0), "nll": nll}
+            output = self.model.sample(self.model.encode(lr), 0.0).clamp(0.0, 1.0)
+        l1 = (output - hr).abs().mean()
+        return {"loss": l1, "l1": l1}
 
 
 class SRFlowPriorObjective(nn.Module):
@@ -201,3 +247,36 @@ class SRFlowPriorObjective(nn.Module):
             losses["latent"] = torch.cat([(a.float() - b).abs().flatten(1) for a, b in zip(z_hat, z_hr)], 1).mean()
             losses["loss"] = losses["loss"] + self.latent_weight * losses["latent"]
         return losses
+
+
+def _linf_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    perceptual = (
+        VGGPerceptualLoss(device, recipe.perceptual_loss, recipe.texture_weight)
+        if recipe.finetune and recipe.vgg_weight > 0
+        else None
+    )
+    return FlowObjective(
+        model, recipe.queries, recipe.finetune, recipe.finetune_nll_weight, perceptual, recipe.vgg_weight
+    )
+
+
+def _srflow_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    return SRFlowObjective(model)
+
+
+def _hcflow_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    return HCFlowObjective(model, recipe.finetune, recipe.finetune_nll_weight)
+
+
+FlowObjectiveFactory = Callable[[nn.Module, Recipe, torch.device], nn.Module]
+FLOW_OBJECTIVES: dict[str, FlowObjectiveFactory] = {
+    "linf": _linf_objective,
+    "srflow": _srflow_objective,
+    "hcflow": _hcflow_objective,
+}
+"""What `train flow` minimises for each flow (spec name): model, recipe and device -> the objective."""
+
+
+def flow_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    """The objective `train flow` minimises for ``model`` (put in training mode), from :data:`FLOW_OBJECTIVES`."""
+    return FLOW_OBJECTIVES[model.spec["name"]](model.train(), recipe, device)

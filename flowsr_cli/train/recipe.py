@@ -45,9 +45,37 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             "hidden": 32,
         },
     },
+    "hcflow": {
+        "name": "hcflow",
+        "args": {
+            "levels": 2,
+            "steps": [13, 13],
+            "cond_steps": [13, 13],
+            "hidden": 64,
+            "cond_hidden": 64,
+            "rrdb_blocks": [7, 7],
+            "rrdb_channels": 64,
+            "growth": 32,
+        },
+    },
+    "hcflow-small": {
+        "name": "hcflow",
+        "args": {
+            "levels": 2,
+            "steps": [6, 6],
+            "cond_steps": [6, 6],
+            "hidden": 64,
+            "cond_hidden": 64,
+            "rrdb_blocks": [2, 1],
+            "rrdb_channels": 64,
+            "growth": 16,
+        },
+    },
 }
 """Named flow architectures: the paper's EDSR-baseline and RRDB LINF (3x3 patches), the paper's SRFlow
-(~39.5 M parameters), and CPU-sized ones of both."""
+(~39.5 M parameters), the paper's x4 HCFlow (23.2 M), and CPU-sized ones of each (HCFlow's is
+``CPU_CONFIGS["k12"]`` of ``flowsr_cli.families.hcflow.network``, 3.78 M: on 2 CPU cores its steps take
+~1.6x k8's but lower the NLL ~2x as much each, so it learns faster per minute)."""
 
 _SMALL_LATENT = {"branch_channels": 16, "growth": 16, "widths": [32, 64, 128, 128]}
 PRIORS: dict[str, dict[str, Any]] = {
@@ -66,22 +94,40 @@ PERCEPTUAL_LOSSES = ("deep", "lpips-vgg")
 """``deep``: L1 of VGG's deepest features (the paper's). ``lpips-vgg``: LPIPS on its VGG16 backbone (the
 evaluation's LPIPS uses AlexNet)."""
 
-DEFAULT_ARCHITECTURES = {"linf": "linf-small", "srflow": "srflow-small"}
+DEFAULT_ARCHITECTURES = {"linf": "linf-small", "srflow": "srflow-small", "hcflow": "hcflow-small"}
 """The --arch of `train flow --init` for each flow family (spec name)."""
 DEFAULT_PRIORS = {"linf": "lp-small", "srflow": "srflow-lp-small"}
 """The --arch of `train prior` for each flow family (spec name)."""
-FIXED_SCALES = {"srflow": 4.0, "srflow-lp": 4.0}
-"""Models (spec names) that train at one scale only: SRFlow is x4 (``flowsr_cli.families.srflow.network.SCALE``)."""
+FIXED_SCALES = {"srflow": 4.0, "srflow-lp": 4.0, "hcflow": 4.0}
+"""Models (spec names) that train at one scale only: SRFlow is x4 (``flowsr_cli.families.srflow.network.SCALE``),
+and so are the HCFlow architectures here (L = 2)."""
+FINETUNED = {"linf": "LINF's stage 2", "hcflow": "HCFlow+"}
+"""The flows (spec names) that have a fine-tuning stage (``finetune``), and what it is called."""
+_X4 = {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0}
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "srflow": {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0},
-    "srflow-lp": {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0, "latent_weight": 0.1},
+    "srflow": _X4,
+    "srflow-lp": {**_X4, "latent_weight": 0.1},
+    "hcflow": {
+        **_X4,
+        "lr_size": 40,
+        "batch_size": 16,
+        "learning_rate": 2.5e-4,
+        "milestones": [0.5, 0.75, 0.9, 0.95],
+        "adam_beta2": 0.99,
+        "grad_clip_value": 5.0,
+        "grad_clip_norm": 100.0,
+        "finetune_nll_weight": 2e-3,
+    },
 }
 """Recipe values a model's architectures default to (under the recipe file and the flags): SRFlow's
-scale, and the paper's latent L1 weight for SRFlow-LP (LINF-LP keeps 0)."""
+scale, the paper's latent L1 weight for SRFlow-LP (LINF-LP keeps 0), and HCFlow's training
+(``train_SR_DF2K_4X_HCFlow.yml``: GT crops of 160, batch 16, Adam 2.5e-4 with beta2 0.99 halved at
+0.5/0.75/0.9/0.95 of the run, gradients clipped to 5 per value and 100 in norm; HCFlow+'s NLL weight 2e-3)."""
 
 
 def model_name(arch: str) -> str | None:
-    """The spec name an architecture or prior builds ("linf", "srflow", "linf-lp", "srflow-lp"), None if unknown."""
+    """The spec name an architecture or prior builds ("linf", "srflow", "hcflow", "linf-lp", "srflow-lp"), None if
+    unknown."""
     entry = (ARCHITECTURES.get(arch) or PRIORS.get(arch)) if isinstance(arch, str) else None
     return entry["name"] if entry is not None else None
 
@@ -127,6 +173,13 @@ class Recipe:
     consistency_iterations: int = 0
     """Back-projection iterations applied to a prior's output before its losses (engine/projection.py;
     LINF-LP only): trains the prior for the output ``--consistency on`` will show. 0: none."""
+    adam_beta2: float = 0.999
+    """Adam's second-moment decay (torch's default; HCFlow trains with 0.99)."""
+    grad_clip_value: float = 0.0
+    """Clip every gradient value to [-this, this] before each step (HCFlow: 5). 0: off."""
+    grad_clip_norm: float = 0.0
+    """Then scale the gradients down to this L2 norm at most, all parameters together (HCFlow: 100). 0: off;
+    when on, a step whose gradient norm is not finite is skipped like a non-finite loss."""
 
     def validate(self) -> None:
         """A UsageError naming the first bad value."""
@@ -145,6 +198,8 @@ class Recipe:
             (self.detail_weight >= 0, "detail_weight must be >= 0"),
             (self.grid_weight >= 0, "grid_weight must be >= 0"),
             (0 <= self.consistency_iterations <= 20, "consistency_iterations must be 0 to 20"),
+            (0 <= self.adam_beta2 < 1, "adam_beta2 must be in [0, 1)"),
+            (self.grad_clip_value >= 0 and self.grad_clip_norm >= 0, "grad_clip_value and grad_clip_norm must be >= 0"),
             (0 <= self.seed <= MAX_SEED, f"seed must be an integer from 0 to {MAX_SEED}"),
             (
                 self.detail_weight == self.grid_weight == self.consistency_iterations == 0
@@ -161,8 +216,9 @@ class Recipe:
                 f"recipe: {self.arch} trains at x{scale:g} only: scale_min, scale_max and val_scale must be "
                 f"{scale:g} (got {self.scale_min:g}, {self.scale_max:g} and {self.val_scale:g})"
             )
-        if scale is not None and self.finetune:
-            raise UsageError(f"recipe: finetune (--finetune) is LINF's stage 2; {self.arch} has none")
+        if scale is not None and self.finetune and model_name(self.arch) not in FINETUNED:
+            stages = " and ".join(f"{stage} ({name})" for name, stage in FINETUNED.items())
+            raise UsageError(f"recipe: finetune (--finetune) is {stages}; {self.arch} has none")
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None) -> Recipe:
