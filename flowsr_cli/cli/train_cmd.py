@@ -126,7 +126,9 @@ flowsr train prior ~/photos --flow runs/flow/model.safetensors --out runs/prior 
 # a prior for the bundled flow, checked on Set5/
 flowsr train prior ~/photos --flow linf --out runs/prior --steps 3000 --val Set5/
 # keep training the prior of a flow + prior model
-flowsr train prior ~/photos --flow linf-lp --out runs/prior-more --time-budget 30"""
+flowsr train prior ~/photos --flow linf-lp --out runs/prior-more --time-budget 30
+# the learned prior of an HCFlow flow (CPU-sized, 45 minutes)
+flowsr train prior ~/photos --flow runs/hcflow/model.safetensors --out runs/hcflow-lp --time-budget 45"""
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -371,8 +373,11 @@ def train_prior(
     arch: str | None = typer.Option(
         None,
         "--arch",
-        help="LINF: lp-small (CPU-sized) or lp (the paper's); SRFlow: srflow-lp-small or srflow-lp.",
-        show_default=_recipe_default("arch", "lp-small or srflow-lp-small, as the flow; a flow + prior keeps its own"),
+        help="LINF: lp-small (CPU-sized) or lp (the paper's); SRFlow: srflow-lp-small or srflow-lp; "
+        "HCFlow: hcflow-lp-small or hcflow-lp.",
+        show_default=_recipe_default(
+            "arch", "lp-small, srflow-lp-small or hcflow-lp-small, as the flow; a flow + prior keeps its own"
+        ),
         rich_help_panel=_RECIPE,
     ),
     recipe_file: Path | None = RECIPE_OPTION,
@@ -387,14 +392,15 @@ def train_prior(
         "--latent-weight",
         parser=number_flag("--latent-weight", 0),
         help="λ >= 0 of the latent L1 term (the papers' defaults).",
-        show_default=_recipe_default("latent_weight", "0 for LINF, 0.1 for SRFlow"),
+        show_default=_recipe_default("latent_weight", "0 for LINF, 0.1 for SRFlow and HCFlow"),
         rich_help_panel=_RECIPE,
     ),
     resume: Path | None = RESUME_OPTION,
     val: Path | None = VAL_OPTION,
     device: str | None = DEVICE_OPTION,
 ) -> None:
-    """Train the learned-prior latent module on a frozen flow (LINF or SRFlow); export flow + prior as one model."""
+    """Train the learned-prior latent module on a frozen flow (LINF, SRFlow or HCFlow); export flow + prior as one
+    model."""
     from flowsr_cli.train.recipe import DEFAULT_PRIORS, PRIORS, load_recipe
 
     settings = Settings({"device": device})
@@ -422,9 +428,7 @@ def train_prior(
 
     from flowsr_cli.families.model_file import load_model
     from flowsr_cli.families.registry import make
-    from flowsr_cli.families.srflow.prior import SRFlowLP
-    from flowsr_cli.train.objectives import PriorObjective, SRFlowPriorObjective
-    from flowsr_cli.train.perceptual import VGGPerceptualLoss
+    from flowsr_cli.train.objectives import prior_objective
 
     frozen = load_model(flow_path, device_)
     torch.manual_seed(recipe.seed)
@@ -434,19 +438,5 @@ def train_prior(
         prior = PRIORS[recipe.arch]
         model = make({"name": prior["name"], "args": {"flow": frozen.spec, "latent": prior["latent"]}}).to(device_)
         model.flow.load_state_dict(frozen.state_dict())
-    perceptual = VGGPerceptualLoss(device_, recipe.perceptual_loss, recipe.texture_weight)
-    weight = recipe.vgg_weight or 1.0
-    objective: nn.Module
-    if isinstance(model, SRFlowLP):
-        objective = SRFlowPriorObjective(model, perceptual, weight, recipe.latent_weight)
-    else:
-        objective = PriorObjective(
-            model,
-            perceptual,
-            weight,
-            recipe.latent_weight,
-            recipe.detail_weight,
-            recipe.grid_weight,
-            recipe.consistency_iterations,
-        )
+    objective = prior_objective(model, recipe, device_)
     _train(model, objective, recipe, data, out, cluster, device_, val, settings, resume)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from flowsr_cli.engine.projection import project
 from flowsr_cli.engine.sampling import LatentSource
 from flowsr_cli.families.common.flow_layers import ActNorm
 from flowsr_cli.families.hcflow.network import HCFlowSR
+from flowsr_cli.families.hcflow.prior import HCFlowLP
 from flowsr_cli.families.linf.network import LINF
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.families.srflow.network import SRFlow
@@ -220,7 +222,7 @@ class SRFlowPriorObjective(nn.Module):
 
     def __init__(
         self,
-        model: SRFlowLP,
+        model: SRFlowLP | HCFlowLP,
         perceptual: VGGPerceptualLoss,
         perceptual_weight: float = 1.0,
         latent_weight: float = 0.1,
@@ -231,22 +233,49 @@ class SRFlowPriorObjective(nn.Module):
         self.perceptual_weight = perceptual_weight
         self.latent_weight = latent_weight
 
+    def predict(self, features: Any, unit_lr: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The predicted latents and the output they render (in [0, 1])."""
+        z_hat = self.model.predict_latents(features, unit_lr)
+        return z_hat, self.model.render_latents(features, z_hat)
+
+    def hr_latents(self, features: Any, unit_hr: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen flow's latents of the true HR."""
+        return self.model.latents_of(features, unit_hr)
+
     def forward(
         self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        """Losses for one batch (LR and HR in [-1, 1], HR exactly 4x the LR)."""
+        """Losses for one batch (LR and HR in [-1, 1], HR exactly 4x the LR); ``loss`` is the one to minimise."""
         unit_lr = to_unit(lr)
         with torch.no_grad():
             features = self.model.encode(unit_lr)
-        z_hat = self.model.predict_latents(features, unit_lr)
-        output = self.model.render_latents(features, z_hat) * 2 - 1
-        losses = perceptual_losses(self.perceptual, self.perceptual_weight, output, hr)
+        z_hat, output = self.predict(features, unit_lr)
+        losses = perceptual_losses(self.perceptual, self.perceptual_weight, output * 2 - 1, hr)
         if self.latent_weight > 0:
             with torch.no_grad():
-                z_hr = self.model.latents_of(features, to_unit(hr))
-            losses["latent"] = torch.cat([(a.float() - b).abs().flatten(1) for a, b in zip(z_hat, z_hr)], 1).mean()
+                z_hr = self.hr_latents(features, to_unit(hr))
+            losses["latent"] = latent_l1(z_hat, z_hr)
             losses["loss"] = losses["loss"] + self.latent_weight * losses["latent"]
         return losses
+
+
+def latent_l1(z_hat: Sequence[torch.Tensor], z_hr: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mean |z_hat - z_HR| over every value of every latent level."""
+    return torch.cat([(a.float() - b).abs().flatten(1) for a, b in zip(z_hat, z_hr)], 1).mean()
+
+
+class HCFlowPriorObjective(SRFlowPriorObjective):
+    """HCFlow-LP with the flow frozen, the same losses as :class:`SRFlowPriorObjective`. The latents are
+    predicted level by level inside the inverse that renders the output (:meth:`HCFlowLP.predict_and_render`),
+    so one pass gives both; z_HR comes from :meth:`HCFlowSR.to_latents`."""
+
+    def predict(self, features: Any, unit_lr: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The latents predicted during the inverse, and its output (in [0, 1])."""
+        return self.model.predict_and_render(features, unit_lr)
+
+    def hr_latents(self, features: Any, unit_hr: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen flow's latents of the true HR (HCFlow's need no LR features)."""
+        return self.model.latents_of(unit_hr)
 
 
 def _linf_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
@@ -280,3 +309,42 @@ FLOW_OBJECTIVES: dict[str, FlowObjectiveFactory] = {
 def flow_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
     """The objective `train flow` minimises for ``model`` (put in training mode), from :data:`FLOW_OBJECTIVES`."""
     return FLOW_OBJECTIVES[model.spec["name"]](model.train(), recipe, device)
+
+
+def _perceptual(recipe: Recipe, device: torch.device) -> tuple[VGGPerceptualLoss, float]:
+    """A prior's perceptual loss (with the recipe's texture term) and its weight (``vgg_weight``, else 1)."""
+    return VGGPerceptualLoss(device, recipe.perceptual_loss, recipe.texture_weight), recipe.vgg_weight or 1.0
+
+
+def _linf_prior_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    perceptual, weight = _perceptual(recipe, device)
+    return PriorObjective(
+        model,
+        perceptual,
+        weight,
+        recipe.latent_weight,
+        recipe.detail_weight,
+        recipe.grid_weight,
+        recipe.consistency_iterations,
+    )
+
+
+def _srflow_prior_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    return SRFlowPriorObjective(model, *_perceptual(recipe, device), recipe.latent_weight)
+
+
+def _hcflow_prior_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    return HCFlowPriorObjective(model, *_perceptual(recipe, device), recipe.latent_weight)
+
+
+PRIOR_OBJECTIVES: dict[str, FlowObjectiveFactory] = {
+    "linf-lp": _linf_prior_objective,
+    "srflow-lp": _srflow_prior_objective,
+    "hcflow-lp": _hcflow_prior_objective,
+}
+"""What `train prior` minimises for each flow + prior model (spec name): model, recipe and device -> the objective."""
+
+
+def prior_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    """The objective `train prior` minimises for ``model`` (put in training mode), from :data:`PRIOR_OBJECTIVES`."""
+    return PRIOR_OBJECTIVES[model.spec["name"]](model.train(), recipe, device)

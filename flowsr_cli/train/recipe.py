@@ -83,9 +83,12 @@ PRIORS: dict[str, dict[str, Any]] = {
     "lp-small": {"name": "linf-lp", "flow": "linf", "latent": {"name": "lp-latent", "args": _SMALL_LATENT}},
     "srflow-lp": {"name": "srflow-lp", "flow": "srflow", "latent": {}},
     "srflow-lp-small": {"name": "srflow-lp", "flow": "srflow", "latent": _SMALL_LATENT},
+    "hcflow-lp": {"name": "hcflow-lp", "flow": "hcflow", "latent": {}},
+    "hcflow-lp-small": {"name": "hcflow-lp", "flow": "hcflow", "latent": _SMALL_LATENT},
 }
 """Named learned priors: the model they make, the flow they need and their latent module's sizes, the
-paper's (LINF's ~4.6 M parameters; SRFlow's ~10 M, one UNet per latent level) and CPU-sized ones."""
+paper's (LINF's ~4.6 M parameters; SRFlow's ~10 M, one UNet per latent level; HCFlow's the same per level)
+and CPU-sized ones."""
 
 MAX_SEED = 2**64 - 1
 """The largest seed torch takes."""
@@ -96,17 +99,18 @@ evaluation's LPIPS uses AlexNet)."""
 
 DEFAULT_ARCHITECTURES = {"linf": "linf-small", "srflow": "srflow-small", "hcflow": "hcflow-small"}
 """The --arch of `train flow --init` for each flow family (spec name)."""
-DEFAULT_PRIORS = {"linf": "lp-small", "srflow": "srflow-lp-small"}
+DEFAULT_PRIORS = {"linf": "lp-small", "srflow": "srflow-lp-small", "hcflow": "hcflow-lp-small"}
 """The --arch of `train prior` for each flow family (spec name)."""
-FIXED_SCALES = {"srflow": 4.0, "srflow-lp": 4.0, "hcflow": 4.0}
+FIXED_SCALES = {"srflow": 4.0, "srflow-lp": 4.0, "hcflow": 4.0, "hcflow-lp": 4.0}
 """Models (spec names) that train at one scale only: SRFlow is x4 (``flowsr_cli.families.srflow.network.SCALE``),
-and so are the HCFlow architectures here (L = 2)."""
+and so are the HCFlow architectures here (L = 2) and the priors on them."""
 FINETUNED = {"linf": "LINF's stage 2", "hcflow": "HCFlow+"}
 """The flows (spec names) that have a fine-tuning stage (``finetune``), and what it is called."""
 _X4 = {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0}
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "srflow": _X4,
     "srflow-lp": {**_X4, "latent_weight": 0.1},
+    "hcflow-lp": {**_X4, "latent_weight": 0.1},
     "hcflow": {
         **_X4,
         "lr_size": 40,
@@ -120,14 +124,14 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 """Recipe values a model's architectures default to (under the recipe file and the flags): SRFlow's
-scale, the paper's latent L1 weight for SRFlow-LP (LINF-LP keeps 0), and HCFlow's training
+scale, the paper's latent L1 weight for SRFlow-LP and for HCFlow-LP (LINF-LP keeps 0), and HCFlow's training
 (``train_SR_DF2K_4X_HCFlow.yml``: GT crops of 160, batch 16, Adam 2.5e-4 with beta2 0.99 halved at
 0.5/0.75/0.9/0.95 of the run, gradients clipped to 5 per value and 100 in norm; HCFlow+'s NLL weight 2e-3)."""
 
 
 def model_name(arch: str) -> str | None:
-    """The spec name an architecture or prior builds ("linf", "srflow", "hcflow", "linf-lp", "srflow-lp"), None if
-    unknown."""
+    """The spec name an architecture or prior builds ("linf", "srflow", "hcflow", "linf-lp", "srflow-lp",
+    "hcflow-lp"), None if unknown."""
     entry = (ARCHITECTURES.get(arch) or PRIORS.get(arch)) if isinstance(arch, str) else None
     return entry["name"] if entry is not None else None
 
@@ -203,7 +207,7 @@ class Recipe:
             (0 <= self.seed <= MAX_SEED, f"seed must be an integer from 0 to {MAX_SEED}"),
             (
                 self.detail_weight == self.grid_weight == self.consistency_iterations == 0
-                or model_name(self.arch) != "srflow-lp",
+                or model_name(self.arch) not in ("srflow-lp", "hcflow-lp"),
                 "detail_weight, grid_weight and consistency_iterations are for LINF priors",
             ),
         )

@@ -244,7 +244,7 @@ def test_torchrun_trains_a_fresh_hcflow_with_finetune_steps_on_two_processes(
         (["flow", "--arch", "srflow-small", "--finetune"], "LINF's stage 2 (linf) and HCFlow+ (hcflow)"),
         (["flow", "--arch", "hcflow-small", "--recipe", "{clip}"], "grad_clip_value and grad_clip_norm must be >= 0"),
         (["flow", "--arch", "hcflow-small", "--recipe", "{beta}"], "adam_beta2 must be in [0, 1)"),
-        (["prior", "--flow", "{hcflow}"], "a hcflow model; learned priors train on linf or srflow flows"),
+        (["prior", "--flow", "{hcflow}", "--arch", "lp-small"], "for a hcflow flow choose one of hcflow-lp"),
     ],
 )
 def test_hcflow_usage_errors_are_one_line_and_exit_2(

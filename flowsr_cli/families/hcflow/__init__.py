@@ -4,12 +4,17 @@ importer of the original's SR checkpoints."""
 from flowsr_cli.families.hcflow.engine import run_hcflow
 from flowsr_cli.families.hcflow.importer import HCFLOW_CHECKPOINTS, import_hcflow
 from flowsr_cli.families.hcflow.network import HCFlowSR
+from flowsr_cli.families.hcflow.prior import HCFlowLP
+from flowsr_cli.families.hcflow.prior_engine import run_hcflow_lp
 from flowsr_cli.families.registry import Family, Importer, Network, register_family
 
 register_family(
     Family(
         "hcflow",
-        networks={"hcflow": Network(HCFlowSR, engine=run_hcflow)},
+        networks={
+            "hcflow": Network(HCFlowSR, engine=run_hcflow),
+            "hcflow-lp": Network(HCFlowLP, engine=run_hcflow_lp, learned_prior=True),
+        },
         importer=Importer(HCFLOW_CHECKPOINTS, import_hcflow),
     )
 )

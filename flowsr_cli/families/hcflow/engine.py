@@ -1,8 +1,9 @@
 """HCFlow as a tiled upscaler (fixed x 2^levels): :class:`~flowsr_cli.engine.blended.BlendedUpscaler`'s halo tiles
 blended with linear feathers, position-tied noise and guard, with HCFlow's heat-scaled sampling.
 
-``--temperature`` is HCFlow's heat: the latents are N(0, I) draws (coarsest level first) that
-:meth:`HCFlowSR.sample` multiplies by it, so temperature 0 gives the prior means exactly. The coarsest level's
+``--temperature`` is HCFlow's heat (0.9 unless told: :attr:`HCFlowSR.default_temperature`): the latents are
+N(0, I) draws (coarsest level first) that :meth:`HCFlowSR.sample` multiplies by it, so temperature 0 gives the
+prior means exactly. Progress moves tile by tile (each tile reports when its sample is done). The coarsest level's
 RRDB features are computed at ``--precision``'s dtype; the finer levels' extractors run inside the flow's inverse,
 in float32 like every inverse.
 """
@@ -10,6 +11,7 @@ in float32 like every inverse.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -82,9 +84,12 @@ class HCFlowUpscaler(BlendedUpscaler):
         return 4.0 * (total + output)
 
 
-def run_hcflow(model: HCFlowSR, options: EngineOptions) -> HCFlowUpscaler:
-    """The engine of an HCFlow model: N(0, I) latents at heat = the options' temperature."""
-    return HCFlowUpscaler(
+def run_hcflow(
+    model: HCFlowSR, options: EngineOptions, upscaler: type[HCFlowUpscaler] = HCFlowUpscaler, **extra: Any
+) -> HCFlowUpscaler:
+    """The engine of an HCFlow model: N(0, I) latents at heat = the options' temperature (or an ``upscaler``
+    subclass built with the ``extra`` fields)."""
+    return upscaler(
         model,
         options.device,
         options.dtype,
@@ -94,4 +99,5 @@ def run_hcflow(model: HCFlowSR, options: EngineOptions) -> HCFlowUpscaler:
         tile_pad=options.tile_pad,
         guard=options.guard,
         notes=options.notes,
+        **extra,
     )
