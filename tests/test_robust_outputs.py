@@ -172,6 +172,7 @@ def test_outputs_of_every_format_carry_the_mark_and_are_replaced_on_request(
         "temperature": 0.5,
         "seed": 0,
         "consistency": "off",
+        "default_temperature": 0.5,
         "sample": None,
     }
     assert read_mark(tmp_path / f"a.{ext}") is None

@@ -59,7 +59,12 @@ def eval_command(
         parser=choice_flag("--prior", PRIOR_CHOICES),
         help="learned or gaussian (default: learned where the model has one, else gaussian).",
     ),
-    temperatures: str = typer.Option("0.5", "--temperatures", help="Gaussian-prior temperatures, comma-separated."),
+    temperatures: str | None = typer.Option(
+        None,
+        "--temperatures",
+        help="Gaussian-prior temperatures, comma-separated.",
+        show_default="each model's own: 0.5, HCFlow 0.9",
+    ),
     runs: int = typer.Option(
         1, "--runs", parser=integer_flag("--runs", 1), help="Seeds per image (>= 1) for stochastic settings (τ > 0)."
     ),
@@ -123,7 +128,7 @@ def eval_command(
     settings = Settings({"device": device, "offline": offline, "consistency": consistency})
     settings.validate()
     scale_list = _numbers(scales, "--scales", 1.0)
-    temperature_list = _numbers(temperatures, "--temperatures", 0.0)
+    temperature_list = None if temperatures is None else _numbers(temperatures, "--temperatures", 0.0)
     if baseline not in ("bicubic", "none"):
         raise UsageError(f"--baseline takes bicubic or none, got {baseline!r}")
     if not models and baseline == "none":
@@ -188,12 +193,14 @@ def _report_skips(evaluation: Evaluation, datasets: list[Dataset]) -> list[Skip]
 
 
 def _build_settings(
-    models: list[str], prior: str | None, temperatures: list[float], with_bicubic: bool, settings: Settings
+    models: list[str], prior: str | None, temperatures: list[float] | None, with_bicubic: bool, settings: Settings
 ) -> list[tuple[Setting, Upscaler]]:
+    """Each model's settings with its upscaler: one per temperature (None: the model's default) where it samples
+    Gaussian latents, else one; the bicubic baseline first when asked for."""
     from flowsr_cli.config import BICUBIC
     from flowsr_cli.engine.upscaler import samples_gaussian
     from flowsr_cli.eval.evaluation import Setting
-    from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
+    from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler, load_upscaler, prepare_model
     from flowsr_cli.hub.catalog import Hub
 
     hub = Hub(settings) if models else None
@@ -213,11 +220,12 @@ def _build_settings(
             consistency=settings["consistency"],
             hub=hub,
         )
-        upscaler = create_upscaler(request)
+        prepared = prepare_model(request)
+        upscaler = load_upscaler(prepared)
         if not samples_gaussian(upscaler):
             chosen.append((Setting(model, "bicubic" if model == BICUBIC else "learned"), upscaler))
             continue
-        for temperature in temperatures:
+        for temperature in [prepared.temperature] if temperatures is None else temperatures:
             chosen.append((Setting(model, "gaussian", temperature), _at_temperature(upscaler, temperature)))
     return chosen
 

@@ -8,7 +8,7 @@ import os
 import struct
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -140,6 +140,38 @@ def _resolved_consistency(hub: Hub, model: str, choice: str) -> str | None:
     return None if metadata is None else _on_off(consistency_default(metadata))
 
 
+def _default_temperature(hub: Hub, model: str, temperature: float | None) -> float | None:
+    """The temperature ``model`` samples at unless told, where the run needs it before the model is prepared:
+    0.5 for bicubic; with ``-t`` (``temperature``; the output name says whether it differs from the default), the
+    default of the network the file's header names (looking it up imports torch). None otherwise, so that a rerun
+    without -t stays light (the default is resolved when a job needs the model), and when the file is not here
+    yet or its header names no network flowsr knows (loading it reports why)."""
+    if model == BICUBIC:
+        return DEFAULT_TEMPERATURE
+    if temperature is None:
+        return None
+    name = _spec_name(_model_metadata(_model_location(hub, model)[1]))
+    if name is None:
+        return None
+    from flowsr_cli.families.registry import ModelSpecError
+    from flowsr_cli.families.upscalers import default_temperature
+
+    try:
+        return default_temperature(name)
+    except ModelSpecError:
+        return None
+
+
+def _spec_name(metadata: dict[str, object] | None) -> str | None:
+    """The network name of a model file's spec (a JSON string in its metadata), or None."""
+    try:
+        spec = json.loads(str(metadata["spec"])) if metadata is not None and "spec" in metadata else None
+    except (ValueError, RecursionError):
+        return None
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def _on_off(value: bool) -> str:
     return "on" if value else "off"
 
@@ -179,7 +211,7 @@ def _ignored_flags(
             f"{run.model} runs its learned prior, which is deterministic: {' and '.join(flags)} {verb} ignored "
             "(add --prior gaussian to sample its flow)"
         )
-    if prepared.gaussian and run.temperature == 0 and seed is not None:
+    if prepared.gaussian and prepared.temperature == 0 and seed is not None:
         return "at temperature 0 the output is deterministic: --seed is ignored"
     return None
 
@@ -252,7 +284,8 @@ def upscale(
         SETTINGS["tile_pad"].default,
         "--tile-pad",
         metavar="auto|N",
-        help="Context around tiles in input pixels; auto = the model's reach, 16 for SRFlow (config: tile_pad).",
+        help="Context around tiles in input pixels; auto = the model's reach, 16 for SRFlow and HCFlow (config: "
+        "tile_pad).",
         rich_help_panel=_MODEL,
     ),
     prior: str | None = typer.Option(
@@ -265,8 +298,8 @@ def upscale(
         rich_help_panel=_MODEL,
         show_default=False,
     ),
-    temperature: float = typer.Option(
-        DEFAULT_TEMPERATURE,
+    temperature: float | None = typer.Option(
+        None,
         "--temperature",
         "-t",
         parser=number_flag("--temperature", 0),
@@ -274,11 +307,13 @@ def upscale(
         help="Temperature T >= 0 for --prior gaussian (0 gives the mode-like, highest-PSNR output); the learned "
         "prior (linf-lp's default) ignores it.",
         rich_help_panel=_MODEL,
+        show_default="the model's: 0.5, HCFlow 0.9 as in its paper",
     ),
     allow_resample: bool = typer.Option(
         False,
         "--allow-resample",
-        help="Let a fixed-scale model (SRFlow: ×4) give any size: its own output, resized with bicubic.",
+        help="Let a fixed-scale model (SRFlow: ×4, HCFlow: ×4 or ×8) give any size: its own output, resized with "
+        "bicubic.",
         rich_help_panel=_MODEL,
     ),
     consistency: str = typer.Option(
@@ -406,14 +441,16 @@ def upscale(
         raise UsageError("--json writes to stdout, which -o - already uses for the image")
     hub = Hub(settings)
     model_name, choice = settings["model"], settings["consistency"]
+    default_temperature = _default_temperature(hub, model_name, temperature)
     run = RunSettings(
         model_name,
         _model_sha256(hub, model_name),
         request.label,
         prior,
-        temperature,
-        seed,
-        _resolved_consistency(hub, model_name, choice),
+        temperature=default_temperature if temperature is None else temperature,
+        seed=seed,
+        consistency=_resolved_consistency(hub, model_name, choice),
+        default_temperature=default_temperature,
     )
     name_suffix = settings["suffix"]
     if name_suffix == SETTINGS["suffix"].default:
@@ -435,9 +472,7 @@ def upscale(
     _run(
         jobs,
         discovery.problems,
-        _RunChoices(
-            settings, hub, request, run, given(temperature, "temperature"), given(seed, "seed"), allow_resample, samples
-        ),
+        _RunChoices(settings, hub, request, run, temperature, given(seed, "seed"), allow_resample, samples),
         overwrite=overwrite,
         quiet=quiet,
         json_lines=json_lines,
@@ -471,7 +506,7 @@ class _RunChoices:
             tile=self.settings["tile"],
             tile_pad=self.settings["tile_pad"],
             prior=self.run.prior,
-            temperature=self.run.temperature,
+            temperature=self.temperature,
             consistency=self.settings["consistency"],
             hub=self.hub,
         )
@@ -524,6 +559,12 @@ def _resampled(upscaler: Upscaler, native: int) -> Upscaler:
     return ResampledUpscaler(upscaler, native)
 
 
+def _resolved_temperature(run: RunSettings, prepared: PreparedModel) -> RunSettings:
+    """The run's settings with the temperature the prepared model samples at, and its default: the outputs'
+    marks record them and the jobs still to run are compared with them."""
+    return replace(run, temperature=prepared.temperature, default_temperature=prepared.default_temperature)
+
+
 def _run(
     jobs: list[Job],
     problems: list[tuple[str, str]],
@@ -554,6 +595,7 @@ def _run(
     prepared = _prepare_model(choices, reporter) if runner.settle(jobs) else None
     if prepared is not None:
         runner.resolve_consistency(_on_off(prepared.consistency))
+        runner.options = replace(runner.options, run=_resolved_temperature(runner.options.run, prepared))
     for argument, reason in problems:
         reporter.report_problem(argument, reason)
     settled = runner.start(None if prepared is None else partial(_load_upscaler, prepared, choices))

@@ -52,6 +52,8 @@ class Outcome:
     """Why a skipped job was skipped (``reason`` is its text)."""
     consistency: str | None = None
     """The run's consistency, resolved (``on``/``off``; None if its model was never looked at)."""
+    temperature: float | None = None
+    """The run's temperature: ``-t``, or the model's default (None if its model was never looked at)."""
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-ready description (the `--json` line for this image)."""
@@ -69,6 +71,7 @@ class Outcome:
             "guarded_tiles": self.guarded_tiles,
             "warnings": self.warnings,
             "consistency": self.consistency,
+            "temperature": self.temperature,
         }
 
 
@@ -235,6 +238,7 @@ class BatchRunner:
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome.seconds = time.perf_counter() - started
         outcome.consistency = self.options.run.consistency
+        outcome.temperature = self.options.run.temperature
         self.observer.image_finished(outcome)
         return outcome
 

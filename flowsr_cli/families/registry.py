@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from flowsr_cli.errors import FlowsrError, UsageError
+from flowsr_cli.io.provenance import DEFAULT_TEMPERATURE
 
 if TYPE_CHECKING:
     import torch
@@ -109,8 +110,9 @@ class Network:
     """One architecture a spec can name."""
 
     factory: Callable[..., nn.Module]
-    """Called with the spec's ``args`` as keyword arguments; it may declare ``spec_bounds`` and
-    ``spec_parts`` (see :attr:`bounds` and :attr:`parts`)."""
+    """Called with the spec's ``args`` as keyword arguments; it may declare ``spec_bounds``, ``spec_parts``,
+    ``default_temperature`` and ``scale`` or ``scale_of`` (see :attr:`bounds`, :attr:`parts`,
+    :attr:`default_temperature` and :meth:`fixed_scale`)."""
     engine: EngineBuilder | None = None
     """For a whole model: builds its upscaler. None for parts (encoders, latent modules)."""
     learned_prior: bool = False
@@ -128,6 +130,18 @@ class Network:
         """The factory's ``spec_parts``: arguments that are specs of other networks (e.g. LINF's
         ``encoder``), checked as specs in turn."""
         return getattr(self.factory, "spec_parts", ())
+
+    @property
+    def default_temperature(self) -> float:
+        """The factory's ``default_temperature``: the Gaussian prior's temperature its models sample at when
+        none is given (:data:`~flowsr_cli.io.provenance.DEFAULT_TEMPERATURE`, 0.5, unless it declares one)."""
+        return float(getattr(self.factory, "default_temperature", DEFAULT_TEMPERATURE))
+
+    def fixed_scale(self, args: Mapping[str, Any]) -> int | None:
+        """The one scale the model a spec's ``args`` build produces, or None for any scale: the factory's
+        ``scale_of(args)`` where it has one (HCFlow: 2^levels), else its ``scale`` attribute (SRFlow: 4)."""
+        scale_of = getattr(self.factory, "scale_of", None)
+        return scale_of(args) if scale_of is not None else getattr(self.factory, "scale", None)
 
 
 @dataclass(frozen=True)

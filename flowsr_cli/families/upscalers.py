@@ -18,8 +18,9 @@ from flowsr_cli.engine.device import DeviceChoice, resolve_device, resolve_dtype
 from flowsr_cli.engine.upscaler import Upscaler
 from flowsr_cli.errors import UsageError
 from flowsr_cli.families.model_file import load_model, read_model_metadata
-from flowsr_cli.families.registry import EngineOptions, build_engine, runnable
+from flowsr_cli.families.registry import EngineOptions, build_engine, network, runnable
 from flowsr_cli.hub.catalog import unknown_model
+from flowsr_cli.io.provenance import DEFAULT_TEMPERATURE
 
 if TYPE_CHECKING:
     from flowsr_cli.hub.catalog import Hub
@@ -35,7 +36,8 @@ class UpscalerRequest:
     tile: str | int = "auto"
     tile_pad: str | int = "auto"
     prior: str | None = None
-    temperature: float = 0.5
+    temperature: float | None = None
+    """The Gaussian prior's temperature; None: the model's default (its network's, e.g. HCFlow's 0.9)."""
     guard: bool = True
     consistency: str = "auto"
     """``on``, ``off`` or ``auto`` (:func:`~flowsr_cli.config.consistency_default`): back-project the output
@@ -56,9 +58,13 @@ class PreparedModel:
     learned_prior: bool = False
     """The model runs its learned prior (it has one, and ``--prior gaussian`` was not asked for)."""
     fixed_scale: int | None = None
-    """The one scale the model's network produces (SRFlow: 4), or None for any scale."""
+    """The one scale the model's network produces (SRFlow: 4, HCFlow: 2^levels), or None for any scale."""
     consistency: bool = False
     """The output is back-projected onto the input (``consistency`` resolved for this model)."""
+    default_temperature: float = DEFAULT_TEMPERATURE
+    """The temperature the model's network samples at unless told (HCFlow: 0.9; bicubic: 0.5, unused)."""
+    temperature: float = DEFAULT_TEMPERATURE
+    """The temperature the model samples at: the request's, or :attr:`default_temperature`."""
 
     @property
     def gaussian(self) -> bool:
@@ -68,25 +74,45 @@ class PreparedModel:
     @property
     def stochastic(self) -> bool:
         """True when different seeds give different outputs."""
-        return self.gaussian and self.request.temperature > 0
+        return self.gaussian and self.temperature > 0
 
 
 def prepare_model(request: UpscalerRequest) -> PreparedModel:
     """Check a request before its model loads: the device, the model's file (fetched by the hub, sha256
-    checked) and its header's architecture (one ``upscale`` runs, with a learned prior if one is asked for)."""
+    checked) and its header's architecture (one ``upscale`` runs, with a learned prior if one is asked for), which
+    gives the model's fixed scale and default temperature."""
     choice = resolve_device(request.device)
     if request.model == BICUBIC:
         if request.prior == "learned":
             raise UsageError("--prior learned needs a model with a learned prior; bicubic has none")
-        return PreparedModel(request, choice, None, consistency=_consistency(request.consistency, None))
+        consistency = _consistency(request.consistency, None)
+        return PreparedModel(request, choice, None, consistency=consistency, temperature=_temperature(request))
     path = request.hub.resolve(request.model) if request.hub is not None else Path(request.model)
     if path is None:
         raise unknown_model(request.model, request.hub)
     metadata = read_model_metadata(path)
-    architecture = runnable(metadata["spec"]["name"], request.model, request.prior)
-    learned = architecture.learned_prior and request.prior != "gaussian"
-    scale = getattr(architecture.factory, "scale", None)
-    return PreparedModel(request, choice, path, learned, scale, _consistency(request.consistency, metadata))
+    spec = metadata["spec"]
+    architecture = runnable(spec["name"], request.model, request.prior)
+    default = architecture.default_temperature
+    return PreparedModel(
+        request,
+        choice,
+        path,
+        learned_prior=architecture.learned_prior and request.prior != "gaussian",
+        fixed_scale=architecture.fixed_scale(spec.get("args", {})),
+        consistency=_consistency(request.consistency, metadata),
+        default_temperature=default,
+        temperature=_temperature(request, default),
+    )
+
+
+def _temperature(request: UpscalerRequest, default: float = DEFAULT_TEMPERATURE) -> float:
+    return default if request.temperature is None else request.temperature
+
+
+def default_temperature(spec_name: str) -> float:
+    """The temperature the network a spec names samples at unless told (ModelSpecError for an unknown name)."""
+    return network(spec_name).default_temperature
 
 
 def _consistency(choice: str, metadata: dict[str, Any] | None) -> bool:
@@ -105,7 +131,7 @@ def load_upscaler(prepared: PreparedModel) -> Upscaler:
         name=request.model,
         device=device,
         dtype=resolve_dtype(request.precision, device),
-        temperature=request.temperature,
+        temperature=prepared.temperature,
         prior=request.prior,
         tile=request.tile,
         tile_pad=request.tile_pad,

@@ -87,12 +87,14 @@ def _check_output_folder(output: str) -> None:
 def settings_suffix(run: RunSettings, default_model: str) -> str:
     """What a default output name adds after its size so that runs with other settings get other names:
     ``_MODEL`` (a model other than ``default_model``: its name, or its file's stem), ``_gaussian`` (``--prior
-    gaussian``; ``learned`` is the default of every model that has one), ``_tT`` (a temperature other than
-    0.5) and ``_seedN`` (a seed other than 0); empty for the default model with its defaults."""
+    gaussian``; ``learned`` is the default of every model that has one), ``_tT`` (a temperature other than the
+    model's default: 0.5 unless its network has another, e.g. HCFlow's 0.9; 0.5 while the model's file is not
+    here to tell) and ``_seedN`` (a seed other than 0); empty for the default model with its defaults."""
     tags = [_model_tag(run.model)] if run.model != default_model else []
     if run.prior == "gaussian":
         tags.append("gaussian")
-    if run.temperature != DEFAULT_TEMPERATURE:
+    default_temperature = DEFAULT_TEMPERATURE if run.default_temperature is None else run.default_temperature
+    if run.temperature is not None and run.temperature != default_temperature:
         tags.append("t" + format_scale(run.temperature))
     if run.seed != DEFAULT_SEED:
         tags.append(f"seed{run.seed}")

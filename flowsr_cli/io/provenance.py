@@ -3,8 +3,9 @@
 The mark tells flowsr's earlier outputs apart from the user's files: only a marked file is ever taken as
 an earlier output (skipped as an input, replaced by ``--overwrite``); an unmarked file is never replaced.
 The JSON object holds flowsr's version under the key ``"flowsr"`` and the settings of the run that change
-pixels (:class:`RunSettings`: ``{"flowsr": "0.1.0", "model": "linf", "temperature": 0.8, ...}``), so a rerun
-tells an output made with the same settings (done) from one made with others. It is written even with
+pixels (:class:`RunSettings`: ``{"flowsr": "0.1.0", "model": "linf", "temperature": 0.8, ...}``, with the model's
+default temperature beside the one used), so a rerun tells an output made with the same settings (done) from one
+made with others. It is written even with
 ``--strip-metadata``: it describes flowsr's own run, not the input's metadata.
 
 Where it is stored:
@@ -43,7 +44,7 @@ _MAX_MARK_BYTES = 65_536
 _MAX_STEPS = 256  # chunks, segments or tags looked at before giving up
 _MAX_SHOWN = 40  # characters of a recorded value shown in a message (a mark is untrusted input)
 DEFAULT_TEMPERATURE = 0.5
-"""The Gaussian prior's temperature when none is given."""
+"""The Gaussian prior's temperature when neither the user nor the model's network gives one."""
 DEFAULT_SEED = 0
 """The Gaussian prior's seed when none is given."""
 
@@ -59,16 +60,21 @@ class RunSettings:
     as the user named it (and its file's sha256 when known), the size request (``x3.5``, ``w1920``), the prior
     asked for (None: the model's default), the Gaussian prior's temperature and seed, and whether the output is
     back-projected onto the input (``consistency`` resolved for the model: ``on`` or ``off``); each output adds
-    its sample number (None when the run writes one output per input)."""
+    its sample number (None when the run writes one output per input). The model's default temperature is
+    recorded too: it is not a setting, but it tells a rerun without ``--temperature`` whether an output was made
+    at the default."""
 
     model: str
     model_sha256: str | None
     size: str
     prior: str | None = None
-    temperature: float = DEFAULT_TEMPERATURE
+    temperature: float | None = DEFAULT_TEMPERATURE
+    """None: the model's default, not known yet (its network is not looked up before a job needs the model)."""
     seed: int = DEFAULT_SEED
     consistency: str | None = None
     """``on`` or ``off``; None while ``auto`` is not resolved yet (the model's file is not here to read)."""
+    default_temperature: float | None = DEFAULT_TEMPERATURE
+    """The temperature the model's network samples at unless told (HCFlow: 0.9); None: not known yet."""
 
     def mark(self, sample: int | None = None) -> dict[str, object]:
         """The settings an output of this run records; ``sample`` numbers it among several samples (None: the
@@ -80,14 +86,18 @@ class RunSettings:
         e.g. ``["model linf, not linf-lp"]``: empty when they are the same, None when the mark records no
         settings (written by an earlier flowsr). Model files are compared by sha256 when both are known; a
         setting the mark does not record (one a later flowsr added) is taken to be the same, except
-        ``consistency``: no flowsr before it was recorded projected, so such a mark's is ``off``. A setting
-        this run has not resolved yet (None ``consistency``) is not compared."""
+        ``consistency``: no flowsr before it was recorded projected, so such a mark's is ``off``. A consistency
+        this run has not resolved yet (None) is not compared; a temperature not resolved yet (None: the model's
+        default) is the one the mark records as its model's default (0.5 in marks that record none)."""
         wanted = self.mark(sample)
         if not set(wanted) & (set(mark) - {MARK_KEY}):
             return None
         mark = {**_UNRECORDED, **mark}
+        del wanted["default_temperature"]
         if self.consistency is None:
             wanted.pop("consistency")
+        if self.temperature is None:
+            wanted["temperature"] = mark["default_temperature"]
         recorded_sha, wanted_sha = mark.get("model_sha256"), wanted.pop("model_sha256")
         found: list[str] = []
         if recorded_sha and wanted_sha:
@@ -100,8 +110,9 @@ class RunSettings:
         return found
 
 
-_UNRECORDED = {"consistency": "off"}
-"""What marks written before flowsr recorded a setting mean by its absence."""
+_UNRECORDED: dict[str, object] = {"consistency": "off", "default_temperature": DEFAULT_TEMPERATURE}
+"""What marks written before flowsr recorded a setting mean by its absence (every model's default temperature
+was 0.5 then)."""
 
 
 def _shown(value: object) -> str:

@@ -421,6 +421,7 @@ def test_the_mark_records_the_settings_that_change_pixels(run_cli: CliInvoker, t
         "temperature": 0.3,
         "seed": 0,
         "consistency": "on",
+        "default_temperature": 0.5,
         "sample": 1,
     }
 
@@ -653,7 +654,8 @@ def test_help_shows_defaults_and_ends_with_examples(run_cli: CliInvoker) -> None
     for option, default in (("--model", "linf-lp"), ("--format", "same"), ("--tile", "auto")):
         assert f"[default: {default}]" in option_help(result.stdout, option)
     temperature = option_help(result.stdout, "--temperature")
-    assert "for --prior gaussian" in temperature and "ignores it" in temperature and "[default: 0.5]" in temperature
+    assert "for --prior gaussian" in temperature and "ignores it" in temperature
+    assert "[default: (the model's: 0.5, HCFlow 0.9 as in its paper)]" in temperature
     assert "Usage: flowsr upscale [OPTIONS] INPUT..." in result.stdout
     tail = result.stdout.rstrip().splitlines()[-5:]
     assert all(line.strip().startswith("flowsr upscale ") for line in tail), tail

@@ -165,10 +165,12 @@ class HCFlowSR(nn.Module):
     * ``log_prob(hr, features) -> HCFlowLogProb(log_prob, latents)``; ``nll_bits_per_pixel(hr, lr)``: the
       training objective.
 
-    ``scale`` is 2^levels on an instance (the class attribute is the paper's 4).
+    ``scale`` is 2^levels on an instance (the class attribute is the paper's 4; :meth:`scale_of` gives a spec's).
     """
 
     scale = 4
+    default_temperature = 0.9
+    """The heat flowsr samples at unless told: the original's for general SR (its DF2K x4 configs; 0.8 for faces)."""
     size_multiple = 1
     spec_bounds: ClassVar[Mapping[str, Bound]] = {
         "levels": Bound(1, 4),
@@ -182,6 +184,12 @@ class HCFlowSR(nn.Module):
     }
     """The original builds L = 2 (x4) and L = 3 (x8) with 13 + 13 steps per level, 64-wide couplings and RRDB
     extractors of [7, 7] (x4) or [5, 5] (x8) blocks of 64 channels, growth 32."""
+
+    @classmethod
+    def scale_of(cls, args: Mapping[str, object]) -> int:
+        """The scale of the model a spec's ``args`` build: 2^levels (the class's 4 without ``levels``)."""
+        levels = args.get("levels")
+        return 2**levels if isinstance(levels, int) else cls.scale
 
     def __init__(
         self,
