@@ -11,6 +11,10 @@ the second image of a real batch against the first, the cold start of `flowsr up
 
     python scripts/bench.py                                    # default model, x2 x3.5 x4, 256^2 512^2 1024^2
     python scripts/bench.py --sizes 256 --scales 4 --json speed.json
+    python scripts/bench.py --only-models --compare-size 256   # just the per-model x4 table
+
+The per-model table runs every bundled flow model (``--compare``) at x4 on one input, each in its own process,
+with its seconds per input megapixel as a ratio to the first model's in the same run.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ WARM_UP_SIDE = 48
 """Each timed path first upscales a crop this small, so one-off kernel set-up is not timed."""
 TARGET = (512, 4.0)
 """The input side and scale the issue's targets are stated for (FLOPs are counted there)."""
+COMPARED_MODELS = ("linf", "linf-lp", "srflow", "srflow-lp", "hcflow", "hcflow-lp")
+"""The per-model table's default: those of these the hub knows, at x4 (every family can make x4)."""
 
 
 def load_input(path: Path) -> torch.Tensor:
@@ -73,7 +79,7 @@ def measure_child(arguments: argparse.Namespace) -> None:
     lr = load_input(arguments.input)
     size = Size(round(lr.shape[-1] * arguments.scale), round(lr.shape[-2] * arguments.scale))
     small = lr[..., :WARM_UP_SIDE, :WARM_UP_SIDE]
-    run(small, Size(round(WARM_UP_SIDE * arguments.scale), round(WARM_UP_SIDE * arguments.scale)))
+    run(small, Size(round(small.shape[-1] * arguments.scale), round(small.shape[-2] * arguments.scale)))
     best = float("inf")
     for _ in range(arguments.repeats):
         started = time.perf_counter()
@@ -144,6 +150,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--scales", nargs="+", type=float, default=[2.0, 3.5, 4.0])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per figure (the fastest counts)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--compare", nargs="+", help="models of the per-model x4 table (default: the bundled flows)")
+    parser.add_argument("--compare-size", type=int, default=256, help="input side of the per-model table")
+    parser.add_argument("--only-models", action="store_true", help="measure the per-model table only")
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=float, default=4.0, help=argparse.SUPPRESS)
@@ -199,6 +208,44 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
     return rows
 
 
+def compared_models(requested: list[str] | None) -> list[str]:
+    """The per-model table's models: those asked for, else the :data:`COMPARED_MODELS` the hub knows."""
+    if requested:
+        return requested
+    hub = Hub(Settings())
+    return [name for name in COMPARED_MODELS if hub.find(name) is not None]
+
+
+def model_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """Each compared model upscaling one ``--compare-size`` input x4 as `flowsr upscale` runs it (its own
+    default prior and temperature, consistency auto), fastest of ``--repeats``, as a ratio to the first."""
+    side = arguments.compare_size
+    image = folder / f"compare{side}.png"
+    make_input(image, side)
+    rows: list[dict[str, Any]] = []
+    print(f"x4 of a {side}² input: {'model':<12} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} {'x first':>8}")
+    for model in compared_models(arguments.compare):
+        options = ["--path", "flowsr", "--input", str(image), "--scale", "4", "--model", model]
+        result = child(*options, "--repeats", str(arguments.repeats))
+        seconds_per_mp = result["seconds"] / (side * side / 1e6)
+        row = {
+            "model": model,
+            "input": side,
+            "scale": 4.0,
+            "seconds_per_input_mp": seconds_per_mp,
+            "output_mp_per_second": (4 * side) ** 2 / 1e6 / result["seconds"],
+            "peak_rss_mb": result["peak_rss"] / 2**20,
+            "times_first": seconds_per_mp / (rows[0]["seconds_per_input_mp"] if rows else seconds_per_mp),
+        }
+        rows.append(row)
+        print(
+            f"{'':>19}{Path(model).stem:<12} {seconds_per_mp:>9.2f} {row['output_mp_per_second']:>8.3f} "
+            f"{row['peak_rss_mb']:>8.0f} {row['times_first']:>8.2f}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     """Measure everything and print the table (optionally write JSON)."""
     arguments = parse_arguments()
@@ -206,39 +253,47 @@ def main() -> None:
         return measure_child(arguments)
     report: dict[str, Any] = {"model": arguments.model, "threads": torch.get_num_threads()}
     print(f"model {arguments.model}, CPU, {report['threads']} torch threads")
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        if not arguments.only_models:
+            report.update(default_model_figures(arguments, folder))
+        report["models"] = model_rows(arguments, folder)
+    if arguments.json is not None:
+        arguments.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def default_model_figures(arguments: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """The ``--model``'s speed table against its baselines, its FLOP efficiency, a real batch, cold start and
+    ``flowsr --help``."""
+    report: dict[str, Any] = {}
     print(
         f"{'input':>6} {'scale':>5} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} {'x bicub':>8} "
         f"{'naive s/MP':>9} {'naiveRSS':>8} {'speedup':>8} {'max diff':>9} {'project':>8}"
     )
-    with tempfile.TemporaryDirectory() as name:
-        folder = Path(name)
-        report["rows"] = rows = speed_rows(arguments, folder)
-        report["matmul_gflops"] = peak = matmul_gflops()
-        target = next((row for row in rows if row["flops"] is not None), None)
-        if target is not None:
-            achieved = target["flops"] / target["seconds"] / 1e9
-            report["model_gflops"], report["efficiency"] = achieved, achieved / peak
-            print(f"model at {TARGET[0]}² x{TARGET[1]:g}: {achieved:.1f} GFLOP/s of {peak:.1f} measured matmul "
-                  f"GFLOP/s = {achieved / peak:.0%} efficiency")  # fmt: skip
-        photos = [folder / "batch1.png", folder / "batch2.png"]
-        for index, photo in enumerate(photos):
-            make_input(photo, 256, photo_index=index)
-        flowsr = [sys.executable, "-m", "flowsr_cli"]
-        upscale = [*flowsr, "upscale", "--model", arguments.model, "--scale", "4", "--device", "cpu"]
-        report["batch"] = batch = batch_seconds(upscale, photos, folder / "batch")
-        print(f"batch of two 256² photos x4: first output {batch['first']:.2f} s after process start, second "
-              f"{batch['second']:.2f} s later: {batch['first'] / batch['second']:.2f}x")  # fmt: skip
-        tiny = folder / "tiny.png"
-        make_input(tiny, 32)
-        tiny_run = [*upscale, str(tiny), "--quiet", "--overwrite", "-o", str(folder / "tiny-out.png")]
-        report["cold_start_seconds"] = command_seconds(tiny_run)
-        report["help_seconds"] = command_seconds([*flowsr, "--help"])
-        print(
-            f"cold start (flowsr upscale of a 32² image, process start to exit): {report['cold_start_seconds']:.2f} s"
-        )
-        print(f"flowsr --help: {report['help_seconds']:.2f} s")
-    if arguments.json is not None:
-        arguments.json.write_text(json.dumps(report, indent=2) + "\n")
+    report["rows"] = rows = speed_rows(arguments, folder)
+    report["matmul_gflops"] = peak = matmul_gflops()
+    target = next((row for row in rows if row["flops"] is not None), None)
+    if target is not None:
+        achieved = target["flops"] / target["seconds"] / 1e9
+        report["model_gflops"], report["efficiency"] = achieved, achieved / peak
+        print(f"model at {TARGET[0]}² x{TARGET[1]:g}: {achieved:.1f} GFLOP/s of {peak:.1f} measured matmul "
+              f"GFLOP/s = {achieved / peak:.0%} efficiency")  # fmt: skip
+    photos = [folder / "batch1.png", folder / "batch2.png"]
+    for index, photo in enumerate(photos):
+        make_input(photo, 256, photo_index=index)
+    flowsr = [sys.executable, "-m", "flowsr_cli"]
+    upscale = [*flowsr, "upscale", "--model", arguments.model, "--scale", "4", "--device", "cpu"]
+    report["batch"] = batch = batch_seconds(upscale, photos, folder / "batch")
+    print(f"batch of two 256² photos x4: first output {batch['first']:.2f} s after process start, second "
+          f"{batch['second']:.2f} s later: {batch['first'] / batch['second']:.2f}x")  # fmt: skip
+    tiny = folder / "tiny.png"
+    make_input(tiny, 32)
+    tiny_run = [*upscale, str(tiny), "--quiet", "--overwrite", "-o", str(folder / "tiny-out.png")]
+    report["cold_start_seconds"] = command_seconds(tiny_run)
+    report["help_seconds"] = command_seconds([*flowsr, "--help"])
+    print(f"cold start (flowsr upscale of a 32² image, process start to exit): {report['cold_start_seconds']:.2f} s")
+    print(f"flowsr --help: {report['help_seconds']:.2f} s")
+    return report
 
 
 if __name__ == "__main__":
