@@ -59,10 +59,7 @@ class HCFlowUpscaler(BlendedUpscaler):
         """HCFlow's sample at heat ``scale`` (it multiplies the N(0, I)-scale latents itself)."""
         if latents is None:
             latents = [features.lr.new_zeros(1, *shape) for shape in self.model.latent_shapes(features)]
-        output = self.model.sample(features, scale, latents=latents)
-        if progress is not None:
-            progress(1.0)
-        return output
+        return self.model.sample(features, scale, latents=latents, progress=progress)
 
     def _float_features(self, features: HCFlowFeatures) -> HCFlowFeatures:
         """The LR and the coarsest level's RRDB features in float32 (the inverse's dtype)."""

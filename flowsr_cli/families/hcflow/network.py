@@ -32,7 +32,7 @@ Conventions (every method follows them):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -126,11 +126,15 @@ class HCFlowLevel(nn.Module):
             logdet = logdet + step_logdet
         return x[:, : self.kept], x[:, self.kept :], logdet
 
-    def inverse(self, kept: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """(kept part, split-off part) -> the level's input."""
+    def inverse(
+        self, kept: torch.Tensor, a: torch.Tensor, step_done: Callable[[float], None] | None = None
+    ) -> torch.Tensor:
+        """(kept part, split-off part) -> the level's input; ``step_done`` gets the share of its steps done."""
         x = torch.cat([kept, a], dim=1)
-        for step in reversed(self.steps):
+        for index, step in enumerate(reversed(self.steps)):
             x = step.inverse(x)
+            if step_done is not None:
+                step_done((index + 1) / len(self.steps))
         return unsqueeze2d(x)
 
 
@@ -254,18 +258,25 @@ class HCFlowSR(nn.Module):
         heat: float = 0.9,
         generator: torch.Generator | None = None,
         latents: Sequence[torch.Tensor] | None = None,
+        progress: Callable[[float], None] | None = None,
     ) -> torch.Tensor:
         """HR (B, 3, 2^L h, 2^L w) on the [0, 1] scale, not clamped, from ``heat * latents`` (N(0, I)-scale
-        ``latents``, drawn by :meth:`random_latents` if None; heat 0: the prior means, the deterministic output)."""
+        ``latents``, drawn by :meth:`random_latents` if None; heat 0: the prior means, the deterministic output).
+        ``progress`` gets the share done after every flow step, each level weighted by its pixels (4^depth)."""
         if latents is None:
             latents = self.random_latents(features, generator)
         if len(latents) != len(self.flow_levels):
             raise ValueError(f"HCFlow needs {len(self.flow_levels)} latents, got {len(latents)}")
+        total = sum(4**depth for depth in range(len(latents)))
         x = features.lr
         coarser: list[torch.Tensor] = []
-        for level, eps in zip(reversed(self.flow_levels), latents):
+        for depth, (level, eps) in enumerate(zip(reversed(self.flow_levels), latents)):
             condition = level.cond_flow.features(_condition(x, coarser)) if coarser else features.condition
-            x = level.inverse(x, level.cond_flow.inverse(heat * eps, condition))
+            done_before = sum(4**coarse for coarse in range(depth))
+            step_done = (
+                None if progress is None else lambda share, d=depth, b=done_before: progress((b + 4**d * share) / total)
+            )
+            x = level.inverse(x, level.cond_flow.inverse(heat * eps, condition), step_done)
             coarser.insert(0, condition)
         return x
 
