@@ -11,7 +11,9 @@ The files hold ``HCFlowNet_SR.state_dict()`` (``module.``-prefixed when saved fr
 
 Our layers compute what the original's compute with the same weights, so the conversion only renames; the
 spec (levels, steps, widths, RRDB sizes) comes from the names and shapes. The rescaling model
-(``Rescaling_DF2K_X4_HCFlow.pth``: Haar squeezes, ``Affine3shift`` couplings with dense blocks) is refused.
+(``Rescaling_DF2K_X4_HCFlow.pth``) has the same layout with Haar squeezes and dense-block couplings
+(``affine.f.conv1``-``conv5``): :mod:`flowsr_cli.families.hcflow.rescaling_importer` converts it with the
+helpers here.
 """
 
 from __future__ import annotations
@@ -28,13 +30,12 @@ from flowsr_cli.errors import FlowsrError
 from flowsr_cli.families.importing import import_failure, is_plain_tensor, listed
 from flowsr_cli.families.registry import make
 
-HCFLOW_CHECKPOINTS = "an HCFlow SR state dict (flow.layers.*, flow.level{l}_condFlow.*)"
-"""What :func:`import_hcflow` recognises."""
+HCFLOW_CHECKPOINTS = "an HCFlow SR or rescaling state dict (flow.layers.*, flow.level{l}_condFlow.*)"
+"""What the family's importer recognises."""
 
 _FLOW_KEY = re.compile(r"^flow\.(?:layers\.\d+|level\d+_condFlow)\.")
 _LAYER = re.compile(r"^flow\.layers\.(\d{1,9})\.")
 _COND_FLOW = re.compile(r"^flow\.level(\d{1,9})_condFlow\.")
-_RESCALING = re.compile(r"^flow\.layers\.\d+\.(?:haar_weights$|affine\.f\.conv[45]\.)")
 MAX_LEVELS = 4
 """More levels than any HCFlow flowsr builds (the original has 2 for x4 and 3 for x8)."""
 _STEP_RENAMES = (
@@ -43,6 +44,8 @@ _STEP_RENAMES = (
     ("coupling.net.2.", "affine.f.conv2."),
     ("coupling.net.4.", "affine.f.conv3."),
 )
+_DENSE_CONV = re.compile(r"coupling\.net\.convs\.(\d)\.")
+"""The rescaling steps' dense blocks: ``convs.{i}`` is the original's ``conv{i+1}``."""
 _COND_RENAMES = (
     (re.compile(r"^trunk([01])\.(\d+)\.blocks\.(\d)\.convs\.(\d)\."), lambda m: _rdb(m, int(m.group(4)) + 1)),
     (re.compile(r"^trunk([01])\.(\d+)\.blocks\.(\d)\.fuse\."), lambda m: _rdb(m, 5)),
@@ -68,12 +71,13 @@ def find_hcflow_state(checkpoint: object) -> dict[str, object] | None:
 def _step_name(name: str) -> str:
     for ours, theirs in _STEP_RENAMES:
         name = name.replace(ours, theirs)
-    return name
+    return _DENSE_CONV.sub(lambda match: f"affine.f.conv{int(match.group(1)) + 1}.", name)
 
 
 def original_names(model: nn.Module) -> dict[str, str]:
-    """Our weight name -> the original's, for every weight of an :class:`HCFlowSR` (actnorms' ``initialized``
-    flags, which the original does not save, left out)."""
+    """Our weight name -> the original's, for every weight of an :class:`HCFlowSR` or
+    :class:`~flowsr_cli.families.hcflow.rescaling.HCFlowRescaler` (both lay each level out as the original's
+    squeeze, steps and split; actnorms' ``initialized`` flags, which the original does not save, left out)."""
     names = {}
     offsets, index = [], 0
     for level in model.flow_levels:
@@ -138,12 +142,18 @@ def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
     return len({match.group(1) for key in state if (match := compiled.match(key))})
 
 
-def _spec(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def cond_flow_levels(state: Mapping[str, torch.Tensor]) -> int:
+    """L, from the conditional flows ``flow.level{l}_condFlow`` (which must be levels 0 to L - 1)."""
     numbers = sorted({int(match.group(1)) for key in state if (match := _COND_FLOW.match(key))})
     if not numbers or numbers != list(range(len(numbers))) or len(numbers) > MAX_LEVELS:
         raise ValueError(f"its conditional flows are levels {numbers[:6]}, not 0 to L - 1 with L at most {MAX_LEVELS}")
-    levels = len(numbers)
-    steps = _level_steps(state, levels)
+    return len(numbers)
+
+
+def hcflow_args(state: Mapping[str, torch.Tensor], steps: list[int]) -> dict[str, Any]:
+    """The spec arguments of an HCFlow state dict (SR or rescaling) whose levels have ``steps`` unconditional
+    steps: the conditional steps, widths and RRDB sizes, from the names and shapes."""
+    levels = len(steps)
     cond_steps = [
         _count(state, rf"^flow\.level{level}_condFlow\.additional_flow_steps\.(\d+)\.") for level in range(levels)
     ]
@@ -152,19 +162,16 @@ def _spec(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     rrdb = [_count(state, rf"^flow\.level0_condFlow\.RRDB_trunk{trunk}\.(\d+)\.") for trunk in (0, 1)]
     growth_key = f"{level0}RRDB_trunk{0 if rrdb[0] else 1}.0.RDB1.conv1.weight"
     return {
-        "name": "hcflow",
-        "args": {
-            "levels": levels,
-            "steps": steps,
-            "cond_steps": cond_steps,
-            "hidden": _out_channels(state, f"flow.layers.{_first_step_layer(steps)}.affine.f.conv1.weight", 64),
-            "cond_hidden": _out_channels(
-                state, f"flow.level{cond_level}_condFlow.additional_flow_steps.0.affine.f.conv1.weight", 64
-            ),
-            "rrdb_blocks": rrdb,
-            "rrdb_channels": _out_channels(state, f"{level0}conv_first.weight", 64),
-            "growth": _out_channels(state, growth_key, 32),
-        },
+        "levels": levels,
+        "steps": steps,
+        "cond_steps": cond_steps,
+        "hidden": _out_channels(state, f"flow.layers.{_first_step_layer(steps)}.affine.f.conv1.weight", 64),
+        "cond_hidden": _out_channels(
+            state, f"flow.level{cond_level}_condFlow.additional_flow_steps.0.affine.f.conv1.weight", 64
+        ),
+        "rrdb_blocks": rrdb,
+        "rrdb_channels": _out_channels(state, f"{level0}conv_first.weight", 64),
+        "growth": _out_channels(state, growth_key, 32),
     }
 
 
@@ -183,14 +190,19 @@ def _check_fit(
             raise ValueError(f"{label} {listed(found)}")
 
 
-def convert_hcflow(state: Mapping[str, object]) -> nn.Module:
-    """Build a flowsr HCFlowSR holding the weights of an original HCFlow SR state dict (module docstring)."""
+def plain_tensors(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """The state dict's entries, which must all be tensors of numbers (ValueError naming those that are not)."""
     not_tensors = sorted(key for key, value in state.items() if not is_plain_tensor(value))
     if not_tensors:
         raise ValueError(f"entries that are not tensors of numbers: {listed(not_tensors)}")
-    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def build_converted(spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The model ``spec`` describes holding the original weights ``tensors`` (which must be exactly its weights
+    under the original's names: :func:`original_names`), in eval mode; ValueError saying what does not fit."""
     try:
-        model = make(_spec(tensors))
+        model = make(spec)
     except FlowsrError as exc:
         raise ValueError(str(exc)) from None
     names = original_names(model)
@@ -202,17 +214,19 @@ def convert_hcflow(state: Mapping[str, object]) -> nn.Module:
     return model.eval()
 
 
+def convert_hcflow(state: Mapping[str, object]) -> nn.Module:
+    """Build a flowsr HCFlowSR holding the weights of an original HCFlow SR state dict (module docstring)."""
+    tensors = plain_tensors(state)
+    steps = _level_steps(tensors, cond_flow_levels(tensors))
+    return build_converted({"name": "hcflow", "args": hcflow_args(tensors, steps)}, tensors)
+
+
 def import_hcflow(checkpoint: Any, location: Path) -> nn.Module | None:
-    """A flowsr HCFlowSR holding the weights of an original HCFlow SR checkpoint, or None for another kind of file."""
+    """A flowsr HCFlowSR holding the weights of an original HCFlow SR checkpoint, or None for another kind of file
+    (the family's importer sends rescaling checkpoints elsewhere first)."""
     state = find_hcflow_state(checkpoint)
     if state is None:
         return None
-    if any(_RESCALING.match(key) for key in state):
-        raise import_failure(
-            location,
-            "it is an HCFlow rescaling model (FlowNet_Rescaling_x4: Haar squeezes, Affine3shift couplings); "
-            "importing rescaling models is not supported yet, only HCFlow SR",
-        )
     try:
         return convert_hcflow(state)
     except ValueError as exc:

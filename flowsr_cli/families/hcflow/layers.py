@@ -11,8 +11,10 @@ the RRDB are :mod:`flowsr_cli.families.common`'s, whose math is the same as the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.families.common.encoders import RRDB
@@ -106,10 +108,14 @@ class ConditionalFlow(nn.Module):
     """Models a split-off part ``a`` given a condition ``u`` (the original's ``ConditionalFlow``, SR branch).
 
     ``features(u)``: ``first = conv_first(u)``, ``f1 = trunk0(first)``, ``f2 = trunk_conv(trunk1(f1)) + first``
-    -> ``cat(f1, f2)`` (2 x ``rrdb_channels`` channels). Given those features, ``a`` passes ``len(steps)``
-    conditional flow steps and the result has the prior N(mean, exp(logs)) with ``(mean, logs)`` the "cross"
-    halves of ``prior(features)`` (a Conv2dZeros, so it starts as N(0, I)).
+    -> ``cat(f1, f2)`` (``feature_levels`` = 2 levels of ``rrdb_channels`` channels). Given those features, ``a``
+    passes ``len(steps)`` conditional flow steps and the result has the prior N(mean, exp(logs)) with ``(mean,
+    logs)`` the "cross" halves of ``prior(features)`` (a Conv2dZeros, so it starts as N(0, I)).
     """
+
+    feature_levels = 2
+    """How many ``rrdb_channels``-wide feature maps :meth:`features` returns (the original's
+    ``num_features_condition``)."""
 
     def __init__(
         self,
@@ -122,7 +128,7 @@ class ConditionalFlow(nn.Module):
         growth: int,
     ) -> None:
         super().__init__()
-        self.feature_channels = 2 * rrdb_channels
+        self.feature_channels = self.feature_levels * rrdb_channels
         self.conv_first = nn.Conv2d(cond_in_channels, rrdb_channels, 3, padding=1)
         self.trunk0 = nn.Sequential(*(RRDB(rrdb_channels, growth) for _ in range(rrdb_blocks[0])))
         self.trunk1 = nn.Sequential(*(RRDB(rrdb_channels, growth) for _ in range(rrdb_blocks[1])))
@@ -161,3 +167,12 @@ class ConditionalFlow(nn.Module):
         for step in reversed(self.steps):
             a = step.inverse(a, features)
         return a
+
+
+def level_condition(kept: torch.Tensor, coarser: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A level's condition: its kept part and the features of the coarser levels (next coarser first), upsampled
+    by nearest neighbour to its size (x2, x4, ...)."""
+    upsampled = [
+        F.interpolate(features, scale_factor=2 ** (index + 1), mode="nearest") for index, features in enumerate(coarser)
+    ]
+    return torch.cat([kept, *upsampled], dim=1)

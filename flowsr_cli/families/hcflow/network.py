@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.families.common.flow_layers import squeeze2d, standard_normal, unsqueeze2d
-from flowsr_cli.families.hcflow.layers import ConditionalFlow, HCFlowStep, gaussian_log_likelihood
+from flowsr_cli.families.hcflow.layers import ConditionalFlow, HCFlowStep, gaussian_log_likelihood, level_condition
 from flowsr_cli.families.registry import Bound
 
 DEQUANTISATION_BINS = 64
@@ -136,15 +135,6 @@ class HCFlowLevel(nn.Module):
             if step_done is not None:
                 step_done((index + 1) / len(self.steps))
         return unsqueeze2d(x)
-
-
-def _condition(kept: torch.Tensor, coarser: Sequence[torch.Tensor]) -> torch.Tensor:
-    """A level's condition: its kept part and the features of the coarser levels (next coarser first), upsampled
-    by nearest neighbour to its size (x2, x4, ...)."""
-    upsampled = [
-        F.interpolate(features, scale_factor=2 ** (index + 1), mode="nearest") for index, features in enumerate(coarser)
-    ]
-    return torch.cat([kept, *upsampled], dim=1)
 
 
 class HCFlowSR(nn.Module):
@@ -271,7 +261,7 @@ class HCFlowSR(nn.Module):
         x = features.lr
         coarser: list[torch.Tensor] = []
         for depth, (level, eps) in enumerate(zip(reversed(self.flow_levels), latents)):
-            condition = level.cond_flow.features(_condition(x, coarser)) if coarser else features.condition
+            condition = level.cond_flow.features(level_condition(x, coarser)) if coarser else features.condition
             done_before = sum(4**coarse for coarse in range(depth))
             step_done = (
                 None if progress is None else lambda share, d=depth, b=done_before: progress((b + 4**d * share) / total)
@@ -295,7 +285,7 @@ class HCFlowSR(nn.Module):
         latents: list[torch.Tensor] = []
         coarser: list[torch.Tensor] = []
         for level, kept, a in zip(reversed(self.flow_levels), reversed(kept_parts), reversed(split_parts)):
-            condition = level.cond_flow.features(_condition(kept, coarser))
+            condition = level.cond_flow.features(level_condition(kept, coarser))
             eps, logdet = level.cond_flow(a, condition)
             log_density = log_density + logdet
             latents.append(eps)

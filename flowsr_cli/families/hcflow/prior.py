@@ -32,7 +32,8 @@ from torch import nn
 
 from flowsr_cli.families.common.latent import LATENT_BOUNDS
 from flowsr_cli.families.common.level_prior import LevelPrior, standardise
-from flowsr_cli.families.hcflow.network import HCFlowFeatures, HCFlowSR, _condition
+from flowsr_cli.families.hcflow.layers import level_condition
+from flowsr_cli.families.hcflow.network import HCFlowFeatures, HCFlowSR
 from flowsr_cli.families.registry import Bound, make
 
 PREDICTOR_HALO = 32
@@ -107,7 +108,9 @@ class HCFlowLP(nn.Module):
             coarser: list[torch.Tensor] = []
             latents: list[torch.Tensor] = []
             for level, prior, z in zip(reversed(self.flow.flow_levels), self.priors, z_init):
-                condition = level.cond_flow.features(_condition(x, coarser)) if coarser else features.condition.float()
+                condition = (
+                    level.cond_flow.features(level_condition(x, coarser)) if coarser else features.condition.float()
+                )
                 latents.append(prior(z, condition))
                 x = level.inverse(x, level.cond_flow.inverse(latents[-1], condition))
                 coarser.insert(0, condition)

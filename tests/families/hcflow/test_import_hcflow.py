@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowsr_cli.families.hcflow.importer import import_hcflow
 from flowsr_cli.families.hcflow.network import HCFlowSR
+from flowsr_cli.families.hcflow.rescaling_importer import import_hcflow_checkpoint
 from flowsr_cli.families.importing import CheckpointImportError, convert_original
 from flowsr_cli.families.model_file import load_model
 from tests.conftest import CliInvoker
@@ -143,19 +143,19 @@ def test_cli_imports_an_original_hcflow_file(run_cli: CliInvoker, tmp_path: Path
     ids=["srflow", "linf", "near-names", "tensor", "int-keys"],
 )
 def test_other_files_are_not_claimed(checkpoint: object) -> None:
-    assert import_hcflow(checkpoint, Path("other.pth")) is None
+    assert import_hcflow_checkpoint(checkpoint, Path("other.pth")) is None
 
 
-def test_the_rescaling_model_is_refused(tmp_path: Path) -> None:
-    """FlowNet_Rescaling_x4: Haar squeezes (``haar_weights``) and dense-block couplings, otherwise the same names."""
-    state = {
-        "flow.layers.0.haar_weights": torch.ones(12, 1, 2, 2),
-        "flow.layers.1.actnorm.bias": torch.zeros(1, 12, 1, 1),
-        "flow.layers.1.affine.f.conv5.weight": torch.zeros(18, 99, 3, 3),
-        "flow.level0_condFlow.conv_first.weight": torch.zeros(64, 6, 3, 3),
-    }
+@pytest.mark.parametrize(
+    "key", ["flow.layers.0.haar_weights", "flow.layers.1.affine.f.conv5.weight", "flow.layers.1.affine.f.conv4.bias"]
+)
+def test_rescaling_files_go_to_the_rescaling_importer(tmp_path: Path, key: str) -> None:
+    """FlowNet_Rescaling_x4: Haar squeezes (``haar_weights``) and dense-block couplings, otherwise the same names
+    (its conversion: test_import_rescaling.py)."""
+    state = dict(tamed_original(**X4, seed=1).state_dict())
+    state[key] = torch.zeros(1)
     torch.save(state, tmp_path / "Rescaling_DF2K_X4_HCFlow.pth")
-    with pytest.raises(CheckpointImportError, match="rescaling models is not supported yet") as error:
+    with pytest.raises(CheckpointImportError, match="not an HCFlow rescaling checkpoint this flowsr can") as error:
         convert_original(tmp_path / "Rescaling_DF2K_X4_HCFlow.pth")
     assert "\n" not in str(error.value)
 
