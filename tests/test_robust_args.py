@@ -96,8 +96,9 @@ TRAINING_FLAGS = (
     ("--workers", ("-1", "two"), "an integer >= 0"),
     ("--device", ("gpu",), "auto, cpu, cuda or cuda:N"),
 )
-UNKNOWN_MODEL = ("unknown model", "available: bicubic, linf, linf-lp, srflow, srflow-lp, or a path")
-NO_SUCH_MODEL = ("no model named", "known: linf, linf-lp, srflow, srflow-lp")
+UNKNOWN_MODEL = ("unknown model", "available: bicubic, linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp, or a path")
+NO_SUCH_MODEL = ("no model named", "known: linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp")
+KNOWN_FLOWS = "known: linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp, or a model file"
 NAME_RULE = "use letters, digits, '.', '_' or '-' (starting with a letter or digit)"
 UNKNOWN_KEY = ("unknown config key", "known keys: model, device, precision")
 
@@ -126,9 +127,9 @@ CASES: list[Bad] = [
     *options("eval", "--max-images", ("0", "all"), "an integer >= 1"),
     option("eval", "--device", "gpu", "auto, cpu, cuda or cuda:N"),
     option("train flow", "--arch", "linf-huge", "choose one of linf-edsr, linf-rrdb, linf-small, srflow, srflow-small"),
-    option("train flow", "--init", "nope", "known: linf, linf-lp, srflow, srflow-lp, or a model file"),
+    option("train flow", "--init", "nope", KNOWN_FLOWS),
     *[bad for flag, values, allowed in TRAINING_FLAGS for bad in options("train flow", flag, values, allowed)],
-    option("train prior", "--flow", "nope", "known: linf, linf-lp, srflow, srflow-lp, or a model file"),
+    option("train prior", "--flow", "nope", KNOWN_FLOWS),
     *options("train prior", "--arch", ("srflow-lp", "huge"), "for a linf flow choose one of lp, lp-small"),
     *[bad for flag, values, allowed in TRAINING_FLAGS for bad in options("train prior", flag, values[:1], allowed)],
     *options("train prior", "--latent-weight", ("-0.1", "nan", "heavy"), "a number >= 0"),

@@ -14,6 +14,8 @@ from PIL import Image
 
 from flowsr_cli.engine.pipeline import pixels_to_tensor
 from flowsr_cli.eval import metrics
+from flowsr_cli.families.hcflow.network import HCFlowSR
+from flowsr_cli.families.hcflow.prior import HCFlowLP
 from flowsr_cli.families.linf.network import LINF
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.families.model_file import load_model, read_model_metadata
@@ -21,7 +23,14 @@ from flowsr_cli.families.srflow.network import SRFlow
 from flowsr_cli.families.srflow.prior import SRFlowLP
 from tests.conftest import SHARED, CliInvoker
 
-BUNDLED = {"linf": LINF, "linf-lp": LINFLP, "srflow": SRFlow, "srflow-lp": SRFlowLP}
+BUNDLED = {
+    "linf": LINF,
+    "linf-lp": LINFLP,
+    "srflow": SRFlow,
+    "srflow-lp": SRFlowLP,
+    "hcflow": HCFlowSR,
+    "hcflow-lp": HCFlowLP,
+}
 
 
 def registry() -> dict[str, dict[str, object]]:
@@ -32,7 +41,7 @@ def registry() -> dict[str, dict[str, object]]:
 def test_bundled_model_is_registered_small_fp16_and_loads(name: str) -> None:
     entry = registry()[name]
     path = Path(str(resources.files("flowsr_cli").joinpath(str(entry["bundled"]))))
-    assert path.stat().st_size == entry["size"] < 12_000_000  # srflow-lp holds its flow too: 11.6 MB
+    assert path.stat().st_size == entry["size"] < 13_000_000  # the LP models hold their flows too: 11.6-12.5 MB
     from safetensors.torch import load_file
 
     floating = [tensor for tensor in load_file(str(path)).values() if tensor.is_floating_point()]
@@ -97,8 +106,8 @@ def test_upscale_with_no_flags_is_offline_and_sharper_than_bicubic(
     assert metrics.lr_psnr(default, lr, 3.5) > 30.0
 
 
-@pytest.mark.parametrize("model", ["srflow", "srflow-lp"])
-def test_bundled_srflow_models_upscale_x4_sharper_than_bicubic(
+@pytest.mark.parametrize("model", ["srflow", "srflow-lp", "hcflow", "hcflow-lp"])
+def test_bundled_x4_models_upscale_sharper_than_bicubic(
     run_cli: CliInvoker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: str
 ) -> None:
     monkeypatch.setenv("FLOWSR_OFFLINE", "1")
