@@ -1,15 +1,19 @@
 """The per-level latent module of the learned prior on a fixed-scale flow with several latent levels (SRFlow-LP,
-HCFlow-LP; Tsao et al., CVPR 2024), and the per-pixel standardisation of its initial latents."""
+HCFlow-LP; Tsao et al., CVPR 2024), the per-pixel standardisation of its initial latents, and the frozen flow
+such a prior is trained on."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.families.common.latent import DenseBlock, UNet
+
+_Prior = TypeVar("_Prior", bound="FrozenFlowPrior")
 
 STANDARDISE_EPS = 1e-6
 """Added to the per-pixel standard deviation (the original adds 1e-8 to an unbiased std)."""
@@ -61,3 +65,26 @@ class LevelPrior(nn.Module):
         multiple = self.unet.multiple
         joined = F.pad(joined, (0, -width % multiple, 0, -height % multiple))
         return self.head(self.unet(joined))[..., :height, :width]
+
+
+class FrozenFlowPrior(nn.Module):
+    """The base of a learned prior on a frozen flow (SRFlow-LP, HCFlow-LP): ``flow``'s parameters never require
+    gradients and it stays in eval mode whatever :meth:`train` is asked; gradients still pass through its inverse
+    into the priors. The flow runs in float32 outside autocast."""
+
+    def __init__(self, flow: nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+        self.flow.requires_grad_(False)
+        self.flow.eval()
+
+    def train(self: _Prior, mode: bool = True) -> _Prior:
+        """Set the priors' mode; the frozen flow always stays in eval mode."""
+        super().train(mode)
+        self.flow.eval()
+        return self
+
+    def encode(self, lr: torch.Tensor) -> Any:
+        """The flow's features of LR images (B, 3, h, w) in [0, 1], shared by every later step."""
+        with torch.autocast(lr.device.type, enabled=False):
+            return self.flow.encode(lr.float())

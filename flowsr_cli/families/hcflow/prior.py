@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.families.common.latent import LATENT_BOUNDS
-from flowsr_cli.families.common.level_prior import LevelPrior, standardise
+from flowsr_cli.families.common.level_prior import FrozenFlowPrior, LevelPrior, standardise
 from flowsr_cli.families.hcflow.layers import level_condition
 from flowsr_cli.families.hcflow.network import HCFlowFeatures, HCFlowSR
 from flowsr_cli.families.registry import Bound, make
@@ -45,24 +45,22 @@ sizes ([32, 64, 128, 128], grid 8, so 0 acts as 8) 1.4e-2 / 1.4e-2 / 3.6e-4 / 1.
 where both reach float noise; a trained prior may reach further (SRFlow-LP's needed 48): re-measure on one."""
 
 
-class HCFlowLP(nn.Module):
+class HCFlowLP(FrozenFlowPrior):
     """A frozen HCFlow (``flow``, an ``hcflow`` spec) and one trainable :class:`LevelPrior` per latent level,
     coarsest first (``latent``: its sizes ``branch_channels``, ``growth``, ``widths``; the paper's by default).
 
     No method disables autograd: callers choose ``torch.no_grad``/``inference_mode``."""
 
+    flow: HCFlowSR
     halo = PREDICTOR_HALO
     spec_bounds: ClassVar[Mapping[str, Bound]] = {f"latent.{key}": bound for key, bound in LATENT_BOUNDS.items()}
     spec_parts: ClassVar[tuple[str, ...]] = ("flow",)
 
     def __init__(self, flow: dict[str, Any], latent: dict[str, Any]) -> None:
-        super().__init__()
         flow_model = make(flow)
         if not isinstance(flow_model, HCFlowSR):
             raise TypeError(f"flow must be an 'hcflow' spec, got {flow.get('name')!r}")
-        self.flow = flow_model
-        self.flow.requires_grad_(False)
-        self.flow.eval()
+        super().__init__(flow_model)
         self.scale = flow_model.scale
         self.priors = nn.ModuleList(
             LevelPrior(level.split, level.cond_flow.feature_channels, **latent)
@@ -73,17 +71,6 @@ class HCFlowLP(nn.Module):
         aligned = [max(1, prior.unet.multiple >> depth) for depth, prior in enumerate(self.priors)]
         self.size_multiple = math.lcm(flow_model.size_multiple, *aligned)
         """LR offsets and sizes on this grid give every level's UNet the whole image's grid."""
-
-    def train(self, mode: bool = True) -> HCFlowLP:
-        """Set the priors' mode; the frozen flow always stays in eval mode."""
-        super().train(mode)
-        self.flow.eval()
-        return self
-
-    def encode(self, lr: torch.Tensor) -> HCFlowFeatures:
-        """The flow's features of LR images (B, 3, h, w) in [0, 1], shared by every later step."""
-        with torch.autocast(lr.device.type, enabled=False):
-            return self.flow.encode(lr.float())
 
     def latent_shapes(self, features: HCFlowFeatures) -> list[tuple[int, int, int]]:
         """(C, H, W) of each latent, coarsest first (the flow's)."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.families.common.latent import LATENT_BOUNDS
-from flowsr_cli.families.common.level_prior import LevelPrior, standardise
+from flowsr_cli.families.common.level_prior import FrozenFlowPrior, LevelPrior, standardise
 from flowsr_cli.families.registry import Bound, make
 from flowsr_cli.families.srflow.engine import PREDICTOR_HALO
 from flowsr_cli.families.srflow.network import SCALE, SRFlow, SRFlowFeatures
@@ -37,7 +37,7 @@ def latent_levels(flow: SRFlow) -> list[tuple[int, int]]:
     return [*levels, (channels, len(flow.flow_levels) - 1)]
 
 
-class SRFlowLP(nn.Module):
+class SRFlowLP(FrozenFlowPrior):
     """A frozen SRFlow (``flow``, an ``srflow`` spec) and one trainable :class:`LevelPrior` per latent
     level (``latent``: its sizes ``branch_channels``, ``growth``, ``widths``; the paper's by default).
 
@@ -47,18 +47,16 @@ class SRFlowLP(nn.Module):
     """
 
     scale = SCALE
+    flow: SRFlow
     halo = PREDICTOR_HALO
     spec_bounds: ClassVar[Mapping[str, Bound]] = {f"latent.{key}": bound for key, bound in LATENT_BOUNDS.items()}
     spec_parts: ClassVar[tuple[str, ...]] = ("flow",)
 
     def __init__(self, flow: dict[str, Any], latent: dict[str, Any]) -> None:
-        super().__init__()
         flow_model = make(flow)
         if not isinstance(flow_model, SRFlow):
             raise TypeError(f"flow must be an 'srflow' spec, got {flow.get('name')!r}")
-        self.flow = flow_model
-        self.flow.requires_grad_(False)
-        self.flow.eval()
+        super().__init__(flow_model)
         layout = latent_levels(flow_model)
         self.levels = [index for _, index in layout]
         cond_channels = flow_model.conditioner.out_channels
@@ -68,17 +66,6 @@ class SRFlowLP(nn.Module):
         aligned = [prior.unet.multiple * 2 ** (level - 1) for prior, level in zip(self.priors, self.levels)]
         self.size_multiple = math.lcm(flow_model.size_multiple, *(max(1, int(value)) for value in aligned))
         """LR offsets and sizes on this grid give every level's flow and UNet the whole image's grid."""
-
-    def train(self, mode: bool = True) -> SRFlowLP:
-        """Set the priors' mode; the frozen flow always stays in eval mode."""
-        super().train(mode)
-        self.flow.eval()
-        return self
-
-    def encode(self, lr: torch.Tensor) -> SRFlowFeatures:
-        """The flow's features of LR images (B, 3, h, w) in [0, 1], shared by every later step."""
-        with torch.autocast(lr.device.type, enabled=False):
-            return self.flow.encode(lr.float())
 
     def latents_of(self, features: SRFlowFeatures, hr: torch.Tensor) -> list[torch.Tensor]:
         """The flow's latents of HR images (B, 3, 4h, 4w) in [0, 1] (no dequantisation), in
