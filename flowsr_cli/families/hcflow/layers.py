@@ -11,7 +11,7 @@ the RRDB are :mod:`flowsr_cli.families.common`'s, whose math is the same as the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +169,24 @@ class ConditionalFlow(nn.Module):
         return a
 
 
+class _QuantiseStraightThrough(torch.autograd.Function):
+    """The original's ``Quant``: clamp to [0, 1] and round to 1/255 forward; the gradient passes unchanged."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(torch.clamp(x, 0.0, 1.0) * 255.0) / 255.0
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def quantise_8bit(image: torch.Tensor) -> torch.Tensor:
+    """``image`` clamped to [0, 1] and rounded to multiples of 1/255, as an 8-bit file stores it, with a
+    straight-through gradient (1 everywhere, also where the clamp cuts): the original's ``Quant``."""
+    return _QuantiseStraightThrough.apply(image)
+
+
 def level_condition(kept: torch.Tensor, coarser: Sequence[torch.Tensor]) -> torch.Tensor:
     """A level's condition: its kept part and the features of the coarser levels (next coarser first), upsampled
     by nearest neighbour to its size (x2, x4, ...)."""
@@ -176,3 +194,29 @@ def level_condition(kept: torch.Tensor, coarser: Sequence[torch.Tensor]) -> torc
         F.interpolate(features, scale_factor=2 ** (index + 1), mode="nearest") for index, features in enumerate(coarser)
     ]
     return torch.cat([kept, *upsampled], dim=1)
+
+
+def build_levels(
+    levels: int,
+    steps: Sequence[int],
+    cond_steps: Sequence[int],
+    rrdb_blocks: Sequence[int],
+    make_level: Callable[[int, int, int], nn.Module],
+) -> nn.ModuleList:
+    """The flow levels of an HCFlow (SR or rescaling), finest first, after checking the per-level sizes: level i
+    squeezes its input to ``channels`` (4x its input's), keeps ``kept`` of them (half; the coarsest keeps the LR's
+    3) and splits off the rest; ``make_level(i, channels, kept)`` builds it."""
+    if levels < 1:
+        raise TypeError("levels must be at least 1")
+    if len(steps) != levels or len(cond_steps) != levels:
+        raise TypeError(f"steps and cond_steps must list one number per level ({levels})")
+    if len(rrdb_blocks) != 2:
+        raise TypeError("rrdb_blocks must list the blocks of the two RRDB trunks")
+    built = nn.ModuleList()
+    channels = 3
+    for level in range(levels):
+        channels *= 4
+        kept = channels // 2 if level < levels - 1 else 3
+        built.append(make_level(level, channels, kept))
+        channels = kept
+    return built

@@ -40,15 +40,20 @@ import torch
 from torch import nn
 
 from flowsr_cli.families.common.flow_layers import squeeze2d, standard_normal, unsqueeze2d
-from flowsr_cli.families.hcflow.layers import ConditionalFlow, HCFlowStep, gaussian_log_likelihood, level_condition
+from flowsr_cli.families.hcflow.layers import (
+    ConditionalFlow,
+    HCFlowStep,
+    build_levels,
+    gaussian_log_likelihood,
+    level_condition,
+    quantise_8bit,
+)
 from flowsr_cli.families.registry import Bound
 
 DEQUANTISATION_BINS = 64
 """Training adds U(0, 1) / 64 to the HR (the x4 configs' ``quant: 64``; the CelebA x8 configs use 256)."""
 LR_LOG_STD = -6.0
 """The LR term's Gaussian has std exp(-6)."""
-LR_LEVELS = 255
-"""The LR term quantises LR^ to steps of 1/255."""
 CPU_CONFIGS: Mapping[str, Mapping[str, object]] = {
     "k12": {"steps": [6, 6], "cond_steps": [6, 6], "rrdb_blocks": [2, 1], "growth": 16},
     "k8": {"steps": [4, 4], "cond_steps": [4, 4], "rrdb_blocks": [1, 1], "growth": 16, "hidden": 32, "cond_hidden": 32},
@@ -88,21 +93,9 @@ class HCFlowLogProb(NamedTuple):
     """The latents of HR, in :meth:`HCFlowSR.sample`'s order."""
 
 
-class _QuantiseStraightThrough(torch.autograd.Function):
-    """The original's ``Quant``: clamp to [0, 1] and round to 1/255 forward; pass the gradient unchanged backward."""
-
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
-        return (torch.clamp(x, 0, 1) * float(LR_LEVELS)).round() / float(LR_LEVELS)
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
 def lr_log_likelihood(lr_hat: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
     """The LR term ``log N(LR; Q(LR^), exp(-6))`` per image (B,), Q quantising with a straight-through gradient."""
-    quantised = _QuantiseStraightThrough.apply(lr_hat)
+    quantised = quantise_8bit(lr_hat)
     return gaussian_log_likelihood(lr, torch.full_like(lr, LR_LOG_STD), quantised)
 
 
@@ -197,19 +190,10 @@ class HCFlowSR(nn.Module):
         growth: int = 32,
     ) -> None:
         super().__init__()
-        if levels < 1:
-            raise TypeError("levels must be at least 1")
-        if len(steps) != levels or len(cond_steps) != levels:
-            raise TypeError(f"steps and cond_steps must list one number per level ({levels})")
-        if len(rrdb_blocks) != 2:
-            raise TypeError("rrdb_blocks must list the blocks of the two RRDB trunks")
         self.scale = 2**levels
         feature_channels = 2 * rrdb_channels
-        self.flow_levels = nn.ModuleList()
-        channels = 3
-        for level in range(levels):
-            channels *= 4
-            kept = channels // 2 if level < levels - 1 else 3
+
+        def make_level(level: int, channels: int, kept: int) -> HCFlowLevel:
             cond_flow = ConditionalFlow(
                 channels - kept,
                 kept + feature_channels * (levels - 1 - level),
@@ -219,8 +203,9 @@ class HCFlowSR(nn.Module):
                 rrdb_channels,
                 growth,
             )
-            self.flow_levels.append(HCFlowLevel(channels, kept, steps[level], hidden, cond_flow))
-            channels = kept
+            return HCFlowLevel(channels, kept, steps[level], hidden, cond_flow)
+
+        self.flow_levels = build_levels(levels, steps, cond_steps, rrdb_blocks, make_level)
 
     def encode(self, lr: torch.Tensor) -> HCFlowFeatures:
         """LR (B, 3, h, w) in [0, 1] -> the LR and its RRDB features (the coarsest level's condition)."""

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from flowsr_cli.families.common.flow_layers import ActNorm, standard_normal
-from flowsr_cli.families.hcflow.layers import ConditionalFlow, bounded_log_scale, level_condition
+from flowsr_cli.families.hcflow.layers import ConditionalFlow, bounded_log_scale, build_levels, level_condition
 from flowsr_cli.families.registry import Bound
 
 LR_CHANNELS = 3
@@ -280,18 +280,9 @@ class HCFlowRescaler(nn.Module):
         super().__init__()
         steps = [8] * levels if steps is None else list(steps)
         cond_steps = [6] * levels if cond_steps is None else list(cond_steps)
-        if levels < 1:
-            raise TypeError("levels must be at least 1")
-        if len(steps) != levels or len(cond_steps) != levels:
-            raise TypeError(f"steps and cond_steps must list one number per level ({levels})")
-        if len(rrdb_blocks) != 2:
-            raise TypeError("rrdb_blocks must list the blocks of the two RRDB trunks")
         self.scale = 2**levels
-        self.flow_levels = nn.ModuleList()
-        channels = LR_CHANNELS
-        for level in range(levels):
-            channels *= 4
-            kept = channels // 2 if level < levels - 1 else LR_CHANNELS
+
+        def make_level(level: int, channels: int, kept: int) -> RescalingLevel:
             cond_flow = RescalingConditionalFlow(
                 channels - kept,
                 kept + rrdb_channels * (levels - 1 - level),
@@ -301,8 +292,9 @@ class HCFlowRescaler(nn.Module):
                 rrdb_channels,
                 growth,
             )
-            self.flow_levels.append(RescalingLevel(channels, kept, steps[level], hidden, cond_flow))
-            channels = kept
+            return RescalingLevel(channels, kept, steps[level], hidden, cond_flow)
+
+        self.flow_levels = build_levels(levels, steps, cond_steps, rrdb_blocks, make_level)
 
     def _check_hr(self, hr: torch.Tensor) -> None:
         if hr.shape[-2] % self.scale or hr.shape[-1] % self.scale:
