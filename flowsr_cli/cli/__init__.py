@@ -190,10 +190,11 @@ def root(
 
 
 def _register_commands() -> None:
-    from flowsr_cli.cli import config_cmd, eval_cmd, models_cmd, train_cmd, upscale
+    from flowsr_cli.cli import config_cmd, eval_cmd, models_cmd, rescale_cmd, train_cmd, upscale
 
     app.command("upscale", no_args_is_help=True, epilog=upscale.EPILOG)(upscale.upscale)
     app.command("eval", no_args_is_help=True, epilog=eval_cmd.EPILOG)(eval_cmd.eval_command)
+    app.add_typer(rescale_cmd.rescale_app, name="rescale", cls=PlainHelpGroup)
     app.add_typer(train_cmd.train_app, name="train", cls=PlainHelpGroup)
     app.add_typer(models_cmd.models_app, name="models", cls=PlainHelpGroup)
     app.add_typer(config_cmd.config_app, name="config", cls=PlainHelpGroup)

@@ -54,6 +54,7 @@ def import_command(
     use."""
     from flowsr_cli.families.importing import convert_original
     from flowsr_cli.families.model_file import save_model
+    from flowsr_cli.families.registry import network
     from flowsr_cli.hub.manifest import check_name
 
     check_name(name, "--name")
@@ -71,6 +72,12 @@ def import_command(
     parameters = sum(parameter.numel() for parameter in model.parameters())
     typer.echo(f"imported {name}: {parameters / 1e6:.2f} M parameters -> {printable(target)}")
     scale = getattr(model, "scale", 3.5)  # fixed-scale models (SRFlow: 4) say which scale they do
+    if network(model.spec["name"]).rescaler is not None:
+        typer.echo(
+            f"use it with: flowsr rescale down IMAGE.png --scale {scale} --model {name}, then flowsr rescale up "
+            f"IMAGE_lr{scale}.png (an image rescaling model restores its own LRs; `upscale` cannot run it)"
+        )
+        return
     typer.echo(f"use it with: flowsr upscale IMAGE --scale {scale} --model {name}")
 
 

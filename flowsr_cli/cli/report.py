@@ -1,4 +1,4 @@
-"""How an `upscale` run shows itself: progress bars, error lines, JSON lines and a closing summary."""
+"""How an `upscale` or `rescale` run shows itself: progress bars, error lines, JSON lines and a closing summary."""
 
 from __future__ import annotations
 
@@ -50,9 +50,11 @@ class ConsoleReporter:
     """Progress on stderr (an overall bar and a bar for the current image, each with the time left);
     failures as one line each even when quiet; optional JSON lines on stdout."""
 
-    def __init__(self, total: int, *, quiet: bool, json_lines: bool) -> None:
+    def __init__(self, total: int, *, quiet: bool, json_lines: bool, done: str = "upscaled") -> None:
         self.quiet = quiet
         self.json_lines = json_lines
+        self.done = done
+        """How the summary counts the images done (``3 upscaled, ...``)."""
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
         self._current: TaskID | None = None
@@ -149,7 +151,7 @@ class ConsoleReporter:
         failed.extend(problems)
         console = stderr_console()
         console.print(
-            f"{counts[DONE]} upscaled, {counts[SKIPPED]} skipped, {len(failed)} failed",
+            f"{counts[DONE]} {self.done}, {counts[SKIPPED]} skipped, {len(failed)} failed",
             style="bold red" if failed else None,
         )
         if failed:

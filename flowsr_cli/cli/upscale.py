@@ -4,17 +4,35 @@ loads, run the jobs, report."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import typer
 
+from flowsr_cli.cli.batch_common import (
+    BATCH_PANEL,
+    DEVICE,
+    INPUTS,
+    JSON_LINES,
+    MODEL_PANEL,
+    OFFLINE,
+    OUTPUT,
+    OUTPUT_PANEL,
+    OVERWRITE,
+    QUALITY,
+    QUIET,
+    RECURSIVE,
+    STRIP_METADATA,
+    check_planned,
+    given_flags,
+    model_location,
+    model_sha256,
+    run_batch,
+)
 from flowsr_cli.config import (
     BICUBIC,
     PRIOR_CHOICES,
@@ -27,24 +45,18 @@ from flowsr_cli.config import (
     number_flag,
 )
 from flowsr_cli.console import debug_enabled
-from flowsr_cli.errors import FlowsrError, UsageError
+from flowsr_cli.errors import UsageError
 from flowsr_cli.io.provenance import DEFAULT_SEED, DEFAULT_TEMPERATURE, RunSettings
 
 if TYPE_CHECKING:
     from flowsr_cli.cli.report import ConsoleReporter
+    from flowsr_cli.engine.batch import UpscaleWork
     from flowsr_cli.engine.upscaler import Upscaler
     from flowsr_cli.families.upscalers import PreparedModel, UpscalerRequest
     from flowsr_cli.hub.catalog import Hub
-    from flowsr_cli.hub.manifest import ModelEntry
     from flowsr_cli.io.outputs import Job
     from flowsr_cli.io.sizing import SizeRequest
 
-
-T = TypeVar("T")
-
-_OUTPUT = "Output"
-_MODEL = "Model"
-_BATCH = "Batch"
 
 EPILOG = """Examples:
 
@@ -56,18 +68,6 @@ flowsr upscale - -s 2 < in.png > out.png      # stdin to stdout"""
 """The examples at the end of `flowsr upscale --help` (registered with the command in ``cli/__init__.py``)."""
 
 
-def _prepare_output_folder(folder: Path | None) -> None:
-    """Create ``-o DIR`` and make sure it is writable before any work starts."""
-    if folder is None:
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"-o {folder}: cannot create the folder: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"-o {folder}: the folder is not writable")
-
-
 def _check_samples(samples: int, max_samples: int) -> None:
     """Refuse more samples than the max_samples setting allows, before any job is planned."""
     if samples > max_samples:
@@ -75,40 +75,6 @@ def _check_samples(samples: int, max_samples: int) -> None:
             f"--samples {samples}: more than the max_samples limit of {max_samples:,} "
             "(raise it with `flowsr config set max_samples N` or FLOWSR_MAX_SAMPLES)"
         )
-
-
-def _given(ctx: typer.Context) -> Callable[[T, str], T | None]:
-    """``given(value, name)``: the value of the parameter ``name`` if the command line gave it, else None (a
-    setting then comes from the environment, the config file or its default; the help shows the default)."""
-
-    def given(value: T, name: str) -> T | None:
-        source = ctx.get_parameter_source(name)  # an enum of the click that Typer bundles: compared by name
-        return value if source is not None and source.name == "COMMANDLINE" else None
-
-    return given
-
-
-def _model_location(hub: Hub, model: str) -> tuple[ModelEntry | None, Path]:
-    """The hub's entry for the (non-bicubic) ``model`` (None for a path) and where its file is or will be."""
-    from flowsr_cli.hub.catalog import written_as_path
-
-    entry = None if written_as_path(model) else hub.find(model)
-    return entry, hub.local_path(entry) if entry is not None else Path(model).expanduser()
-
-
-def _model_sha256(hub: Hub, model: str) -> str | None:
-    """The sha256 of the model file ``model`` names, when it is known without downloading: a named model's
-    published or recorded one, else the file's own; None for bicubic and for a file not there (yet)."""
-    if model == BICUBIC:
-        return None
-    entry, path = _model_location(hub, model)
-    if entry is not None and entry.sha256:
-        return entry.sha256.lower()
-    if not path.is_file():
-        return None
-    from flowsr_cli.hub.download import sha256_of
-
-    return sha256_of(path)
 
 
 _MAX_MODEL_HEADER = 100_000_000
@@ -136,7 +102,7 @@ def _resolved_consistency(hub: Hub, model: str, choice: str) -> str | None:
         return choice
     if model == BICUBIC:
         return _on_off(consistency_default(None))
-    metadata = _model_metadata(_model_location(hub, model)[1])
+    metadata = _model_metadata(model_location(hub, model)[1])
     return None if metadata is None else _on_off(consistency_default(metadata))
 
 
@@ -150,7 +116,7 @@ def _default_temperature(hub: Hub, model: str, temperature: float | None) -> flo
         return DEFAULT_TEMPERATURE
     if temperature is None:
         return None
-    name = _spec_name(_model_metadata(_model_location(hub, model)[1]))
+    name = _spec_name(_model_metadata(model_location(hub, model)[1]))
     if name is None:
         return None
     from flowsr_cli.families.registry import ModelSpecError
@@ -218,17 +184,8 @@ def _ignored_flags(
 
 def upscale(
     ctx: typer.Context,
-    inputs: list[str] = typer.Argument(
-        ..., help="Image files, folders, glob patterns, or - for stdin.", metavar="INPUT", show_default=False
-    ),
-    output: str | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        metavar="PATH",
-        help="Output file (one input; its extension sets the format), folder (several), or - for stdout.",
-        rich_help_panel=_OUTPUT,
-    ),
+    inputs: list[str] = INPUTS,
+    output: str | None = OUTPUT,
     scale: float | None = typer.Option(
         None,
         "--scale",
@@ -257,28 +214,22 @@ def upscale(
         "-m",
         metavar="NAME|FILE",
         help="A model name (flowsr models list), bicubic, or a .safetensors file (config: model).",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
     ),
-    device: str = typer.Option(
-        SETTINGS["device"].default,
-        "--device",
-        metavar="DEVICE",
-        help="auto, cpu, cuda or cuda:N (config: device).",
-        rich_help_panel=_MODEL,
-    ),
+    device: str = DEVICE,
     precision: str = typer.Option(
         SETTINGS["precision"].default,
         "--precision",
         metavar="PRECISION",
         help="auto, fp32, fp16 or bf16 for the encoder (the flow inverse stays fp32) (config: precision).",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
     ),
     tile: str = typer.Option(
         SETTINGS["tile"].default,
         "--tile",
         metavar="auto|N",
         help="Tile side in input pixels: auto fits free memory, 0 = no tiling (config: tile).",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
     ),
     tile_pad: str = typer.Option(
         SETTINGS["tile_pad"].default,
@@ -286,7 +237,7 @@ def upscale(
         metavar="auto|N",
         help="Context around tiles in input pixels; auto = the model's reach, 16 for SRFlow and HCFlow (config: "
         "tile_pad).",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
     ),
     prior: str | None = typer.Option(
         None,
@@ -295,7 +246,7 @@ def upscale(
         metavar="learned|gaussian",
         help="learned (deterministic; the default of models that have one, e.g. linf-lp) or gaussian "
         "(z = T * N(0, I); the default of the others, e.g. linf).",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),
     temperature: float | None = typer.Option(
@@ -306,7 +257,7 @@ def upscale(
         metavar="T",
         help="Temperature T >= 0 for --prior gaussian (0 gives the mode-like, highest-PSNR output); the learned "
         "prior (linf-lp's default) ignores it.",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
         show_default="the model's: 0.5, HCFlow 0.9 as in its paper",
     ),
     allow_resample: bool = typer.Option(
@@ -314,7 +265,7 @@ def upscale(
         "--allow-resample",
         help="Let a fixed-scale model (SRFlow: ×4, HCFlow: ×4 or ×8) give any size: its own output, resized with "
         "bicubic.",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
     ),
     consistency: str = typer.Option(
         SETTINGS["consistency"].default,
@@ -322,7 +273,7 @@ def upscale(
         metavar="auto|on|off",
         help="Back-project the output so that its MATLAB-bicubic shrink matches the input: on, off, or auto: on "
         "for models flowsr trained, off for bicubic and imported original checkpoints (config: consistency).",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
     ),
     seed: int = typer.Option(
         DEFAULT_SEED,
@@ -330,7 +281,7 @@ def upscale(
         parser=integer_flag("--seed"),
         metavar="N",
         help="Seed for --prior gaussian (same seed, same image); the learned prior ignores it.",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
     ),
     samples: int = typer.Option(
         1,
@@ -338,7 +289,7 @@ def upscale(
         parser=integer_flag("--samples", 1),
         metavar="N",
         help="Write N >= 1 different samples per input (NAME_x3.5_s0.png, ...); needs sampling (gaussian, T > 0).",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL_PANEL,
     ),
     output_format: str = typer.Option(
         SETTINGS["format"].default,
@@ -346,7 +297,7 @@ def upscale(
         "-f",
         metavar="FORMAT",
         help="same, png, jpg, webp, tiff or bmp (config: format).",
-        rich_help_panel=_OUTPUT,
+        rich_help_panel=OUTPUT_PANEL,
     ),
     suffix: str = typer.Option(
         SETTINGS["suffix"].default,
@@ -355,51 +306,22 @@ def upscale(
         help="Added to output names instead of the default: {size} becomes x3.5, w1920 or h1080 (config: "
         "suffix). The default also names a model, prior, -t, --seed or --consistency other than the defaults: "
         "_x4_linf_t0.8.",
-        rich_help_panel=_OUTPUT,
+        rich_help_panel=OUTPUT_PANEL,
     ),
-    quality: str = typer.Option(
-        str(SETTINGS["quality"].default),
-        "--quality",
-        metavar="1-100",
-        help="JPEG/WebP quality (config: quality).",
-        rich_help_panel=_OUTPUT,
-    ),
-    strip_metadata: bool | None = typer.Option(
-        None,
-        "--strip-metadata/--keep-metadata",
-        help="Drop or keep ICC, EXIF, DPI and text (config: strip_metadata).",
-        rich_help_panel=_OUTPUT,
-        show_default=False,
-    ),
-    recursive: bool = typer.Option(
-        False, "--recursive", "-r", help="Descend into sub-folders.", rich_help_panel=_BATCH
-    ),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite/--skip-existing",
-        help="Replace flowsr's existing outputs, or skip those made with the same settings (default).",
-        rich_help_panel=_BATCH,
-    ),
+    quality: str = QUALITY,
+    strip_metadata: bool | None = STRIP_METADATA,
+    recursive: bool = RECURSIVE,
+    overwrite: bool = OVERWRITE,
     shard: str | None = typer.Option(
         None,
         "--shard",
         metavar="I/N",
         help="Process only slice I of N of the sorted inputs (0 <= I < N).",
-        rich_help_panel=_BATCH,
+        rich_help_panel=BATCH_PANEL,
     ),
-    offline: bool | None = typer.Option(
-        None,
-        "--offline/--online",
-        help="Never use the network (a missing model is reported, not downloaded) (config: offline).",
-        rich_help_panel=_MODEL,
-        show_default=False,
-    ),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="No progress or summary; errors still shown.", rich_help_panel=_BATCH
-    ),
-    json_lines: bool = typer.Option(
-        False, "--json", help="Print one JSON object per image on stdout.", rich_help_panel=_BATCH
-    ),
+    offline: bool | None = OFFLINE,
+    quiet: bool = QUIET,
+    json_lines: bool = JSON_LINES,
 ) -> None:
     """Upscale images: [bold]flowsr upscale photo.png --scale 3.5[/]
 
@@ -412,10 +334,10 @@ def upscale(
     """
     from flowsr_cli.hub.catalog import Hub
     from flowsr_cli.io.inputs import discover, parse_shard
-    from flowsr_cli.io.outputs import OutputOptions, output_folder, plan_jobs, select_shard, settings_suffix
+    from flowsr_cli.io.outputs import OutputOptions, plan_jobs, select_shard, settings_suffix
     from flowsr_cli.io.sizing import SizeRequest
 
-    given = _given(ctx)
+    given = given_flags(ctx)
     settings = Settings(
         {
             "model": given(model, "model"),
@@ -437,14 +359,12 @@ def upscale(
         scale, width, height, samples=samples, max_output_pixels=settings["max_output_pixels"]
     )
     shard_slice = parse_shard(shard) if shard is not None else None
-    if json_lines and output == "-":
-        raise UsageError("--json writes to stdout, which -o - already uses for the image")
     hub = Hub(settings)
     model_name, choice = settings["model"], settings["consistency"]
     default_temperature = _default_temperature(hub, model_name, temperature)
     run = RunSettings(
         model_name,
-        _model_sha256(hub, model_name),
+        model_sha256(hub, model_name),
         request.label,
         prior,
         temperature=default_temperature if temperature is None else temperature,
@@ -461,14 +381,7 @@ def upscale(
     jobs = plan_jobs(discovery, options)
     if shard_slice is not None:
         jobs = select_shard(jobs, *shard_slice)
-    if any(job.output is None for job in jobs):
-        if json_lines:
-            raise UsageError("--json writes to stdout, which the image output already uses; give -o FILE")
-        if sys.stdout is not None and sys.stdout.isatty():
-            raise UsageError("refusing to write image data to a terminal; redirect stdout or give -o FILE")
-    if not jobs and not discovery.problems:
-        raise FlowsrError("no input images found")
-    _prepare_output_folder(output_folder(discovery, output))
+    check_planned(jobs, discovery, output, json_lines)
     _run(
         jobs,
         discovery.problems,
@@ -534,6 +447,13 @@ def _prepare_model(choices: _RunChoices, reporter: ConsoleReporter) -> PreparedM
     return prepared
 
 
+def _load_work(prepared: PreparedModel, choices: _RunChoices) -> UpscaleWork:
+    """The batch's work: the prepared model loaded (:func:`_load_upscaler`), enlarging to the size asked for."""
+    from flowsr_cli.engine.batch import UpscaleWork
+
+    return UpscaleWork(_load_upscaler(prepared, choices), choices.request)
+
+
 def _load_upscaler(prepared: PreparedModel, choices: _RunChoices) -> Upscaler:
     """Load the prepared model; a fixed-scale model is resampled to any size under ``--allow-resample``."""
     from flowsr_cli.engine.upscaler import fixed_scale, fixed_scale_error
@@ -578,7 +498,7 @@ def _run(
     """Settle the jobs that need no work, check the model if some job needs it (usage errors come first),
     report the settled jobs, load the model, and run the rest under the progress display."""
     from flowsr_cli.cli.report import ConsoleReporter
-    from flowsr_cli.engine.batch import FAILED, BatchOptions, BatchRunner
+    from flowsr_cli.engine.batch import BatchOptions, BatchRunner
 
     settings = choices.settings
     batch_options = BatchOptions(
@@ -592,15 +512,11 @@ def _run(
     )
     reporter = ConsoleReporter(len(jobs), quiet=quiet, json_lines=json_lines)
     runner = BatchRunner(batch_options, reporter)
-    prepared = _prepare_model(choices, reporter) if runner.settle(jobs) else None
-    if prepared is not None:
+
+    def prepare() -> Callable[[], UpscaleWork]:
+        prepared = _prepare_model(choices, reporter)
         runner.resolve_consistency(_on_off(prepared.consistency))
         runner.options = replace(runner.options, run=_resolved_temperature(runner.options.run, prepared))
-    for argument, reason in problems:
-        reporter.report_problem(argument, reason)
-    settled = runner.start(None if prepared is None else partial(_load_upscaler, prepared, choices))
-    with reporter:
-        outcomes = [*settled, *runner.run()]
-    reporter.summary(outcomes, problems)
-    if problems or any(outcome.status == FAILED for outcome in outcomes):
-        raise typer.Exit(1)
+        return partial(_load_work, prepared, choices)
+
+    run_batch(jobs, problems, runner, reporter, prepare)

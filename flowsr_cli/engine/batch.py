@@ -1,9 +1,10 @@
-"""Running `upscale` jobs one after another: one bad input never stops the others.
+"""Running `upscale` (or `rescale`) jobs one after another: one bad input never stops the others.
 
 A run first settles the jobs that need no work (failed before starting, or skipped: e.g. their output
 exists, written by flowsr with the same settings) and reports them, before any model is loaded; then it
 runs the rest. Imaging and torch are imported only when a job needs them, so a rerun that skips everything
-is fast.
+is fast. What a run does to each image is its :class:`Work` (`upscale`'s is :class:`UpscaleWork`); reading,
+writing (atomically, with the provenance mark), skipping and reporting are the same for every command.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import itertools
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,11 +23,12 @@ from flowsr_cli.errors import FlowsrError, ImageError, UsageError
 from flowsr_cli.io.atomic import atomic_write_bytes, remove_leftovers
 from flowsr_cli.io.formats import FORMAT_EXTENSIONS, format_from_suffix
 from flowsr_cli.io.outputs import FALLBACK_FORMAT, Job, Skip
-from flowsr_cli.io.provenance import RunSettings, read_mark, unmarked_file_problem
+from flowsr_cli.io.provenance import MarkedRun, read_mark, unmarked_file_problem
 from flowsr_cli.io.sizing import Size, SizeRequest
 
 if TYPE_CHECKING:
-    from flowsr_cli.engine.upscaler import Upscaler
+    from flowsr_cli.engine.upscaler import ProgressCallback, Upscaler, UpscaleReport
+    from flowsr_cli.io.image import Image
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -87,30 +89,79 @@ class BatchObserver(Protocol):
     def note(self, message: str) -> None: ...
 
 
+@dataclass
+class Rendered:
+    """What a run's work made of one input: one image per seed, how they were made, and what their marks
+    record of this input besides the run's settings."""
+
+    images: list[Image]
+    report: UpscaleReport
+    mark: dict[str, object] = field(default_factory=dict)
+
+
+class Work(Protocol):
+    """What a run does to each input image; :class:`BatchRunner` settles, reads, writes and reports around it."""
+
+    @property
+    def notes(self) -> list[str]:
+        """Things to tell the user once per run (e.g. running on the CPU); the work keeps adding to it."""
+        ...
+
+    def render(self, image: Image, source: Path | bytes, seeds: Sequence[int], progress: ProgressCallback) -> Rendered:
+        """The outputs of ``image`` (decoded from ``source``: its file, or the bytes read from stdin), one per
+        seed; ``progress`` gets the finished fraction. Errors the user can act on are FlowsrErrors."""
+        ...
+
+
+@dataclass
+class UpscaleWork:
+    """`upscale`'s work: each input enlarged to the size ``request`` gives it by one upscaler."""
+
+    upscaler: Upscaler
+    request: SizeRequest
+
+    @property
+    def notes(self) -> list[str]:
+        """The upscaler's notes."""
+        return self.upscaler.notes
+
+    def render(self, image: Image, source: Path | bytes, seeds: Sequence[int], progress: ProgressCallback) -> Rendered:
+        """One upscaled image per seed."""
+        from flowsr_cli.engine.pipeline import upscale_image
+
+        size_out = self.request.target(Size(image.width, image.height))
+        images, report = upscale_image(image, size_out, self.upscaler, seeds, progress)
+        return Rendered(images, report)
+
+
 @dataclass(frozen=True)
 class BatchOptions:
     """Choices that apply to every job of a run; ``run`` holds the settings its outputs' marks record."""
 
-    request: SizeRequest
-    run: RunSettings
+    request: SizeRequest | None
+    """The size `upscale` enlarges to, checked against each input's header before any model loads (None: the
+    run's work decides sizes)."""
+    run: MarkedRun
     overwrite: bool
     quality: int
     strip_metadata: bool
     max_pixels: int
     debug: bool = False
+    lossless: bool = False
+    """Write WebP outputs losslessly (`rescale down`'s LRs); other formats are as they always are."""
 
 
 class BatchRunner:
-    """Reads, upscales and writes each input once for all its outputs (samples), turning per-image
-    errors into failed outcomes.
+    """Reads, processes (its :class:`Work`) and writes each input once for all its outputs (samples), turning
+    per-image errors into failed outcomes.
 
     Use: :meth:`settle` the jobs (it returns those that need work), :meth:`start` (reports the settled jobs,
-    then builds the upscaler if some job needs it), then :meth:`run` the rest."""
+    then builds the work if some job needs it), then :meth:`run` the rest."""
 
     def __init__(self, options: BatchOptions, observer: BatchObserver) -> None:
         self.options = options
         self.observer = observer
-        self._upscaler: Upscaler | None = None
+        self._work: Work | None = None
         self._notes_shown = 0
         self._jobs: list[Job] = []
         self._settled_jobs: list[Outcome] = []
@@ -125,17 +176,17 @@ class BatchRunner:
         self._settled_jobs = [outcome for _, outcome in settled if outcome is not None]
         return [job for job, outcome in settled if outcome is None]
 
-    def start(self, make_upscaler: Callable[[], Upscaler] | None) -> list[Outcome]:
+    def start(self, make_work: Callable[[], Work] | None) -> list[Outcome]:
         """Report the settled jobs (each failure as it is, the skips as one note per kind), then build the
-        upscaler with ``make_upscaler`` (None when no job needs one); returns the settled outcomes. Temporary
+        work with ``make_work`` (None when no job needs one); returns the settled outcomes. Temporary
         files that a killed earlier run left for these outputs are removed first."""
         remove_leftovers(job.output for job in self._jobs if job.output is not None)
         for outcome in self._settled_jobs:
             self.observer.image_started(outcome.job)
             self._finish(outcome, time.perf_counter())
         self._note_skips(self._settled_jobs)
-        if make_upscaler is not None:
-            self._upscaler = make_upscaler()
+        if make_work is not None:
+            self._work = make_work()
             self._show_new_notes()
         return self._settled_jobs
 
@@ -176,7 +227,7 @@ class BatchRunner:
             problem = None
             try:
                 size = image_size(path, max_pixels=self.options.max_pixels)
-                if size is not None:
+                if size is not None and self.options.request is not None:
                     self.options.request.target(size)
             except ImageError as exc:
                 problem = str(exc)
@@ -229,11 +280,12 @@ class BatchRunner:
             self.observer.note(f"skipped: {reasons[many]}" if count == 1 else f"skipped {count}: {many}")
 
     def _show_new_notes(self) -> None:
-        """Pass on what the upscaler wants said once (device choice, smaller tiles after OOM)."""
-        if self._upscaler is not None:
-            for message in self._upscaler.notes[self._notes_shown :]:
+        """Pass on what the work wants said once (device choice, smaller tiles after OOM)."""
+        if self._work is not None:
+            notes = self._work.notes
+            for message in notes[self._notes_shown :]:
                 self.observer.note(message)
-            self._notes_shown = len(self._upscaler.notes)
+            self._notes_shown = len(notes)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome.seconds = time.perf_counter() - started
@@ -273,7 +325,6 @@ class BatchRunner:
         return outcomes
 
     def _process(self, jobs: list[Job]) -> Iterator[Outcome]:
-        from flowsr_cli.engine.pipeline import upscale_image
         from flowsr_cli.io.file_checks import read_stream
         from flowsr_cli.io.reading import read_image
         from flowsr_cli.io.writing import encode_image
@@ -283,22 +334,24 @@ class BatchRunner:
         )
         image = read_image(source, max_pixels=self.options.max_pixels)
         size_in = Size(image.width, image.height)
-        size_out = self.options.request.target(size_in)
         seeds = [self.options.run.seed + (job.sample or 0) for job in jobs]
-        if self._upscaler is None:
-            raise RuntimeError("BatchRunner.start() builds the upscaler before run()")
-        results, report = upscale_image(image, size_out, self._upscaler, seeds, self.observer.image_progress)
+        if self._work is None:
+            raise RuntimeError("BatchRunner.start() builds the work before run()")
+        rendered = self._work.render(image, source, seeds, self.observer.image_progress)
+        report = rendered.report
+        size_out = Size(rendered.images[0].width, rendered.images[0].height)
         notes = [*image.warnings, *report.notes]
         if report.guarded_tiles:
             notes.append(f"{report.guarded_tiles} tile(s) had exploding flow inverses and were re-sampled safely")
-        for job, result in zip(jobs, results):
+        for job, result in zip(jobs, rendered.images):
             output_format = job.format or (image.format if image.format in FORMAT_EXTENSIONS else FALLBACK_FORMAT)
             data, warnings = encode_image(
                 result,
                 output_format,
                 quality=self.options.quality,
                 strip_metadata=self.options.strip_metadata,
-                settings=self.options.run.mark(job.sample),
+                settings={**self.options.run.mark(job.sample), **rendered.mark},
+                lossless=self.options.lossless,
             )
             if job.output is None:
                 _write_stdout(data)

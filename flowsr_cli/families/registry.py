@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from flowsr_cli.engine.rescale import Rescaler
     from flowsr_cli.engine.upscaler import Upscaler
 
 Spec = dict[str, Any]
@@ -94,6 +95,9 @@ class EngineOptions:
 EngineBuilder = Callable[["nn.Module", EngineOptions], "Upscaler"]
 """Builds the tiled upscaler that runs a loaded model on ``options.device``."""
 
+RescalerBuilder = Callable[["nn.Module", EngineOptions], "Rescaler"]
+"""Builds the tiled engine that runs a loaded image rescaling model (`flowsr rescale`) on ``options.device``."""
+
 CheckpointConverter = Callable[[Any, Path], "nn.Module | None"]
 """Turns a loaded original checkpoint (read from the given path) into a flowsr model, or returns None
 when the checkpoint is not of this family. Raises :class:`~flowsr_cli.families.importing.CheckpointImportError`
@@ -117,6 +121,9 @@ class Network:
     """For a whole model: builds its upscaler. None for parts (encoders, latent modules)."""
     learned_prior: bool = False
     """True when the model predicts its latents (``--prior learned`` is its default)."""
+    rescaler: RescalerBuilder | None = None
+    """For an image rescaling model (it makes the LR itself, then restores the HR from it): builds the engine
+    `flowsr rescale down/up` runs it with. None for SR models and parts."""
 
     @property
     def bounds(self) -> Mapping[str, Bound]:
@@ -326,9 +333,33 @@ def runnable(spec_name: str, model: str, prior: str | None) -> Network:
     architecture = network(spec_name)
     if prior == "learned" and not architecture.learned_prior:
         raise UsageError(f"model {model!r} has no learned prior; use --prior gaussian")
+    if architecture.engine is None and architecture.rescaler is not None:
+        raise UsageError(
+            f"model {model!r} is a {spec_name}, which `upscale` cannot run: it is an image rescaling model, whose "
+            "inverse restores only the LRs it made itself; use `flowsr rescale down` and `flowsr rescale up`"
+        )
     if architecture.engine is None:
         raise UsageError(f"model {model!r} is a {spec_name}, which `upscale` cannot run yet")
     return architecture
+
+
+def rescaling(spec_name: str, model: str) -> Network:
+    """The network of a whole image rescaling model (UsageError naming ``model``, as the user wrote it, for any
+    other)."""
+    architecture = network(spec_name)
+    if architecture.rescaler is None:
+        raise UsageError(
+            f"model {model!r} is a {spec_name}, not an image rescaling model; `flowsr rescale` needs one "
+            f"(e.g. {', '.join(name for name in registered_names() if network(name).rescaler is not None)})"
+        )
+    return architecture
+
+
+def build_rescaler(model: nn.Module, options: EngineOptions) -> Rescaler:
+    """The rescaling engine that runs ``model`` (built by :func:`make`) as ``options`` ask, from its family's."""
+    builder = rescaling(model.spec["name"], options.name).rescaler
+    assert builder is not None  # rescaling() refuses networks without one
+    return builder(model, options)
 
 
 def build_engine(model: nn.Module, options: EngineOptions) -> Upscaler:

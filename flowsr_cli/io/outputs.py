@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path, PurePath
 
 from flowsr_cli.errors import UsageError
@@ -52,6 +54,17 @@ class Job:
     problem: str | None = None
 
 
+def skip_flowsr_output(path: Path, verb: str = "upscale") -> Skip | None:
+    """Why an input found in a folder or by a glob is skipped, as `upscale` decides: it carries flowsr's mark (an
+    earlier output); None to read it. ``verb`` says what the command does to an input."""
+    if not is_flowsr_output(path):
+        return None
+    return Skip(
+        f"{path} is a flowsr output; name it on the command line to {verb} it again",
+        f"inputs are flowsr outputs; name one on the command line to {verb} it again",
+    )
+
+
 @dataclass(frozen=True)
 class OutputOptions:
     """The output-related command-line choices."""
@@ -61,6 +74,11 @@ class OutputOptions:
     suffix: str
     label: str
     samples: int = 1
+    verb: str = "upscale"
+    """What the command does to an input, as messages say it (``it is not upscaled again``)."""
+    skip_found: Callable[[Path], Skip | None] | None = None
+    """Why an input found in a folder or by a glob (not named on the command line) is skipped, or None to read
+    it; files named like another input's output are decided before. None: :func:`skip_flowsr_output`."""
 
 
 def _writes_to_folder(discovery: Discovery, output: str | None) -> bool:
@@ -193,38 +211,42 @@ def _taken_as_earlier_output(path: Path) -> bool:
     return format_from_suffix(path) == "bmp" or is_flowsr_output(path)
 
 
-def _earlier_outputs(jobs: list[Job], producers: dict[str, Job], colliding: dict[str, Path]) -> dict[str, Skip]:
-    """Inputs that are flowsr's earlier outputs, by key, with why they are skipped: a file named like another
-    input's output that is that output (:func:`_taken_as_earlier_output`), and any file found in a folder or
-    by a glob that carries flowsr's mark, whatever its name (a file named on the command line is read)."""
+def _earlier_outputs(
+    jobs: list[Job],
+    producers: dict[str, Job],
+    colliding: dict[str, Path],
+    skip_found: Callable[[Path], Skip | None],
+    verb: str,
+) -> dict[str, Skip]:
+    """Inputs that are skipped, by key, with why: a file named like another input's output that is that output
+    (:func:`_taken_as_earlier_output`), and any file found in a folder or by a glob that ``skip_found`` skips
+    (`upscale`: one that carries flowsr's mark, whatever its name); a file named on the command line is read."""
     skips = {
         key: Skip(
-            f"{path} is the output of {producers[key].input.display}; it is not upscaled again",
-            "inputs are the outputs of other inputs; they are not upscaled again",
+            f"{path} is the output of {producers[key].input.display}; it is not {verb}d again",
+            f"inputs are the outputs of other inputs; they are not {verb}d again",
         )
         for key, path in colliding.items()
         if _taken_as_earlier_output(path)
     }
     found = {_key(job.input.path): job.input.path for job in jobs if job.input.path is not None and not job.input.named}
     for key, path in found.items():
-        if key not in colliding and is_flowsr_output(path):
-            skips[key] = Skip(
-                f"{path} is a flowsr output; name it on the command line to upscale it again",
-                "inputs are flowsr outputs; name one on the command line to upscale it again",
-            )
+        skip = None if key in colliding else skip_found(path)
+        if skip is not None:
+            skips[key] = skip
     return skips
 
 
-def _guard_inputs(jobs: list[Job]) -> list[Job]:
-    """Mark inputs that are flowsr's earlier outputs (its provenance mark says so) as skipped, and outputs that
-    would hit an input or another output as problems.
+def _guard_inputs(jobs: list[Job], skip_found: Callable[[Path], Skip | None], verb: str) -> list[Job]:
+    """Mark inputs that are flowsr's earlier outputs (its provenance mark says so), or found ones that
+    ``skip_found`` skips, as skipped, and outputs that would hit an input or another output as problems.
 
     An input named like another input's output but without the mark is the user's file: it is processed
     like any other input, and the job whose output it would be fails instead of replacing it. Only the
     first bytes of each input found in a folder or by a glob are read."""
     producers = {_key(job.output): job for job in reversed(jobs) if job.output is not None}
     colliding = {_key(job.input.path): job.input.path for job in jobs if _is_output_of_another(job, producers)}
-    earlier = _earlier_outputs(jobs, producers, colliding)
+    earlier = _earlier_outputs(jobs, producers, colliding, skip_found, verb)
     guarded: list[Job] = []
     claimed: dict[str, Job] = {}
     for job in jobs:
@@ -253,7 +275,9 @@ def plan_jobs(discovery: Discovery, options: OutputOptions) -> list[Job]:
     if to_folder and options.output not in (None, STDIN_ARGUMENT):
         _check_output_folder(options.output)
     planned = [_plan_one(item, options, to_folder) for item in discovery.inputs]
-    return _guard_inputs([job for one in planned for job in _with_samples(one, options.samples)])
+    skip_found = options.skip_found or partial(skip_flowsr_output, verb=options.verb)
+    jobs = [job for one in planned for job in _with_samples(one, options.samples)]
+    return _guard_inputs(jobs, skip_found, options.verb)
 
 
 def select_shard(jobs: list[Job], index: int, count: int) -> list[Job]:

@@ -32,7 +32,7 @@ import stat
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from flowsr_cli import __version__
 
@@ -52,6 +52,29 @@ DEFAULT_SEED = 0
 def mark_json(settings: Mapping[str, object] | None = None) -> str:
     """The mark's text: ``{"flowsr": VERSION}`` plus the run's ``settings`` (ASCII JSON)."""
     return json.dumps({MARK_KEY: __version__, **(settings or {})}, separators=(",", ":"))
+
+
+class MarkedRun(Protocol):
+    """The settings of a run as its outputs' marks record them and its ``--json`` lines report them:
+    :class:`RunSettings` for `upscale`, ``RescaleSettings`` (:mod:`flowsr_cli.io.rescale_mark`) for `rescale`."""
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def temperature(self) -> float | None: ...
+
+    @property
+    def consistency(self) -> str | None: ...
+
+    def mark(self, sample: int | None = None) -> dict[str, object]:
+        """The settings an output of the run records (``sample``: its number among several samples)."""
+        ...
+
+    def differences(self, mark: Mapping[str, object], sample: int | None = None) -> list[str] | None:
+        """How an earlier output's ``mark`` differs from what this run would write (empty: the same; None: the
+        mark records no settings)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -148,11 +171,23 @@ def read_mark(path: str | os.PathLike[str]) -> dict[str, object] | None:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
         with open(path, "rb") as stream:
-            head = stream.read(16)
-            reader = _reader_for(head)
-            return None if reader is None else reader(stream, head)
+            return _mark_in(stream)
     except (OSError, ValueError, struct.error):
         return None
+
+
+def read_mark_bytes(data: bytes) -> dict[str, object] | None:
+    """The mark in an image file's content ``data`` (e.g. read from stdin), or None."""
+    try:
+        return _mark_in(io.BytesIO(data))
+    except (ValueError, struct.error):
+        return None
+
+
+def _mark_in(stream: BinaryIO) -> dict[str, object] | None:
+    head = stream.read(16)
+    reader = _reader_for(head)
+    return None if reader is None else reader(stream, head)
 
 
 def is_flowsr_output(path: str | os.PathLike[str]) -> bool:

@@ -6,6 +6,7 @@ import io
 import os
 import struct
 from collections.abc import Iterator, Mapping
+from functools import partial
 
 import numpy as np
 from PIL import Image as PILImage
@@ -32,13 +33,15 @@ def encode_image(
     quality: int = 95,
     strip_metadata: bool = False,
     settings: Mapping[str, object] | None = None,
+    lossless: bool = False,
 ) -> tuple[bytes, list[str]]:
     """Encode an image as file bytes in a format; returns the bytes and notes for the user.
 
     Every format but BMP carries flowsr's provenance mark (see ``flowsr_cli.io.provenance``) with the run's
     ``settings``, also with ``strip_metadata``: the mark describes flowsr's own run, not the input's
     metadata. BMP has no place for it, so BMP outputs are never replaced by ``--overwrite`` (delete them to
-    redo them).
+    redo them). ``lossless`` makes WebP lossless (every pixel kept, also under full transparency); PNG, TIFF and
+    BMP always are, JPEG never.
     """
     fmt = _output_format(format)
     if not 1 <= quality <= 100:
@@ -47,7 +50,7 @@ def encode_image(
     encoders = {
         "png": _encode_png,
         "jpeg": _encode_jpeg,
-        "webp": _encode_webp,
+        "webp": partial(_encode_webp, lossless=lossless),
         "tiff": _encode_tiff,
         "bmp": _encode_bmp,
     }
@@ -158,7 +161,9 @@ def _encode_jpeg(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str
     return _save_with_pillow(pixels, "JPEG", {"quality": quality, "comment": mark, **options})
 
 
-def _encode_webp(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str, notes: list[str]) -> bytes:
+def _encode_webp(
+    pixels: np.ndarray, metadata: Metadata, quality: int, mark: str, notes: list[str], lossless: bool = False
+) -> bytes:
     # libwebp stores greyscale as RGB, so a grey image reads back as RGB with equal channels;
     # read_image deliberately keeps such an image RGB rather than guessing it was grey.
     _check_max_side(pixels, _WEBP_MAX_SIDE, "WebP")
@@ -169,7 +174,8 @@ def _encode_webp(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str
             options.pop("icc_profile")
             notes.append("greyscale colour profile dropped: WebP stores greyscale as RGB")
     pixels = _to_8bit(pixels, "WebP", notes)
-    return _save_with_pillow(pixels, "WEBP", {"quality": quality, "xmp": xmp_packet(mark), **options})
+    codec = {"lossless": True, "exact": True} if lossless else {"quality": quality}
+    return _save_with_pillow(pixels, "WEBP", {**codec, "xmp": xmp_packet(mark), **options})
 
 
 def _encode_bmp(pixels: np.ndarray, metadata: Metadata, quality: int, mark: str, notes: list[str]) -> bytes:
