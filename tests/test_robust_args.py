@@ -28,8 +28,11 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "eval": ("{tmp}",),
     "train flow": ("{tmp}", "--out", "{tmp}/out"),
     "train prior": ("{tmp}", "--flow", "linf", "--out", "{tmp}/out"),
+    "train rescale": ("{tmp}", "--out", "{tmp}/out"),
     "models import": ("{tmp}/original.pth",),
     "models add": ("mirror-model", "https://example.invalid/m.safetensors", "--sha256", SHA),
+    "rescale down": ("{tmp}/in.png", "--scale", "4"),
+    "rescale up": ("{tmp}/in.png",),
 }
 """Arguments that make the rest of a command line valid, so only the value under test is wrong."""
 
@@ -133,6 +136,9 @@ CASES: list[Bad] = [
     *options("train prior", "--arch", ("srflow-lp", "huge"), "for a linf flow choose one of lp, lp-small"),
     *[bad for flag, values, allowed in TRAINING_FLAGS for bad in options("train prior", flag, values[:1], allowed)],
     *options("train prior", "--latent-weight", ("-0.1", "nan", "heavy"), "a number >= 0"),
+    *options("train rescale", "--scale", ("3", "1", "x", "4.0"), "2 or 4"),
+    option("train rescale", "--arch", "huge", "choose one of hcflow-rescale, hcflow-rescale-small"),
+    *[bad for flag, values, allowed in TRAINING_FLAGS for bad in options("train rescale", flag, values, allowed)],
     *options("models import", "--name", ("b@d", ".hidden"), NAME_RULE),
     argument("models add", "NAME", ("b@d", "https://example.invalid/m", "--sha256", SHA), "b@d", NAME_RULE, "name"),
     argument("models add", "URL", ("m", "ftp://host/m", "--sha256", SHA), "ftp://host/m", "an http(s) URL", "url"),
@@ -142,6 +148,24 @@ CASES: list[Bad] = [
         argument(f"models {verb}", "NAME", ("nope",), "nope", NO_SUCH_MODEL[1], NO_SUCH_MODEL[0])
         for verb in ("download", "verify", "path", "remove")
     ],
+    *options("rescale down", "--scale", ("3", "x4"), "2 or 4"),
+    option("rescale down", "--model", "nope", "pass --model FILE or NAME of an image rescaling model", "unknown model"),
+    *options("rescale down", "--seed", ("-1", str(2**63), "x"), f"an integer from 0 to {2**63 - 1}"),
+    option("rescale down", "--format", "tiff", "png or webp or jpg"),
+    *[
+        bad
+        for flag, values, allowed in SETTING_FLAGS
+        if flag in ("--device", "--suffix", "--quality")
+        for bad in options("rescale down", flag, values, allowed)
+    ],
+    option("rescale up", "--model", "nope", "pass --model FILE or NAME of an image rescaling model", "unknown model"),
+    *options("rescale up", "--temperature", ("-0.1", "nan", "hot"), "a number >= 0"),
+    *[
+        bad
+        for flag, values, allowed in SETTING_FLAGS
+        if flag not in ("--consistency", "--precision")
+        for bad in options("rescale up", flag, values, allowed)
+    ],
     argument("config get", "KEY", ("colour",), "colour", UNKNOWN_KEY[1], UNKNOWN_KEY[0]),
     argument("config set", "KEY", ("colour", "red"), "colour", UNKNOWN_KEY[1], UNKNOWN_KEY[0]),
     argument("config unset", "KEY", ("colour",), "colour", UNKNOWN_KEY[1], UNKNOWN_KEY[0]),
@@ -150,6 +174,14 @@ CASES: list[Bad] = [
 UNCONSTRAINED: dict[str, str] = {
     "upscale INPUTS": "files, folders, globs or -: each missing one is reported per input (exit 1)",
     "upscale --output": "a file, folder or -: checked against the inputs when the outputs are planned",
+    **{
+        f"rescale {direction} {param}": reason
+        for direction in ("down", "up")
+        for param, reason in (
+            ("INPUTS", "files, folders, globs or -: each missing one is reported per input (exit 1)"),
+            ("--output", "a file, folder or -: checked against the inputs when the outputs are planned"),
+        )
+    },
     "eval DATASETS": "folders of images, each checked to be a folder",
     "eval --json": "an output file path",
     "eval --csv": "an output file path",
@@ -161,7 +193,7 @@ UNCONSTRAINED: dict[str, str] = {
     "config set VALUE": "checked for every key by test_config_set_refuses_a_bad_value",
     **{
         f"train {stage} {param}": reason
-        for stage in ("flow", "prior")
+        for stage in ("flow", "prior", "rescale")
         for param, reason in (
             ("DATA", "folders of training images"),
             ("--out", "the run's output folder"),

@@ -328,4 +328,7 @@ class Trainer:
         metrics = self.validate()
         self.model.train()
         self._log({"step": state.step, "validation": metrics})
-        report_note(f"validation at step {state.step}: PSNR-Y {metrics['psnr_y']:.2f} dB, SSIM {metrics['ssim']:.4f}")
+        thumbnail = f", LR vs bicubic {metrics['lr_bicubic_psnr']:.2f} dB" if "lr_bicubic_psnr" in metrics else ""
+        report_note(
+            f"validation at step {state.step}: PSNR-Y {metrics['psnr_y']:.2f} dB, SSIM {metrics['ssim']:.4f}{thumbnail}"
+        )

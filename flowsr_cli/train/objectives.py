@@ -11,8 +11,10 @@ from torch import nn
 from flowsr_cli.engine.projection import project
 from flowsr_cli.engine.sampling import LatentSource
 from flowsr_cli.families.common.flow_layers import ActNorm
+from flowsr_cli.families.hcflow.layers import quantise_8bit
 from flowsr_cli.families.hcflow.network import HCFlowSR
 from flowsr_cli.families.hcflow.prior import HCFlowLP
+from flowsr_cli.families.hcflow.rescaling import HCFlowRescaler
 from flowsr_cli.families.linf.network import LINF
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.families.srflow.network import SRFlow
@@ -216,6 +218,55 @@ class HCFlowObjective(nn.Module):
         return {"loss": l1, "l1": l1}
 
 
+def keep_box_mean_start(model: HCFlowRescaler) -> None:
+    """Mark the main flow's ActNorms initialised as they are (the identity), so that the first batch does not
+    standardise the Haar bands: the LR starts as the box mean of the HR, a usable thumbnail. The conditional
+    flows' ActNorms still start from the first batch."""
+    for level in model.flow_levels:
+        for step in level.steps:
+            step.actnorm.initialized.fill_(True)
+
+
+class RescaleObjective(nn.Module):
+    """HCFlow rescaling, the original's losses (``HCFlow_Rescaling_model.py``) with LR = the model's LR clamped to
+    [0, 1] and z = all its latents: ``0.05 MSE(LR, bicubic LR) + 1e-5 mean(z^2) + L1(HR, clamp(inverse(Q(LR),
+    heat 1)))``, Q rounding to 8 bits with a straight-through gradient (:func:`quantise_8bit`). The batch's LR
+    is the bicubic LR (the project's MATLAB ``imresize``, 8-bit, as the original's DIV2K ``LR_bicubic`` files);
+    the inverse's latents are drawn from the step's generator.
+
+    In float32 outside autocast. A fresh model's conditional flows start their ActNorms from the first batch as
+    the original's do; the main flow keeps its box-mean start (:func:`keep_box_mean_start`)."""
+
+    lr_weight = 0.05
+    latent_weight = 1e-5
+    hr_weight = 1.0
+    heat = 1.0
+    """The original's ``eps_std_reverse``."""
+
+    def __init__(self, model: HCFlowRescaler) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Losses for one batch (LR and HR in [-1, 1], HR exactly ``scale`` x the LR); ``loss`` is the one to
+        minimise."""
+        lr, hr = to_unit(lr), to_unit(hr)
+        with torch.autocast(lr.device.type, enabled=False):
+            if needs_actnorm_init(self.model):
+                keep_box_mean_start(self.model)
+                initialise_actnorms(self.model, lambda: self.model.to_latents(hr))
+            model_lr, latents = self.model.to_latents(hr)
+            model_lr = model_lr.clamp(0.0, 1.0)
+            restored = self.model.upscale(quantise_8bit(model_lr), self.heat, generator=generator).clamp(0.0, 1.0)
+        lr_mse = (model_lr - lr).square().mean()
+        latent = torch.cat([z.flatten() for z in latents]).square().mean()
+        l1 = (restored - hr).abs().mean()
+        loss = self.lr_weight * lr_mse + self.latent_weight * latent + self.hr_weight * l1
+        return {"loss": loss, "lr_mse": lr_mse, "latent": latent, "l1": l1}
+
+
 class SRFlowPriorObjective(nn.Module):
     """SRFlow-LP with the flow frozen: VGG perceptual loss of the output plus ``latent_weight`` x
     L1(z_hat, z_HR) over all latent levels, z_HR being the flow's latents of the true HR (the paper: 0.1)."""
@@ -297,17 +348,24 @@ def _hcflow_objective(model: nn.Module, recipe: Recipe, device: torch.device) ->
     return HCFlowObjective(model, recipe.finetune, recipe.finetune_nll_weight)
 
 
+def _rescale_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    return RescaleObjective(model)
+
+
 FlowObjectiveFactory = Callable[[nn.Module, Recipe, torch.device], nn.Module]
 FLOW_OBJECTIVES: dict[str, FlowObjectiveFactory] = {
     "linf": _linf_objective,
     "srflow": _srflow_objective,
     "hcflow": _hcflow_objective,
+    "hcflow-rescale": _rescale_objective,
 }
-"""What `train flow` minimises for each flow (spec name): model, recipe and device -> the objective."""
+"""What `train flow` (and `train rescale`, for the rescaler) minimises for each flow (spec name): model, recipe
+and device -> the objective."""
 
 
 def flow_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
-    """The objective `train flow` minimises for ``model`` (put in training mode), from :data:`FLOW_OBJECTIVES`."""
+    """The objective `train flow` or `train rescale` minimises for ``model`` (put in training mode), from
+    :data:`FLOW_OBJECTIVES`."""
     return FLOW_OBJECTIVES[model.spec["name"]](model.train(), recipe, device)
 
 

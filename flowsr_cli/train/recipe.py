@@ -90,6 +90,35 @@ PRIORS: dict[str, dict[str, Any]] = {
 paper's (LINF's ~4.6 M parameters; SRFlow's ~10 M, one UNet per latent level; HCFlow's the same per level)
 and CPU-sized ones."""
 
+RESCALER = "hcflow-rescale"
+"""The spec name of the rescaling network (`train rescale`)."""
+RESCALERS: dict[str, dict[str, Any]] = {
+    "hcflow-rescale": {
+        "steps": 8,
+        "cond_steps": 6,
+        "hidden": 32,
+        "cond_hidden": 64,
+        "rrdb_blocks": [2, 1],
+        "rrdb_channels": 64,
+        "growth": 16,
+    },
+    "hcflow-rescale-small": {
+        "steps": 6,
+        "cond_steps": 4,
+        "hidden": 24,
+        "cond_hidden": 32,
+        "rrdb_blocks": [1, 1],
+        "rrdb_channels": 32,
+        "growth": 16,
+    },
+}
+"""Named rescaling architectures (`train rescale`), per level: the steps before and after each split and the
+sizes of the parts. ``hcflow-rescale`` is the original's ``FlowNet_Rescaling_x4`` (4.40 M parameters at x4,
+2.07 M at x2), ``hcflow-rescale-small`` is ``CPU_CONFIGS["x4-small"]`` / ``["x2-small"]`` of
+``flowsr_cli.families.hcflow.rescaling`` (1.55 M / 0.71 M). The scale chooses the levels: :func:`rescaler_spec`."""
+RESCALE_LEVELS = {2: 1, 4: 2}
+"""The scales HCFlow rescaling trains at, and the flow levels (Haar squeezes) each takes."""
+
 MAX_SEED = 2**64 - 1
 """The largest seed torch takes."""
 
@@ -107,33 +136,54 @@ and so are the HCFlow architectures here (L = 2) and the priors on them."""
 FINETUNED = {"linf": "LINF's stage 2", "hcflow": "HCFlow+"}
 """The flows (spec names) that have a fine-tuning stage (``finetune``), and what it is called."""
 _X4 = {"scale_min": 4.0, "scale_max": 4.0, "val_scale": 4.0}
+_HCFLOW_OPTIMISER = {
+    "batch_size": 16,
+    "learning_rate": 2.5e-4,
+    "adam_beta2": 0.99,
+    "grad_clip_value": 5.0,
+    "grad_clip_norm": 100.0,
+}
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "srflow": _X4,
     "srflow-lp": {**_X4, "latent_weight": 0.1},
     "hcflow-lp": {**_X4, "latent_weight": 0.1},
     "hcflow": {
         **_X4,
+        **_HCFLOW_OPTIMISER,
         "lr_size": 40,
-        "batch_size": 16,
-        "learning_rate": 2.5e-4,
         "milestones": [0.5, 0.75, 0.9, 0.95],
-        "adam_beta2": 0.99,
-        "grad_clip_value": 5.0,
-        "grad_clip_norm": 100.0,
         "finetune_nll_weight": 2e-3,
+    },
+    RESCALER: {
+        **_X4,
+        **_HCFLOW_OPTIMISER,
+        "hr_crop": 160,
+        "milestones": [0.2, 0.4, 0.6, 0.8, 0.9],
     },
 }
 """Recipe values a model's architectures default to (under the recipe file and the flags): SRFlow's
-scale, the paper's latent L1 weight for SRFlow-LP and for HCFlow-LP (LINF-LP keeps 0), and HCFlow's training
+scale, the paper's latent L1 weight for SRFlow-LP and for HCFlow-LP (LINF-LP keeps 0), HCFlow's training
 (``train_SR_DF2K_4X_HCFlow.yml``: GT crops of 160, batch 16, Adam 2.5e-4 with beta2 0.99 halved at
-0.5/0.75/0.9/0.95 of the run, gradients clipped to 5 per value and 100 in norm; HCFlow+'s NLL weight 2e-3)."""
+0.5/0.75/0.9/0.95 of the run, gradients clipped to 5 per value and 100 in norm; HCFlow+'s NLL weight 2e-3)
+and HCFlow rescaling's (``train_Rescaling_DF2K_4X_HCFlow.yml``: x4, the same optimiser and crops, the rate
+halved at 0.2/0.4/0.6/0.8/0.9 of the run)."""
 
 
 def model_name(arch: str) -> str | None:
-    """The spec name an architecture or prior builds ("linf", "srflow", "hcflow", "linf-lp", "srflow-lp",
-    "hcflow-lp"), None if unknown."""
+    """The spec name an architecture, prior or rescaler builds ("linf", "srflow", "hcflow", "linf-lp", "srflow-lp",
+    "hcflow-lp", "hcflow-rescale"), None if unknown."""
+    if isinstance(arch, str) and arch in RESCALERS:
+        return RESCALER
     entry = (ARCHITECTURES.get(arch) or PRIORS.get(arch)) if isinstance(arch, str) else None
     return entry["name"] if entry is not None else None
+
+
+def rescaler_spec(arch: str, scale: int) -> dict[str, Any]:
+    """The model spec of the rescaling architecture ``arch`` (a name in :data:`RESCALERS`) at x``scale`` (2 or 4)."""
+    sizes = RESCALERS[arch]
+    levels = RESCALE_LEVELS[scale]
+    per_level = {"steps": [sizes["steps"]] * levels, "cond_steps": [sizes["cond_steps"]] * levels}
+    return {"name": RESCALER, "args": {"levels": levels, **sizes, **per_level}}
 
 
 @dataclass
@@ -214,6 +264,8 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise UsageError(f"recipe: {message}")
+        if model_name(self.arch) == RESCALER:
+            self._validate_rescaling()
         scale = FIXED_SCALES.get(model_name(self.arch))
         if scale is not None and not self.scale_min == self.scale_max == self.val_scale == scale:
             raise UsageError(
@@ -223,6 +275,18 @@ class Recipe:
         if scale is not None and self.finetune and model_name(self.arch) not in FINETUNED:
             stages = " and ".join(f"{stage} ({name})" for name, stage in FINETUNED.items())
             raise UsageError(f"recipe: finetune (--finetune) is {stages}; {self.arch} has none")
+
+    def _validate_rescaling(self) -> None:
+        """A rescaler trains at one scale, 2 or 4, and has no fine-tuning stage."""
+        scales = (self.scale_min, self.scale_max, self.val_scale)
+        if not (self.scale_min == self.scale_max == self.val_scale and self.scale_min in RESCALE_LEVELS):
+            shown = ", ".join(f"{scale:g}" for scale in scales)
+            raise UsageError(
+                f"recipe: {self.arch} rescales x2 or x4: scale_min, scale_max and val_scale must be all 2 or all 4 "
+                f"(got {shown})"
+            )
+        if self.finetune:
+            raise UsageError(f"recipe: finetune is for train flow; {self.arch} has no fine-tuning stage")
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None) -> Recipe:
