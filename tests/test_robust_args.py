@@ -33,6 +33,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "models add": ("mirror-model", "https://example.invalid/m.safetensors", "--sha256", SHA),
     "rescale down": ("{tmp}/in.png", "--scale", "4"),
     "rescale up": ("{tmp}/in.png",),
+    "rescale eval": ("{tmp}",),
 }
 """Arguments that make the rest of a command line valid, so only the value under test is wrong."""
 
@@ -166,6 +167,13 @@ CASES: list[Bad] = [
         if flag not in ("--consistency", "--precision")
         for bad in options("rescale up", flag, values, allowed)
     ],
+    *options("rescale eval", "--scale", ("3", "2,x", "2.0", ""), "2, 4 or 2,4"),
+    *options("rescale eval", "--baseline", ("nearest", "bicubic,none"), "bicubic, sr, both comma-separated, or none"),
+    option("rescale eval", "--model", "nope", "pass --model FILE or NAME of an image rescaling model", "unknown model"),
+    option("rescale eval", "--sr-model", "nope", UNKNOWN_MODEL[1], UNKNOWN_MODEL[0]),
+    *options("rescale eval", "--seed", ("-1", str(2**63), "x"), f"an integer from 0 to {2**63 - 1}"),
+    *options("rescale eval", "--max-images", ("0", "all"), "an integer >= 1"),
+    option("rescale eval", "--device", "gpu", "auto, cpu, cuda or cuda:N"),
     argument("config get", "KEY", ("colour",), "colour", UNKNOWN_KEY[1], UNKNOWN_KEY[0]),
     argument("config set", "KEY", ("colour", "red"), "colour", UNKNOWN_KEY[1], UNKNOWN_KEY[0]),
     argument("config unset", "KEY", ("colour",), "colour", UNKNOWN_KEY[1], UNKNOWN_KEY[0]),
@@ -183,6 +191,8 @@ UNCONSTRAINED: dict[str, str] = {
         )
     },
     "eval DATASETS": "folders of images, each checked to be a folder",
+    "rescale eval DATASETS": "folders of images, each checked to be a folder",
+    **{f"rescale eval --{kind}": "an output file path" for kind in ("json", "csv", "markdown")},
     "eval --json": "an output file path",
     "eval --csv": "an output file path",
     "eval --markdown": "an output file path",

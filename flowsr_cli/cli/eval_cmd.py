@@ -142,7 +142,7 @@ def eval_command(
     chosen = _build_settings(models, prior, temperature_list, baseline == "bicubic", settings)
     _check_fixed_scales(chosen, scale_list)
     loaded = [load_dataset(folder, max_images, settings["max_pixels"]) for folder in datasets]
-    metric = _lpips_metric(settings) if lpips else None
+    metric = lpips_metric(settings) if lpips else None
     evaluation = Evaluation(
         settings=chosen,
         scales=scale_list,
@@ -171,7 +171,7 @@ def eval_command(
         raise typer.Exit(1)
 
 
-def _lpips_metric(settings: Settings) -> LPIPS:
+def lpips_metric(settings: Settings) -> LPIPS:
     """LPIPS-alex with the run's settings (backbone_dir, offline, the model_base_url mirror); a backbone it
     cannot get is one error that also names --no-lpips."""
     from flowsr_cli.eval.metrics import LPIPS

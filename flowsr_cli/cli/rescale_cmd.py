@@ -4,7 +4,8 @@ and later restores the full-size image from that exact small image (HCFlow's inv
 Kept apart from `upscale`, as the inverse is not super-resolution: it restores only its model's own LRs. Both
 commands follow `upscale`'s contract (inputs, output names, skip-existing, atomic writes, marks, --json, exit codes,
 progress) through the same batch machinery; what each does to an image is its work in
-:mod:`flowsr_cli.families.rescalers`.
+:mod:`flowsr_cli.families.rescalers`. `flowsr rescale eval` (:mod:`flowsr_cli.cli.rescale_eval_cmd`) scores
+rescaling models and the bicubic-down baselines on folders of HR images, as `flowsr eval` does SR.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ from flowsr_cli.cli.batch_common import (
     model_sha256,
     run_batch,
 )
+from flowsr_cli.cli.rescale_eval_cmd import EVAL_EXAMPLES, eval_command
+from flowsr_cli.cli.rescale_models import DEFAULT_RESCALER, SCALES, prepared_rescaler
 from flowsr_cli.config import SETTINGS, Settings, choice_flag, flag_parser, integer_flag, number_flag
-from flowsr_cli.console import debug_enabled, report_warning
+from flowsr_cli.console import (
+    debug_enabled,
+    report_warning,
+)
 from flowsr_cli.errors import UsageError
 from flowsr_cli.io.provenance import DEFAULT_SEED
 from flowsr_cli.io.rescale_mark import LOSSY_COST, MAX_SEED
@@ -44,27 +50,24 @@ if TYPE_CHECKING:
     from flowsr_cli.engine.batch import BatchOptions, Work
     from flowsr_cli.engine.device import DeviceChoice
     from flowsr_cli.families.rescalers import PreparedRescaler
-    from flowsr_cli.hub.catalog import Hub
     from flowsr_cli.io.outputs import Job, OutputOptions, Skip
     from flowsr_cli.io.provenance import MarkedRun
 
 T = TypeVar("T")
 
-SCALES = (2, 4)
-DEFAULT_RESCALER = "hcflow-rescale-x{scale}"
-"""The model `rescale down` uses unless told (not bundled yet: they come with training)."""
 
 EXAMPLES = """[bold]Examples[/]
 
 flowsr rescale down photo.png -s 4       # photo_lr4.png, 1/4 of each side
 flowsr rescale up photo_lr4.png          # photo_lr4_up.png, full size
 flowsr rescale down photos/ -s 2 -o lr/  # a folder; reruns resume
-flowsr rescale up lr/ -o restored/       # every LR in lr/"""
+flowsr rescale up lr/ -o restored/       # every LR in lr/
+flowsr rescale eval Set5 -s 4            # the round trip's PSNR-Y/SSIM/LPIPS against the baselines"""
 
 rescale_app = typer.Typer(
     help="Image rescaling: a model shrinks each image itself (rescale down), and later restores the full-size "
     "image from that exact small image (rescale up). Only the model's own, unedited, losslessly stored LRs come "
-    "back: it is not super-resolution.",
+    "back: it is not super-resolution. rescale eval scores the round trip on folders of photos.",
     epilog=EXAMPLES,
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -172,7 +175,7 @@ def down_command(
     _check_lr_formats(jobs, allow_lossy)
 
     def check() -> tuple[PreparedRescaler, DeviceChoice]:
-        return _prepared_rescaler(hub, name, default=model is None, scale=scale), _device(settings)
+        return prepared_rescaler(hub, name, default=model is None, scale=scale), _device(settings)
 
     def make_work(checked: tuple[PreparedRescaler, DeviceChoice]) -> Work:
         from flowsr_cli.families.rescalers import DownWork, load_rescaler
@@ -283,7 +286,7 @@ def up_command(
 
     def check() -> DeviceChoice:
         if model is not None:
-            _prepared_rescaler(hub, model, default=False)
+            prepared_rescaler(hub, model, default=False)
         return _device(settings)
 
     def make_work(choice: DeviceChoice) -> Work:
@@ -385,27 +388,6 @@ def _skip_unless_lr(path: Path) -> Skip | None:
     )
 
 
-def _prepared_rescaler(hub: Hub, model: str, *, default: bool, scale: int | None = None) -> PreparedRescaler:
-    """The rescaling model ``model`` names, checked before it loads: it exists (a clear error for the default
-    name, which flowsr does not ship yet), is a rescaling model, and has ``scale`` (when given)."""
-    from flowsr_cli.families.rescalers import prepare_rescaler
-    from flowsr_cli.hub.catalog import written_as_path
-
-    if written_as_path(model) and not Path(model).expanduser().is_file():
-        raise UsageError(f"model file {model}: not found")
-    if hub.find(model) is None and not Path(model).expanduser().is_file():
-        if default:
-            raise UsageError(
-                f"no model {model!r}: flowsr ships no x{scale} rescaling model yet; pass --model FILE or NAME of one "
-                "(e.g. made by `flowsr train rescale` or `flowsr models import`)"
-            )
-        raise UsageError(f"unknown model {model!r}: pass --model FILE or NAME of an image rescaling model")
-    prepared = prepare_rescaler(model, hub)
-    if scale is not None and prepared.scale != scale:
-        raise UsageError(f"--model {model}: it rescales by {prepared.scale}, not by --scale {scale}")
-    return prepared
-
-
 def _device(settings: Settings) -> DeviceChoice:
     """The device the run's models run on (a note says when it is not what one might expect)."""
     from flowsr_cli.engine.device import resolve_device
@@ -449,3 +431,6 @@ def _run_batch(
 
     reporter = ConsoleReporter(len(jobs), quiet=quiet, json_lines=json_lines, done=done)
     run_batch(jobs, problems, BatchRunner(options, reporter), reporter, lambda: partial(make_work, check()))
+
+
+rescale_app.command("eval", no_args_is_help=True, epilog=EVAL_EXAMPLES)(eval_command)
