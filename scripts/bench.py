@@ -12,9 +12,14 @@ the second image of a real batch against the first, the cold start of `flowsr up
     python scripts/bench.py                                    # default model, x2 x3.5 x4, 256^2 512^2 1024^2
     python scripts/bench.py --sizes 256 --scales 4 --json speed.json
     python scripts/bench.py --only-models --compare-size 256   # just the per-model x4 table
+    python scripts/bench.py --only-models --compare --rescale x2.safetensors x4.safetensors  # rescaling only
 
 The per-model table runs every bundled flow model (``--compare``) at x4 on one input, each in its own process,
-with its seconds per input megapixel as a ratio to the first model's in the same run.
+with its seconds per input megapixel as a ratio to the first model's in the same run. The rescaling table
+(``--rescale MODEL...``, image rescaling models) times `rescale down` and `rescale up` of one full-size image
+of side ``--rescale-size``, each direction in its own process, in seconds per full-size megapixel (both
+directions count the large image, so the two are comparable), next to bicubic-down + linf-lp-up of the same
+image in the same run.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ from flowsr_cli.hub.catalog import Hub
 from flowsr_cli.io.reading import read_image
 from flowsr_cli.io.sizing import Size
 
-PATHS = ("flowsr", "unprojected", "naive", "bicubic")
-"""`flowsr upscale` as users run it (consistency auto), the same with --consistency off, the naive path, bicubic."""
+PATHS = ("flowsr", "unprojected", "naive", "bicubic", "rescale-down", "rescale-up")
+"""`flowsr upscale` as users run it (consistency auto), the same with --consistency off, the naive path, bicubic;
+a rescaling model's forward (HR -> its LR) and inverse (its 8-bit LR -> HR) as `flowsr rescale` runs them."""
 WARM_UP_SIDE = 48
 """Each timed path first upscales a crop this small, so one-off kernel set-up is not timed."""
 TARGET = (512, 4.0)
@@ -73,8 +79,32 @@ def runner(path: str, model: str) -> Any:
     return lambda lr, size: super_resolve(upscaler, lr, size, 0)
 
 
+def rescale_runner(path: str, model: str) -> Any:
+    """A function hr -> seconds of one rescaling direction on the full-size ``hr``: ``rescale-down`` makes the
+    model's LR; ``rescale-up`` restores the HR from the model's 8-bit LR of ``hr``, made before the clock starts."""
+    from flowsr_cli.families.rescalers import load_rescaler, prepare_rescaler
+
+    rescaler = load_rescaler(prepare_rescaler(model, Hub(Settings())), torch.device("cpu"), "auto", "auto", [])
+
+    def down(hr: torch.Tensor) -> float:
+        return _timed(lambda: rescaler.downscale(hr))
+
+    def up(hr: torch.Tensor) -> float:
+        lr = (rescaler.downscale(hr).clamp(0, 1) * 255).round() / 255
+        output = torch.empty(1, 3, hr.shape[-2], hr.shape[-1])
+
+        def sink(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
+            output[..., rows.start : rows.stop, columns.start : columns.stop] = tile
+
+        return _timed(lambda: rescaler.upscale(lr, sink, 0, rescaler.default_temperature))
+
+    return down if path == "rescale-down" else up
+
+
 def measure_child(arguments: argparse.Namespace) -> None:
     """One path at one input size and scale, in this process: prints seconds, peak RSS (and FLOPs)."""
+    if arguments.path.startswith("rescale"):
+        return measure_rescale_child(arguments)
     run = runner(arguments.path, arguments.model)
     lr = load_input(arguments.input)
     size = Size(round(lr.shape[-1] * arguments.scale), round(lr.shape[-2] * arguments.scale))
@@ -98,6 +128,16 @@ def measure_child(arguments: argparse.Namespace) -> None:
     if arguments.save is not None:
         torch.save(output, arguments.save)
     print(json.dumps(result))
+
+
+def measure_rescale_child(arguments: argparse.Namespace) -> None:
+    """One rescaling direction on one full-size image, in this process: prints the fastest seconds of the
+    direction alone and the peak RSS."""
+    run = rescale_runner(arguments.path, arguments.model)
+    hr = load_input(arguments.input)
+    run(hr[..., : 4 * WARM_UP_SIDE, : 4 * WARM_UP_SIDE])
+    best = min(run(hr) for _ in range(arguments.repeats))
+    print(json.dumps({"seconds": best, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
 def batch_seconds(command: list[str], photos: list[Path], folder: Path) -> dict[str, float]:
@@ -150,9 +190,13 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--scales", nargs="+", type=float, default=[2.0, 3.5, 4.0])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per figure (the fastest counts)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--compare", nargs="+", help="models of the per-model x4 table (default: the bundled flows)")
+    parser.add_argument(
+        "--compare", nargs="*", help="models of the per-model x4 table (default: the bundled flows; none: no table)"
+    )
     parser.add_argument("--compare-size", type=int, default=256, help="input side of the per-model table")
-    parser.add_argument("--only-models", action="store_true", help="measure the per-model table only")
+    parser.add_argument("--only-models", action="store_true", help="measure the per-model tables only")
+    parser.add_argument("--rescale", nargs="+", default=[], help="image rescaling models to time both ways")
+    parser.add_argument("--rescale-size", type=int, default=512, help="full-size side of the rescaling table")
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=float, default=4.0, help=argparse.SUPPRESS)
@@ -246,6 +290,42 @@ def model_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
     return rows
 
 
+def rescale_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """Each ``--rescale`` model shrinking and restoring one ``--rescale-size`` image, and bicubic-down +
+    ``--model``-up of the same image: seconds per full-size megapixel, peak RSS, ratio to the baseline."""
+    side = arguments.rescale_size
+    image = folder / f"rescale{side}.png"
+    make_input(image, side)
+    megapixels = side * side / 1e6
+    rows: list[dict[str, Any]] = []
+    print(f"rescaling a {side}² image: {'model':<22} {'direction':<10} {'s/full MP':>9} {'RSS MB':>8} {'x SR up':>8}")
+    for model in [arguments.model, *arguments.rescale]:
+        is_baseline = model == arguments.model
+        for direction in ("up",) if is_baseline else ("down", "up"):
+            if is_baseline:
+                lr = folder / f"rescale{side}-bicubic-lr.png"
+                make_input(lr, side // 4)
+                options = ["--path", "flowsr", "--input", str(lr), "--scale", "4", "--model", model]
+            else:
+                options = ["--path", f"rescale-{direction}", "--input", str(image), "--model", model]
+            result = child(*options, "--repeats", str(arguments.repeats))
+            row = {
+                "model": model if not is_baseline else f"bicubic down, {model} x4 up",
+                "direction": direction,
+                "full_size": side,
+                "seconds_per_full_mp": result["seconds"] / megapixels,
+                "peak_rss_mb": result["peak_rss"] / 2**20,
+            }
+            row["times_sr_up"] = row["seconds_per_full_mp"] / (rows[0]["seconds_per_full_mp"] if rows else 1.0)
+            rows.append(row)
+            print(
+                f"{'':>25}{Path(row['model']).stem[:22]:<22} {direction:<10} {row['seconds_per_full_mp']:>9.2f} "
+                f"{row['peak_rss_mb']:>8.0f} {row['times_sr_up']:>8.2f}",
+                flush=True,
+            )
+    return rows
+
+
 def main() -> None:
     """Measure everything and print the table (optionally write JSON)."""
     arguments = parse_arguments()
@@ -257,7 +337,10 @@ def main() -> None:
         folder = Path(name)
         if not arguments.only_models:
             report.update(default_model_figures(arguments, folder))
-        report["models"] = model_rows(arguments, folder)
+        if arguments.compare != []:
+            report["models"] = model_rows(arguments, folder)
+        if arguments.rescale:
+            report["rescaling"] = rescale_rows(arguments, folder)
     if arguments.json is not None:
         arguments.json.write_text(json.dumps(report, indent=2) + "\n")
 
