@@ -7,6 +7,11 @@ of each run next to the ratio to the 512^2 run.
 
     python scripts/bench_memory.py                       # linf-lp; 256, 512, 1024, 2048
     python scripts/bench_memory.py --model paper-random --sizes 256 512 --json memory.json
+    python scripts/bench_memory.py --rescale x4.safetensors --photos 1000x750 4000x3000   # rescale down, then up
+
+With ``--rescale MODEL`` (an image rescaling model) each photo (WIDTHxHEIGHT) is shrunk by `flowsr rescale down`
+and restored by `flowsr rescale up`, each in its own process, and both peaks are printed next to the ratio to the
+first photo's.
 """
 
 from __future__ import annotations
@@ -67,6 +72,38 @@ def peak_rss(command: list[str]) -> tuple[int, float]:
     return int(result.stdout.strip().splitlines()[-1]), seconds
 
 
+def rescale_rows(model: str, scale: int, photos: list[str], tile: str, work: Path) -> list[dict[str, object]]:
+    """Peak RSS and seconds of `rescale down` (by ``scale``, the model's) and `rescale up` of each photo
+    (WIDTHxHEIGHT)."""
+    rows: list[dict[str, object]] = []
+    flowsr = [sys.executable, "-m", "flowsr_cli", "rescale"]
+    for photo in photos:
+        width, height = (int(side) for side in photo.lower().split("x"))
+        source = work / f"photo{photo}.png"
+        make_input(source, max(width, height))
+        with Image.open(source) as image:
+            image.crop((0, 0, width, height)).save(source)
+        lr, restored = work / f"photo{photo}_lr.png", work / f"photo{photo}_up.png"
+        steps = {
+            "down": [*flowsr, "down", str(source), "--model", model, "--scale", str(scale), "-o", str(lr)],
+            "up": [*flowsr, "up", str(lr), "-o", str(restored), "--tile", tile],
+        }
+        for direction, command in steps.items():
+            peak, seconds = peak_rss([*command, "--device", "cpu", "--quiet"])
+            rows.append({"photo": photo, "direction": direction, "seconds": round(seconds, 1), "peak": peak})
+            print(f"{photo} {direction} done: {peak / 2**20:.0f} MB in {seconds:.0f} s", file=sys.stderr, flush=True)
+    print(f"{'photo':>10} {'direction':>9} {'seconds':>8} {'peak RSS MB':>12} {'vs first':>9}")
+    for row in rows:
+        first = next(other for other in rows if other["direction"] == row["direction"])
+        row["peak_mb"] = round(int(row["peak"]) / 2**20)
+        row["ratio_to_first"] = round(int(row["peak"]) / int(first["peak"]), 2)
+        print(
+            f"{row['photo']:>10} {row['direction']:>9} {row['seconds']:>8} {row['peak_mb']:>12} "
+            f"{row['ratio_to_first']:>8}x"
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
@@ -74,7 +111,15 @@ def main() -> None:
     parser.add_argument("--tile", default="auto")
     parser.add_argument("--model", default="linf-lp", help="a model name or file, or paper-random")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--rescale", help="an image rescaling model of --scale: measure rescale down and up instead")
+    parser.add_argument("--photos", nargs="+", default=["1000x750", "4000x3000"], help="WIDTHxHEIGHT (--rescale)")
     args = parser.parse_args()
+    if args.rescale is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            rows = rescale_rows(args.rescale, int(args.scale), args.photos, args.tile, Path(folder))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
