@@ -290,6 +290,12 @@ def model_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
     return rows
 
 
+def _label(model: str) -> str:
+    """A short name for a model: its file's stem, or its folder's name for a training run's model.safetensors."""
+    path = Path(model)
+    return path.parent.name if path.name == "model.safetensors" and path.parent.name else path.stem
+
+
 def rescale_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     """Each ``--rescale`` model shrinking and restoring one ``--rescale-size`` image, and bicubic-down +
     ``--model``-up of the same image: seconds per full-size megapixel, peak RSS, ratio to the baseline."""
@@ -319,7 +325,7 @@ def rescale_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, 
             row["times_sr_up"] = row["seconds_per_full_mp"] / (rows[0]["seconds_per_full_mp"] if rows else 1.0)
             rows.append(row)
             print(
-                f"{'':>25}{Path(row['model']).stem[:22]:<22} {direction:<10} {row['seconds_per_full_mp']:>9.2f} "
+                f"{'':>25}{_label(row['model'])[:22]:<22} {direction:<10} {row['seconds_per_full_mp']:>9.2f} "
                 f"{row['peak_rss_mb']:>8.0f} {row['times_sr_up']:>8.2f}",
                 flush=True,
             )
