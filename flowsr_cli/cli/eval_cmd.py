@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -331,13 +332,20 @@ def _write_outputs(
     run_settings: dict[str, object],
 ) -> None:
     from flowsr_cli.eval import report as eval_report
+
+    write_reports(
+        (
+            (json_path, lambda: eval_report.to_json(results, run_settings, skipped)),
+            (csv_path, lambda: eval_report.to_csv(results)),
+            (markdown_path, lambda: eval_report.to_markdown(results, row_labels)),
+        )
+    )
+
+
+def write_reports(outputs: Iterable[tuple[Path | None, Callable[[], str]]]) -> None:
+    """Render and atomically write each report whose path was given; one that cannot be written is a usage error."""
     from flowsr_cli.io.atomic import atomic_write_bytes
 
-    outputs = (
-        (json_path, lambda: eval_report.to_json(results, run_settings, skipped)),
-        (csv_path, lambda: eval_report.to_csv(results)),
-        (markdown_path, lambda: eval_report.to_markdown(results, row_labels)),
-    )
     for path, render in outputs:
         if path is not None:
             try:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.batch_common import MODEL_PANEL, OUTPUT_PANEL, model_sha256
-from flowsr_cli.cli.eval_cmd import NOT_COMPUTED, lpips_metric
+from flowsr_cli.cli.eval_cmd import NOT_COMPUTED, lpips_metric, write_reports
 from flowsr_cli.cli.rescale_models import DEFAULT_RESCALER, SCALES, prepared_rescaler
 from flowsr_cli.config import Settings, flag_parser, integer_flag
 from flowsr_cli.console import printable, report_error, report_note, stderr_console
@@ -336,16 +336,11 @@ def _write_rescale_outputs(
     """The JSON (with the protocol and ``run_settings``), CSV and Markdown files asked for, each written atomically."""
     from flowsr_cli.eval import report
     from flowsr_cli.eval.rescale_evaluation import COLUMNS, PROTOCOL
-    from flowsr_cli.io.atomic import atomic_write_bytes
 
-    outputs = (
-        (json_path, lambda: report.to_json(results, run_settings, skipped, PROTOCOL)),
-        (csv_path, lambda: report.to_csv(results, COLUMNS)),
-        (markdown_path, lambda: report.to_rescale_markdown(results)),
+    write_reports(
+        (
+            (json_path, lambda: report.to_json(results, run_settings, skipped, PROTOCOL)),
+            (csv_path, lambda: report.to_csv(results, COLUMNS)),
+            (markdown_path, lambda: report.to_rescale_markdown(results)),
+        )
     )
-    for path, render in outputs:
-        if path is not None:
-            try:
-                atomic_write_bytes(path, render().encode("utf-8"))
-            except OSError as exc:
-                raise UsageError(f"{printable(path)}: cannot write: {exc.strerror or exc}") from None
