@@ -322,7 +322,8 @@ def rescale_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, 
                 "seconds_per_full_mp": result["seconds"] / megapixels,
                 "peak_rss_mb": result["peak_rss"] / 2**20,
             }
-            row["times_sr_up"] = row["seconds_per_full_mp"] / (rows[0]["seconds_per_full_mp"] if rows else 1.0)
+            baseline = rows[0]["seconds_per_full_mp"] if rows else row["seconds_per_full_mp"]
+            row["times_sr_up"] = row["seconds_per_full_mp"] / baseline
             rows.append(row)
             print(
                 f"{'':>25}{_label(row['model'])[:22]:<22} {direction:<10} {row['seconds_per_full_mp']:>9.2f} "
