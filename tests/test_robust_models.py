@@ -539,7 +539,7 @@ DAMAGES: dict[str, tuple[Callable[[Tensors, Metadata], None], str]] = {
     "no-spec": (lambda t, m: m.pop("spec"), "its metadata has no 'spec'"),
     "other-spec": (
         lambda t, m: m.update({"spec": json.dumps(linf_spec(hidden=32))}),
-        "its model spec differs from this run's",
+        "its model differs from this run's (hidden: 32 in the file,",
     ),
     "deeply-nested-json": (lambda t, m: m.update({"recipe": "[" * 30000 + "]" * 30000}), "nested too deeply"),
 }
@@ -598,4 +598,4 @@ def test_a_damaged_prior_checkpoint_is_refused_before_training(
 def test_a_flow_checkpoint_cannot_resume_a_prior(runs: Runs, tmp_path: Path) -> None:
     checkpoint = runs.folder / "flow/checkpoint.safetensors"
     result = runs.train(runs.prior_args(tmp_path / "out"), "--resume", str(checkpoint))
-    assert_refused(result, checkpoint, "its model spec differs from this run's")
+    assert_refused(result, checkpoint, "its model differs from this run's (a linf in the file, a linf-lp here)")

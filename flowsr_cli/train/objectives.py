@@ -232,20 +232,20 @@ class RescaleObjective(nn.Module):
     [0, 1] and z = all its latents: ``0.05 MSE(LR, bicubic LR) + 1e-5 mean(z^2) + L1(HR, clamp(inverse(Q(LR),
     heat 1)))``, Q rounding to 8 bits with a straight-through gradient (:func:`quantise_8bit`). The batch's LR
     is the bicubic LR (the project's MATLAB ``imresize``, 8-bit, as the original's DIV2K ``LR_bicubic`` files);
-    the inverse's latents are drawn from the step's generator.
+    the inverse's latents are drawn from the step's generator. ``lr_weight`` is the recipe's ``lr_fidelity_weight``.
 
     In float32 outside autocast. A fresh model's conditional flows start their ActNorms from the first batch as
     the original's do; the main flow keeps its box-mean start (:func:`keep_box_mean_start`)."""
 
-    lr_weight = 0.05
     latent_weight = 1e-5
     hr_weight = 1.0
     heat = 1.0
     """The original's ``eps_std_reverse``."""
 
-    def __init__(self, model: HCFlowRescaler) -> None:
+    def __init__(self, model: HCFlowRescaler, lr_weight: float = 0.05) -> None:
         super().__init__()
         self.model = model
+        self.lr_weight = lr_weight
 
     def forward(
         self, lr: torch.Tensor, hr: torch.Tensor, step: int, generator: torch.Generator
@@ -349,7 +349,7 @@ def _hcflow_objective(model: nn.Module, recipe: Recipe, device: torch.device) ->
 
 
 def _rescale_objective(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
-    return RescaleObjective(model)
+    return RescaleObjective(model, recipe.lr_fidelity_weight)
 
 
 FlowObjectiveFactory = Callable[[nn.Module, Recipe, torch.device], nn.Module]

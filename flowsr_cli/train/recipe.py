@@ -229,6 +229,9 @@ class Recipe:
     LINF-LP only): trains the prior for the output ``--consistency on`` will show. 0: none."""
     adam_beta2: float = 0.999
     """Adam's second-moment decay (torch's default; HCFlow trains with 0.99)."""
+    lr_fidelity_weight: float = 0.05
+    """Rescaling only: weight of the MSE between the model's LR and the bicubic LR (the original: 0.05, against
+    1 on the L1 of the restored HR; IRN's balance is about 1)."""
     grad_clip_value: float = 0.0
     """Clip every gradient value to [-this, this] before each step (HCFlow: 5). 0: off."""
     grad_clip_norm: float = 0.0
@@ -253,6 +256,7 @@ class Recipe:
             (self.grid_weight >= 0, "grid_weight must be >= 0"),
             (0 <= self.consistency_iterations <= 20, "consistency_iterations must be 0 to 20"),
             (0 <= self.adam_beta2 < 1, "adam_beta2 must be in [0, 1)"),
+            (self.lr_fidelity_weight >= 0, "lr_fidelity_weight must be >= 0"),
             (self.grad_clip_value >= 0 and self.grad_clip_norm >= 0, "grad_clip_value and grad_clip_norm must be >= 0"),
             (0 <= self.seed <= MAX_SEED, f"seed must be an integer from 0 to {MAX_SEED}"),
             (

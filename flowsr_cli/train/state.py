@@ -106,6 +106,15 @@ def read_training_progress(path: Path) -> TrainingState:
     return _training_state(path, read_training_metadata(path)["state"])
 
 
+def spec_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """What differs between a checkpoint's model spec and this run's, e.g. ``levels: 2 in the file, 1 here``."""
+    if saved.get("name") != wanted.get("name"):
+        return f"a {saved.get('name')} in the file, a {wanted.get('name')} here"
+    saved_args, wanted_args = saved.get("args", {}), wanted.get("args", {})
+    keys = sorted(key for key in saved_args.keys() | wanted_args.keys() if saved_args.get(key) != wanted_args.get(key))
+    return "; ".join(f"{key}: {saved_args.get(key)} in the file, {wanted_args.get(key)} here" for key in keys)
+
+
 def load_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
     """Restore model weights, optimizer state and the RNG from ``path``; returns the step state.
 
@@ -115,7 +124,11 @@ def load_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Opt
 
     metadata = read_training_metadata(path)
     if metadata["spec"] != model.spec:
-        raise _unusable(path, "its model spec differs from this run's; resume with the same --arch/--recipe")
+        differences = spec_differences(metadata["spec"], model.spec)
+        raise _unusable(
+            path,
+            f"its model differs from this run's ({differences}); resume with the same --arch/--recipe/--scale",
+        )
     state = _training_state(path, metadata["state"])
     try:
         tensors = load_file(str(path))

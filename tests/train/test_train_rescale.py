@@ -29,6 +29,7 @@ from flowsr_cli.train.loop import RunFiles, Trainer
 from flowsr_cli.train.objectives import RescaleObjective, flow_objective
 from flowsr_cli.train.recipe import RESCALERS, load_recipe, rescaler_spec
 from flowsr_cli.train.rescale_validation import RescaleValidation, rescale_metrics, round_trip
+from flowsr_cli.train.state import spec_differences
 from tests.conftest import REPO_ROOT, SHARED, CliInvoker
 from tests.families.hcflow.test_rescaling import TINY, TINY_X2
 
@@ -120,15 +121,18 @@ def _fresh(args: dict[str, object], seed: int = 0) -> HCFlowRescaler:
     return model
 
 
-@pytest.mark.parametrize("args", [TINY, TINY_X2])
-def test_the_objective_is_the_originals_losses_from_the_box_mean_start(args: dict[str, object]) -> None:
+@pytest.mark.parametrize(("args", "lr_weight"), [(TINY, None), (TINY_X2, 3.0)])
+def test_the_objective_is_the_originals_losses_from_the_box_mean_start(
+    args: dict[str, object], lr_weight: float | None
+) -> None:
     """The first call starts the conditional flows' ActNorms from the batch and leaves the main flow's at the
-    identity (the LR stays the box mean); the losses are the original's, the inverse at heat 1 from the step's
-    generator."""
+    identity (the LR stays the box mean); the losses are the original's (the LR term weighted 0.05 unless told),
+    the inverse at heat 1 from the step's generator."""
     model = _fresh(args)
     hr = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     bicubic = make_lr(hr, model.scale)[1]
-    losses = RescaleObjective(model)(bicubic * 2 - 1, hr * 2 - 1, 0, torch.Generator().manual_seed(2))
+    objective = RescaleObjective(model) if lr_weight is None else RescaleObjective(model, lr_weight)
+    losses = objective(bicubic * 2 - 1, hr * 2 - 1, 0, torch.Generator().manual_seed(2))
     assert actnorm_starts(model) == (True, True)
     with torch.no_grad():
         lr, latents = model.to_latents(hr)
@@ -138,7 +142,7 @@ def test_the_objective_is_the_originals_losses_from_the_box_mean_start(args: dic
     lr_mse = F.mse_loss(lr, bicubic)
     latent = torch.cat([z.flatten() for z in latents]).square().mean()
     l1 = F.l1_loss(restored, hr)
-    expected = {"lr_mse": lr_mse, "latent": latent, "l1": l1, "loss": 0.05 * lr_mse + 1e-5 * latent + l1}
+    expected = {"lr_mse": lr_mse, "latent": latent, "l1": l1, "loss": (lr_weight or 0.05) * lr_mse + 1e-5 * latent + l1}
     assert losses.keys() == expected.keys()
     assert all(torch.allclose(losses[name], value, rtol=1e-5) for name, value in expected.items()), losses
     losses["loss"].backward()
@@ -162,7 +166,7 @@ def rescale_trainer(
             yield batch
 
     objective = flow_objective(model, recipe, torch.device("cpu"))
-    assert isinstance(objective, RescaleObjective)
+    assert isinstance(objective, RescaleObjective) and objective.lr_weight == recipe.lr_fidelity_weight
     return Trainer(
         model, objective, recipe, batches, RunFiles(out), Cluster(), torch.device("cpu"), show_progress=False
     )
@@ -252,13 +256,14 @@ def test_architectures_and_recipes() -> None:
     defaults = load_recipe(None, {"arch": "hcflow-rescale"})
     assert (defaults.scale_max, defaults.hr_crop, defaults.batch_size, defaults.learning_rate) == (4.0, 160, 16, 2.5e-4)
     assert defaults.milestones == [0.2, 0.4, 0.6, 0.8, 0.9] and defaults.gamma == 0.5
+    assert defaults.lr_fidelity_weight == 0.05  # the original's
     for scale in (2, 4):
         scripted = load_recipe(REPO_ROOT / f"scripts/recipes/hcflow-rescale-x{scale}.toml", {})
         assert (scripted.arch, scripted.scale_min, scripted.scale_max, scripted.val_scale) == (
             "hcflow-rescale-small", scale, scale, scale,
         )  # fmt: skip
         assert (scripted.adam_beta2, scripted.grad_clip_value, scripted.grad_clip_norm) == (0.99, 5.0, 100.0)
-        assert scripted.time_budget > 0 and scripted.hr_crop % scale == 0
+        assert scripted.time_budget > 0 and scripted.hr_crop % scale == 0 and scripted.lr_fidelity_weight == 1.0
 
 
 def test_train_rescale_help_shows_the_scale_architectures_and_examples(run_cli: CliInvoker) -> None:
@@ -268,3 +273,11 @@ def test_train_rescale_help_shows_the_scale_architectures_and_examples(run_cli: 
     assert "[default: (recipe: 4)]" in text and "[default: (recipe: 0.00025)]" in text
     assert "hcflow-rescale-small" in text.split("Examples")[0]
     assert text.split("Examples", 1)[1].count("flowsr train rescale ") == 3
+
+
+def test_a_checkpoint_of_another_scale_names_what_differs() -> None:
+    differences = spec_differences(rescaler_spec("hcflow-rescale-small", 4), rescaler_spec("hcflow-rescale-small", 2))
+    assert "levels: 2 in the file, 1 here" in differences
+    assert spec_differences(rescaler_spec("hcflow-rescale", 4), rescaler_spec("hcflow-rescale-small", 4)) == (
+        "a hcflow-rescale in the file, a hcflow-rescale-small here"
+    )
