@@ -175,7 +175,7 @@ def down_command(
     _check_lr_formats(jobs, allow_lossy)
 
     def check() -> tuple[PreparedRescaler, DeviceChoice]:
-        return prepared_rescaler(hub, name, default=model is None, scale=scale), _device(settings)
+        return prepared_rescaler(hub, name, scale=scale), _device(settings)
 
     def make_work(checked: tuple[PreparedRescaler, DeviceChoice]) -> Work:
         from flowsr_cli.families.rescalers import DownWork, load_rescaler
@@ -286,7 +286,7 @@ def up_command(
 
     def check() -> DeviceChoice:
         if model is not None:
-            prepared_rescaler(hub, model, default=False)
+            prepared_rescaler(hub, model)
         return _device(settings)
 
     def make_work(choice: DeviceChoice) -> Work:

@@ -225,8 +225,8 @@ def _rescalers_to_score(hub: Hub, models: list[str], scales: list[int]) -> list[
     """The rescaling models ``models`` names (by default the default one of each scale), checked; a model is
     scored at its own scale only (a note names the others), and a usage error if that is not among ``scales``."""
     if not models:
-        return [prepared_rescaler(hub, DEFAULT_RESCALER.format(scale=s), default=True, scale=s) for s in scales]
-    prepared = [prepared_rescaler(hub, model, default=False) for model in models]
+        return [prepared_rescaler(hub, DEFAULT_RESCALER.format(scale=s), scale=s) for s in scales]
+    prepared = [prepared_rescaler(hub, model) for model in models]
     for one in prepared:
         if one.scale not in scales:
             raise UsageError(

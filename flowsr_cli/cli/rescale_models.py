@@ -14,23 +14,18 @@ if TYPE_CHECKING:
 
 SCALES = (2, 4)
 DEFAULT_RESCALER = "hcflow-rescale-x{scale}"
-"""The model `rescale down` uses unless told (not bundled yet: they come with training)."""
+"""The model `rescale down` and `rescale eval` use unless told: the bundled one of the scale."""
 
 
-def prepared_rescaler(hub: Hub, model: str, *, default: bool, scale: int | None = None) -> PreparedRescaler:
-    """The rescaling model ``model`` names, checked before it loads: it exists (a clear error for the default
-    name, which flowsr does not ship yet), is a rescaling model, and has ``scale`` (when given)."""
+def prepared_rescaler(hub: Hub, model: str, scale: int | None = None) -> PreparedRescaler:
+    """The rescaling model ``model`` names, checked before it loads: it exists, is a rescaling model, and has
+    ``scale`` (when given)."""
     from flowsr_cli.families.rescalers import prepare_rescaler
     from flowsr_cli.hub.catalog import written_as_path
 
     if written_as_path(model) and not Path(model).expanduser().is_file():
         raise UsageError(f"model file {model}: not found")
     if hub.find(model) is None and not Path(model).expanduser().is_file():
-        if default:
-            raise UsageError(
-                f"no model {model!r}: flowsr ships no x{scale} rescaling model yet; pass --model FILE or NAME of one "
-                "(e.g. made by `flowsr train rescale` or `flowsr models import`)"
-            )
         raise UsageError(f"unknown model {model!r}: pass --model FILE or NAME of an image rescaling model")
     prepared = prepare_rescaler(model, hub)
     if scale is not None and prepared.scale != scale:

@@ -298,7 +298,7 @@ def test_a_webp_lr_is_lossless(run_cli: CliInvoker, tmp_path: Path, models: dict
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["-s", "4"], 2, "no model 'hcflow-rescale-x4': flowsr ships no x4 rescaling model yet; pass --model FILE"),
+        (["-s", "4", "--model", "nosuch"], 2, "unknown model 'nosuch': pass --model FILE or NAME of an image"),
         (["-s", "3", "--model", "x2"], 2, "--scale: invalid value '3'; allowed: 2 or 4"),
         (["-s", "4", "--model", "x2"], 2, "it rescales by 2, not by --scale 4"),
         (["-s", "4", "--model", "srflow"], 2, "'srflow' is a srflow, not an image rescaling model"),

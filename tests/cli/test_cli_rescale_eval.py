@@ -186,8 +186,13 @@ def test_a_model_of_none_of_the_scales_is_a_usage_error(
     assert result.stderr.strip() == f"error: --model {models[4]}: it rescales by 4, not by --scale 2"
 
 
-def test_the_default_model_not_shipped_is_a_usage_error(run_cli: CliInvoker, crops: Path) -> None:
-    result = run_cli("rescale", "eval", str(crops), "-s", "4", "--no-lpips", "--baseline", "bicubic")
-    assert result.exit_code == 2
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: no model 'hcflow-rescale-x4': flowsr ships no x4 rescaling model yet; pass --model")
+def test_without_a_model_it_scores_the_bundled_model_of_each_scale_above_bicubic(
+    run_cli: CliInvoker, tmp_path: Path, crops: Path
+) -> None:
+    rows = evaluate(run_cli, crops, tmp_path / "r", "--no-lpips", "--baseline", "bicubic")["json"]["results"]
+    models = {row["scale"]: row for row in rows if row["down"] != "bicubic"}
+    bicubic = {row["scale"]: row for row in rows if row["down"] == "bicubic"}
+    assert {scale: row["down"] for scale, row in models.items()} == {2: "hcflow-rescale-x2", 4: "hcflow-rescale-x4"}
+    for scale in (2, 4):
+        assert models[scale]["psnr_y"] > bicubic[scale]["psnr_y"] + 1, (models[scale], bicubic[scale])
+        assert models[scale]["lr_vs_bicubic_psnr"] > 30

@@ -1,5 +1,6 @@
 """The models that ship inside flowsr: registered, intact, loadable, and `flowsr upscale` with no
-flags uses `linf-lp` offline and gives a sharper image than bicubic."""
+flags uses `linf-lp` offline and gives a sharper image than bicubic; `flowsr rescale` with no --model uses the
+bundled rescaler of the scale, whose LR ignores tiling and whose round trip beats bicubic."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from flowsr_cli.engine.pipeline import pixels_to_tensor
 from flowsr_cli.eval import metrics
 from flowsr_cli.families.hcflow.network import HCFlowSR
 from flowsr_cli.families.hcflow.prior import HCFlowLP
+from flowsr_cli.families.hcflow.rescaling import HCFlowRescaler
 from flowsr_cli.families.linf.network import LINF
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.families.model_file import load_model, read_model_metadata
@@ -30,6 +32,8 @@ BUNDLED = {
     "srflow-lp": SRFlowLP,
     "hcflow": HCFlowSR,
     "hcflow-lp": HCFlowLP,
+    "hcflow-rescale-x2": HCFlowRescaler,
+    "hcflow-rescale-x4": HCFlowRescaler,
 }
 
 
@@ -119,3 +123,37 @@ def test_bundled_x4_models_upscale_sharper_than_bicubic(
     upscaled, bicubic = upscaled_crop(tmp_path / "photo_model.png"), upscaled_crop(tmp_path / "photo_bicubic.png")
     assert gradient_energy(upscaled) > 1.2 * gradient_energy(bicubic)
     assert metrics.lr_psnr(upscaled, lr, 4) > 28.0
+
+
+def image_tensor(path: Path) -> torch.Tensor:
+    """An RGB image file as a (1, 3, H, W) tensor in [0, 1]."""
+    with Image.open(path) as image:
+        return pixels_to_tensor(np.asarray(image.convert("RGB")))
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_bundled_rescalers_shrink_alike_at_any_tile_and_restore_above_bicubic(
+    run_cli: CliInvoker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scale: int
+) -> None:
+    """A 256 x 192 crop of Set14 baboon, offline and without --model: the LR's pixels are the same for tile settings
+    64, 256 and 0, close to the bicubic LR, and `rescale up` restores the crop above bicubic down + up by more than
+    1 dB (fur is where rescaling gains least: measured +1.2 dB at x4, over +1.5 at x2)."""
+    monkeypatch.setenv("FLOWSR_OFFLINE", "1")
+    with Image.open(SHARED / "data" / "eval" / "Set14" / "baboon.png") as photo:
+        photo.convert("RGB").crop((100, 100, 356, 292)).save(tmp_path / "photo.png")
+    hr = image_tensor(tmp_path / "photo.png")
+    lrs = []
+    for tile in ("64", "256", "0"):
+        lr_path = tmp_path / f"lr_{tile}.png"
+        result = run_cli("rescale", "down", str(tmp_path / "photo.png"), "-s", str(scale), "-o", str(lr_path),
+                         env={"FLOWSR_TILE": tile})  # fmt: skip
+        assert result.exit_code == 0, result.output
+        lrs.append(image_tensor(lr_path))
+    assert all(torch.equal(lr, lrs[0]) for lr in lrs) and lrs[0].shape[-2:] == (192 // scale, 256 // scale)
+    bicubic_lr = metrics.make_lr(hr, scale)[1]
+    assert metrics.psnr(lrs[0], bicubic_lr) > 30
+    result = run_cli("rescale", "up", str(tmp_path / "lr_0.png"), "-o", str(tmp_path / "restored.png"))
+    assert result.exit_code == 0, result.output
+    restored = image_tensor(tmp_path / "restored.png")
+    bicubic = torch.nn.functional.interpolate(bicubic_lr, scale_factor=scale, mode="bicubic").clamp(0, 1)
+    assert metrics.psnr_y(restored, hr, scale) > metrics.psnr_y(bicubic, hr, scale) + 1.0

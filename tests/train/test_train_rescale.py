@@ -278,6 +278,8 @@ def test_train_rescale_help_shows_the_scale_architectures_and_examples(run_cli: 
 def test_a_checkpoint_of_another_scale_names_what_differs() -> None:
     differences = spec_differences(rescaler_spec("hcflow-rescale-small", 4), rescaler_spec("hcflow-rescale-small", 2))
     assert "levels: 2 in the file, 1 here" in differences
-    assert spec_differences(rescaler_spec("hcflow-rescale", 4), rescaler_spec("hcflow-rescale-small", 4)) == (
-        "a hcflow-rescale in the file, a hcflow-rescale-small here"
+    paper_size = spec_differences(rescaler_spec("hcflow-rescale", 4), rescaler_spec("hcflow-rescale-small", 4))
+    assert "rrdb_channels: 64 in the file, 32 here" in paper_size and "levels" not in paper_size
+    assert spec_differences({"name": "linf", "args": {}}, rescaler_spec("hcflow-rescale-small", 4)) == (
+        "a linf in the file, a hcflow-rescale here"
     )
