@@ -229,10 +229,11 @@ def keep_box_mean_start(model: HCFlowRescaler) -> None:
 
 class RescaleObjective(nn.Module):
     """HCFlow rescaling, the original's losses (``HCFlow_Rescaling_model.py``) with LR = the model's LR clamped to
-    [0, 1] and z = all its latents: ``0.05 MSE(LR, bicubic LR) + 1e-5 mean(z^2) + L1(HR, clamp(inverse(Q(LR),
-    heat 1)))``, Q rounding to 8 bits with a straight-through gradient (:func:`quantise_8bit`). The batch's LR
-    is the bicubic LR (the project's MATLAB ``imresize``, 8-bit, as the original's DIV2K ``LR_bicubic`` files);
-    the inverse's latents are drawn from the step's generator. ``lr_weight`` is the recipe's ``lr_fidelity_weight``.
+    [0, 1] and z = all its latents: ``lr_weight MSE(LR, bicubic LR) + 1e-5 mean(z^2) + L1(HR, clamp(inverse(Q(LR),
+    heat 1)))``, Q rounding to 8 bits with a straight-through gradient (:func:`quantise_8bit`); ``lr_weight`` is
+    the recipe's ``lr_fidelity_weight`` (the original's: 0.05). The batch's LR is the bicubic LR (the project's
+    MATLAB ``imresize``, 8-bit, as the original's DIV2K ``LR_bicubic`` files); the inverse's latents are drawn
+    from the step's generator.
 
     In float32 outside autocast. A fresh model's conditional flows start their ActNorms from the first batch as
     the original's do; the main flow keeps its box-mean start (:func:`keep_box_mean_start`)."""
