@@ -100,9 +100,10 @@ TRAINING_FLAGS = (
     ("--workers", ("-1", "two"), "an integer >= 0"),
     ("--device", ("gpu",), "auto, cpu, cuda or cuda:N"),
 )
-UNKNOWN_MODEL = ("unknown model", "available: bicubic, linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp, or a path")
-NO_SUCH_MODEL = ("no model named", "known: linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp")
-KNOWN_FLOWS = "known: linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp, or a model file"
+NAMED = "linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp, hcflow-rescale-x2, hcflow-rescale-x4"
+UNKNOWN_MODEL = ("unknown model", f"available: bicubic, {NAMED}, or a path")
+NO_SUCH_MODEL = ("no model named", f"known: {NAMED}")
+KNOWN_FLOWS = f"known: {NAMED}, or a model file"
 NAME_RULE = "use letters, digits, '.', '_' or '-' (starting with a letter or digit)"
 UNKNOWN_KEY = ("unknown config key", "known keys: model, device, precision")
 
