@@ -1,5 +1,5 @@
 """Ship a trained model inside the package: cast it to float16 into flowsr_cli/weights/NAME.safetensors
-and register it as a bundled entry (sha256, size, training scale range) in flowsr_cli/hub/registry.json.
+and register it as a bundled entry (sha256, size, training scale range, task) in flowsr_cli/hub/registry.json.
 
 Usage: python scripts/export_bundled.py NAME MODEL_FILE --description TEXT [--scales 1,4]
 """
@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from flowsr_cli.families.model_file import load_model, model_notes, save_model
+from flowsr_cli.families.registry import network
+from flowsr_cli.hub.manifest import UPSCALE
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flowsr_cli"
 
@@ -23,7 +25,8 @@ def export(name: str, source: Path, description: str, scales: tuple[float, float
     metadata = model_notes(source)
     target = PACKAGE / "weights" / f"{name}.safetensors"
     target.parent.mkdir(exist_ok=True)
-    save_model(load_model(source), target, dtype=torch.float16, **metadata)
+    model = load_model(source)
+    save_model(model, target, dtype=torch.float16, **metadata)
     data = target.read_bytes()
     entry = {
         "description": description,
@@ -32,6 +35,9 @@ def export(name: str, source: Path, description: str, scales: tuple[float, float
         "size": len(data),
         "scales": list(scales),
     }
+    task = network(model.spec["name"]).task
+    if task != UPSCALE:
+        entry["task"] = task
     registry_path = PACKAGE / "hub" / "registry.json"
     registry = json.loads(registry_path.read_text(encoding="utf-8"))
     registry["models"][name] = entry

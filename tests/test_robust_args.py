@@ -100,10 +100,13 @@ TRAINING_FLAGS = (
     ("--workers", ("-1", "two"), "an integer >= 0"),
     ("--device", ("gpu",), "auto, cpu, cuda or cuda:N"),
 )
-NAMED = "linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp, hcflow-rescale-x2, hcflow-rescale-x4"
-UNKNOWN_MODEL = ("unknown model", f"available: bicubic, {NAMED}, or a path")
-NO_SUCH_MODEL = ("no model named", f"known: {NAMED}")
-KNOWN_FLOWS = f"known: {NAMED}, or a model file"
+UPSCALERS = "linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp"
+RESCALERS = "hcflow-rescale-x2, hcflow-rescale-x4"
+UNKNOWN_MODEL = ("unknown model", f"available: bicubic, {UPSCALERS}, or a path")
+UNKNOWN_RESCALER = ("unknown model", f"image rescaling models: {RESCALERS}, or a path")
+NO_SUCH_MODEL = ("no model named", f"known: {UPSCALERS}, {RESCALERS}")
+KNOWN_FLOWS = f"known: {UPSCALERS}, or a model file"
+NOT_A_FLOW = "an image rescaling model, not a super-resolution flow; `flowsr train rescale` trains those"
 NAME_RULE = "use letters, digits, '.', '_' or '-' (starting with a letter or digit)"
 UNKNOWN_KEY = ("unknown config key", "known keys: model, device, precision")
 
@@ -133,8 +136,10 @@ CASES: list[Bad] = [
     option("eval", "--device", "gpu", "auto, cpu, cuda or cuda:N"),
     option("train flow", "--arch", "linf-huge", "choose one of linf-edsr, linf-rrdb, linf-small, srflow, srflow-small"),
     option("train flow", "--init", "nope", KNOWN_FLOWS),
+    option("train flow", "--init", "hcflow-rescale-x4", NOT_A_FLOW, shown="hcflow-rescale-x4"),
     *[bad for flag, values, allowed in TRAINING_FLAGS for bad in options("train flow", flag, values, allowed)],
     option("train prior", "--flow", "nope", KNOWN_FLOWS),
+    option("train prior", "--flow", "hcflow-rescale-x2", NOT_A_FLOW, shown="hcflow-rescale-x2"),
     *options("train prior", "--arch", ("srflow-lp", "huge"), "for a linf flow choose one of lp, lp-small"),
     *[bad for flag, values, allowed in TRAINING_FLAGS for bad in options("train prior", flag, values[:1], allowed)],
     *options("train prior", "--latent-weight", ("-0.1", "nan", "heavy"), "a number >= 0"),
@@ -151,7 +156,7 @@ CASES: list[Bad] = [
         for verb in ("download", "verify", "path", "remove")
     ],
     *options("rescale down", "--scale", ("3", "x4"), "2 or 4"),
-    option("rescale down", "--model", "nope", "pass --model FILE or NAME of an image rescaling model", "unknown model"),
+    option("rescale down", "--model", "nope", UNKNOWN_RESCALER[1], UNKNOWN_RESCALER[0]),
     *options("rescale down", "--seed", ("-1", str(2**63), "x"), f"an integer from 0 to {2**63 - 1}"),
     option("rescale down", "--format", "tiff", "png or webp or jpg"),
     *[
@@ -160,7 +165,7 @@ CASES: list[Bad] = [
         if flag in ("--device", "--suffix", "--quality")
         for bad in options("rescale down", flag, values, allowed)
     ],
-    option("rescale up", "--model", "nope", "pass --model FILE or NAME of an image rescaling model", "unknown model"),
+    option("rescale up", "--model", "nope", UNKNOWN_RESCALER[1], UNKNOWN_RESCALER[0]),
     *options("rescale up", "--temperature", ("-0.1", "nan", "hot"), "a number >= 0"),
     *[
         bad
@@ -170,7 +175,7 @@ CASES: list[Bad] = [
     ],
     *options("rescale eval", "--scale", ("3", "2,x", "2.0", ""), "2, 4 or 2,4"),
     *options("rescale eval", "--baseline", ("nearest", "bicubic,none"), "bicubic, sr, both comma-separated, or none"),
-    option("rescale eval", "--model", "nope", "pass --model FILE or NAME of an image rescaling model", "unknown model"),
+    option("rescale eval", "--model", "nope", UNKNOWN_RESCALER[1], UNKNOWN_RESCALER[0]),
     option("rescale eval", "--sr-model", "nope", UNKNOWN_MODEL[1], UNKNOWN_MODEL[0]),
     *options("rescale eval", "--seed", ("-1", str(2**63), "x"), f"an integer from 0 to {2**63 - 1}"),
     *options("rescale eval", "--max-images", ("0", "all"), "an integer >= 1"),

@@ -362,6 +362,7 @@ BROKEN: dict[str, tuple[Any, str]] = {
     "no url": ({"version": 1, "models": {"m": {"sha256": "0" * 64}}}, "url"),
     "bad scales": ({"version": 1, "models": {"m": {**GOOD, "scales": "x4"}}}, "scales"),
     "a bundled file": ({"version": 1, "models": {"m": {**GOOD, "bundled": "../../x"}}}, "bundled"),
+    "an unknown task": ({"version": 1, "models": {"m": {**GOOD, "task": "denoise"}}}, "'task' is 'denoise'"),
 }
 
 

@@ -55,7 +55,7 @@ def import_command(
     from flowsr_cli.families.importing import convert_original
     from flowsr_cli.families.model_file import save_model
     from flowsr_cli.families.registry import network
-    from flowsr_cli.hub.manifest import check_name
+    from flowsr_cli.hub.manifest import RESCALE, check_name
 
     check_name(name, "--name")
     hub = _hub()
@@ -68,11 +68,12 @@ def import_command(
     target.parent.mkdir(parents=True, exist_ok=True)
     sources = {"source": checkpoint.name} if prior is None else {"source": checkpoint.name, "prior": prior.name}
     save_model(model, target, **sources)
-    hub.record_import(name, target, checkpoint.absolute(), prior.absolute() if prior is not None else None)
+    task = network(model.spec["name"]).task
+    hub.record_import(name, target, checkpoint.absolute(), prior.absolute() if prior is not None else None, task)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     typer.echo(f"imported {name}: {parameters / 1e6:.2f} M parameters -> {printable(target)}")
     scale = getattr(model, "scale", 3.5)  # fixed-scale models (SRFlow: 4) say which scale they do
-    if network(model.spec["name"]).rescaler is not None:
+    if task == RESCALE:
         typer.echo(
             f"use it with: flowsr rescale down IMAGE.png --scale {scale} --model {name}, then flowsr rescale up "
             f"IMAGE_lr{scale}.png (an image rescaling model restores its own LRs; `upscale` cannot run it)"

@@ -22,11 +22,13 @@ def prepared_rescaler(hub: Hub, model: str, scale: int | None = None) -> Prepare
     ``scale`` (when given)."""
     from flowsr_cli.families.rescalers import prepare_rescaler
     from flowsr_cli.hub.catalog import written_as_path
+    from flowsr_cli.hub.manifest import RESCALE
 
     if written_as_path(model) and not Path(model).expanduser().is_file():
         raise UsageError(f"model file {model}: not found")
     if hub.find(model) is None and not Path(model).expanduser().is_file():
-        raise UsageError(f"unknown model {model!r}: pass --model FILE or NAME of an image rescaling model")
+        known = ", ".join(hub.names_for(RESCALE))
+        raise UsageError(f"unknown model {model!r}; image rescaling models: {known}, or a path to a .safetensors model")
     prepared = prepare_rescaler(model, hub)
     if scale is not None and prepared.scale != scale:
         raise UsageError(f"--model {model}: it rescales by {prepared.scale}, not by --scale {scale}")

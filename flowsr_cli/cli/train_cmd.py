@@ -160,16 +160,24 @@ def _device_and_cluster(settings: Settings) -> tuple[torch.device, Cluster]:
 
 
 def _model_file(settings: Settings, model: str, option: str) -> tuple[Path, str]:
-    """The file a --flow/--init value names and the architecture (spec name) of the model in it."""
+    """The file a --flow/--init value names and the architecture (spec name) of the super-resolution model in it."""
     from flowsr_cli.families.model_file import read_model_metadata
+    from flowsr_cli.families.registry import network, registered_names
     from flowsr_cli.hub.catalog import Hub
+    from flowsr_cli.hub.manifest import RESCALE, UPSCALE
 
     hub = Hub(settings)
     path = hub.resolve(model)
     if path is None:
-        known = ", ".join(hub.entries())
+        known = ", ".join(hub.names_for(UPSCALE))
         raise UsageError(f"{option} {model!r}: no such model file or named model; known: {known}, or a model file")
-    return path, str(read_model_metadata(path)["spec"].get("name"))
+    name = str(read_model_metadata(path)["spec"].get("name"))
+    if name in registered_names() and network(name).task == RESCALE:
+        raise UsageError(
+            f"{option} {model}: an image rescaling model, not a super-resolution flow; "
+            "`flowsr train rescale` trains those"
+        )
+    return path, name
 
 
 def _continued_prior(path: Path, family: str) -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from flowsr_cli.errors import FlowsrError, UsageError
+from flowsr_cli.hub.manifest import RESCALE, UPSCALE
 from flowsr_cli.io.provenance import DEFAULT_TEMPERATURE
 
 if TYPE_CHECKING:
@@ -124,6 +125,11 @@ class Network:
     rescaler: RescalerBuilder | None = None
     """For an image rescaling model (it makes the LR itself, then restores the HR from it): builds the engine
     `flowsr rescale down/up` runs it with. None for SR models and parts."""
+
+    @property
+    def task(self) -> str:
+        """What a whole model of this network does, as manifests record it: rescaling or super-resolution."""
+        return RESCALE if self.rescaler is not None else UPSCALE
 
     @property
     def bounds(self) -> Mapping[str, Bound]:

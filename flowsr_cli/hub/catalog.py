@@ -28,6 +28,7 @@ from flowsr_cli.errors import FlowsrError, UsageError
 from flowsr_cli.hub.manifest import (
     IMPORTED_MANIFEST,
     MODEL_SUFFIX,
+    UPSCALE,
     ManifestError,
     ModelEntry,
     check_name,
@@ -123,12 +124,17 @@ class Hub:
                 source="imported",
                 checkpoint=record.get("checkpoint"),
                 prior=record.get("prior"),
+                task=record.get("task", UPSCALE),
             )
         return found
 
     def entries(self) -> dict[str, ModelEntry]:
         """Every named model: registry, user and imported ones (UsageError if the user's records are malformed)."""
         return {**self.registry, **self.imported()}
+
+    def names_for(self, task: str) -> list[str]:
+        """The names of the models that do ``task`` (for the lists in usage errors)."""
+        return [name for name, entry in self.entries().items() if entry.task == task]
 
     def find(self, name: str) -> ModelEntry | None:
         """The model called ``name``. flowsr's own models do not need the user's manifest or the cache's
@@ -237,15 +243,19 @@ class Hub:
         self.__dict__.pop("user", None)  # read again on next use
         return path
 
-    def record_import(self, name: str, path: Path, checkpoint: Path, prior: Path | None = None) -> None:
-        """Record the sha256 of the model file ``flowsr models import`` wrote for ``name`` and what it was
-        converted from (atomically)."""
+    def record_import(
+        self, name: str, path: Path, checkpoint: Path, prior: Path | None = None, task: str = UPSCALE
+    ) -> None:
+        """Record the sha256 of the model file ``flowsr models import`` wrote for ``name``, what it was converted
+        from and, when not super-resolution, its task (atomically)."""
         from flowsr_cli.hub.download import sha256_of
 
         with self._records() as records:
             records[name] = {"sha256": sha256_of(path), "checkpoint": str(checkpoint)}
             if prior is not None:
                 records[name]["prior"] = str(prior)
+            if task != UPSCALE:
+                records[name]["task"] = task
 
     def forget_import(self, name: str) -> None:
         """Drop the record of an imported model whose file was removed."""
@@ -266,8 +276,9 @@ class Hub:
 
 
 def unknown_model(model: str, hub: Hub | None) -> UsageError:
-    """The error for a ``--model`` value that names no model and no file (``hub`` lists the named ones)."""
-    known = ", ".join([BICUBIC, *(hub.entries() if hub is not None else ())])
+    """The error for an upscaling ``--model`` value that names no model and no file (``hub`` lists the named
+    super-resolution ones)."""
+    known = ", ".join([BICUBIC, *(hub.names_for(UPSCALE) if hub is not None else ())])
     return UsageError(f"unknown model {model!r}; available: {known}, or a path to a .safetensors model")
 
 

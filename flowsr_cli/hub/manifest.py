@@ -27,6 +27,10 @@ NAME_RULE = (
     f"characters, not ending in {MODEL_SUFFIX}"
 )
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+UPSCALE = "upscale"
+RESCALE = "rescale"
+TASKS = (UPSCALE, RESCALE)
+"""What a model does: super-resolution for `upscale`/`eval`/`train`, or image rescaling for `flowsr rescale`."""
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _SHORT = reprlib.Repr()
 """Values quoted in messages, shortened (a manifest can hold anything)."""
@@ -51,12 +55,16 @@ class ModelEntry:
     """For an imported model: the checkpoint it was converted from (to import it again)."""
     prior: str | None = None
     """For a model imported with ``--prior``: the original learned prior's checkpoint."""
+    task: str = UPSCALE
+    """One of :data:`TASKS`: which commands take the model (and list it in their usage errors)."""
 
     def as_manifest(self) -> dict[str, Any]:
-        """The entry as stored in a manifest."""
+        """The entry as stored in a manifest (the task only when it is not the default)."""
         stored = {key: value for key, value in asdict(self).items() if value not in (None, "")}
         for key in ("name", "source", "checkpoint", "prior"):
             stored.pop(key, None)
+        if stored.get("task") == UPSCALE:
+            del stored["task"]
         return stored
 
 
@@ -141,8 +149,9 @@ _FIELDS: dict[str, tuple[_Check, str]] = {
         "[smallest, largest] scale, numbers >= 1",
     ),
     "bundled": (lambda value: isinstance(value, str) and value.startswith("weights/"), "a file under weights/"),
+    "task": (lambda value: value in TASKS, " or ".join(repr(task) for task in TASKS)),
 }
-_USER_FIELDS = ("description", "sha256", "size", "url", "scales")
+_USER_FIELDS = ("description", "sha256", "size", "url", "scales", "task")
 _USER_REQUIRED = ("sha256", "url")
 
 
@@ -191,12 +200,15 @@ def package_entries() -> dict[str, ModelEntry]:
 
 
 def check_record(name: str, record: Any) -> None:
-    """An imported-model record: {"sha256": hex, "checkpoint": text} and, for a model imported with its
-    learned prior, "prior": text; ManifestError otherwise."""
-    if not isinstance(record, dict) or not {"sha256", "checkpoint"} <= set(record) <= {"sha256", "checkpoint", "prior"}:
-        raise ManifestError(f"model {name!r}: expected the fields 'sha256', 'checkpoint' and optionally 'prior'")
+    """An imported-model record: {"sha256": hex, "checkpoint": text}, for a model imported with its learned prior
+    "prior": text, and for an image rescaling model "task": "rescale"; ManifestError otherwise."""
+    required, allowed = {"sha256", "checkpoint"}, {"sha256", "checkpoint", "prior", "task"}
+    if not isinstance(record, dict) or not required <= set(record) <= allowed:
+        raise ManifestError(f"model {name!r}: expected 'sha256', 'checkpoint' and optionally 'prior' and 'task'")
     if not isinstance(record["sha256"], str) or _SHA256.fullmatch(record["sha256"]) is None:
         raise ManifestError(f"model {name!r}: 'sha256' is not 64 hexadecimal digits")
+    if record.get("task", UPSCALE) not in TASKS:
+        raise ManifestError(f"model {name!r}: 'task' is not one of {', '.join(TASKS)}")
     for key in ("checkpoint", "prior"):
         if not isinstance(record.get(key, ""), str):
             raise ManifestError(f"model {name!r}: {key!r} is not a string")

@@ -298,7 +298,7 @@ def test_a_webp_lr_is_lossless(run_cli: CliInvoker, tmp_path: Path, models: dict
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["-s", "4", "--model", "nosuch"], 2, "unknown model 'nosuch': pass --model FILE or NAME of an image"),
+        (["-s", "4", "--model", "nosuch"], 2, "unknown model 'nosuch'; image rescaling models: hcflow-rescale-x2"),
         (["-s", "3", "--model", "x2"], 2, "--scale: invalid value '3'; allowed: 2 or 4"),
         (["-s", "4", "--model", "x2"], 2, "it rescales by 2, not by --scale 4"),
         (["-s", "4", "--model", "srflow"], 2, "'srflow' is a srflow, not an image rescaling model"),
@@ -450,3 +450,9 @@ def test_upscale_and_models_import_point_rescalers_to_rescale(
     assert "flowsr upscale" not in imported.stdout
     lr = down(run_cli, tmp_path / "photo.png", Path("mine"))
     assert read_mark(lr)["model"] == "mine" and run_cli("rescale", "up", str(lr)).exit_code == 0  # type: ignore[index]
+    unknown_upscaler = run_cli("upscale", str(tmp_path / "photo.png"), "-s", "4", "--model", "nope")
+    assert "available: bicubic, linf," in unknown_upscaler.stderr and "mine" not in unknown_upscaler.stderr
+    unknown_rescaler = run_cli(
+        "rescale", "down", str(tmp_path / "photo.png"), "-o", str(tmp_path / "other.png"), "-s", "4", "--model", "nope"
+    )
+    assert "image rescaling models: hcflow-rescale-x2, hcflow-rescale-x4, mine, or a path" in unknown_rescaler.stderr
