@@ -21,8 +21,11 @@ train() {
 }
 
 train 2 &
+x2=$!
 train 4 &
-wait
+x4=$!
+wait "$x2" || { echo "training x2 failed (see above)" >&2; wait "$x4" || true; exit 1; }
+wait "$x4" || { echo "training x4 failed (see above)" >&2; exit 1; }
 
 for scale in 2 4; do
   python scripts/export_bundled.py "hcflow-rescale-x$scale" "$runs/rescale-x$scale/model.safetensors" \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +107,26 @@ def read_training_progress(path: Path) -> TrainingState:
     return _training_state(path, read_training_metadata(path)["state"])
 
 
-def spec_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
-    """What differs between a checkpoint's model spec and this run's, e.g. ``levels: 2 in the file, 1 here``."""
+def spec_differences(saved: dict[str, Any], wanted: dict[str, Any], where: str = "") -> str:
+    """What differs between a checkpoint's model spec and this run's, e.g. ``levels: 2 in the file, 1 here``; the
+    specs of parts (an LP model's flow) and other nested arguments are compared inside, named by a dotted path
+    (``flow.levels: ...``)."""
     if saved.get("name") != wanted.get("name"):
-        return f"a {saved.get('name')} in the file, a {wanted.get('name')} here"
-    saved_args, wanted_args = saved.get("args", {}), wanted.get("args", {})
-    keys = sorted(key for key in saved_args.keys() | wanted_args.keys() if saved_args.get(key) != wanted_args.get(key))
-    return "; ".join(f"{key}: {saved_args.get(key)} in the file, {wanted_args.get(key)} here" for key in keys)
+        return f"{where + ': ' if where else ''}a {saved.get('name')} in the file, a {wanted.get('name')} here"
+    return "; ".join(_argument_differences(saved.get("args", {}), wanted.get("args", {}), where))
+
+
+def _argument_differences(saved: dict[str, Any], wanted: dict[str, Any], where: str) -> Iterator[str]:
+    """One ``path: old in the file, new here`` per differing argument, descending into dictionaries and specs."""
+    for key in sorted(saved.keys() | wanted.keys()):
+        old, new, path = saved.get(key), wanted.get(key), f"{where}.{key}" if where else key
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            nested_spec = "name" in old and "name" in new
+            yield spec_differences(old, new, path) if nested_spec else "; ".join(_argument_differences(old, new, path))
+        else:
+            yield f"{path}: {old} in the file, {new} here"
 
 
 def load_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:

@@ -85,11 +85,17 @@ def baboon_lr(folder: Path, scale: float) -> tuple[Path, torch.Tensor]:
     return source, lr
 
 
+def image_tensor(path: Path) -> torch.Tensor:
+    """An RGB image file as a (1, 3, H, W) tensor in [0, 1]."""
+    with Image.open(path) as image:
+        return pixels_to_tensor(np.asarray(image.convert("RGB")))
+
+
 def upscaled_crop(path: Path) -> torch.Tensor:
     """An upscaled baboon crop as a tensor, checked to be back at the crop's 140 x 140."""
     with Image.open(path) as output:
         assert output.size == (140, 140)
-        return pixels_to_tensor(np.asarray(output.convert("RGB")))
+    return image_tensor(path)
 
 
 def test_upscale_with_no_flags_is_offline_and_sharper_than_bicubic(
@@ -123,12 +129,6 @@ def test_bundled_x4_models_upscale_sharper_than_bicubic(
     upscaled, bicubic = upscaled_crop(tmp_path / "photo_model.png"), upscaled_crop(tmp_path / "photo_bicubic.png")
     assert gradient_energy(upscaled) > 1.2 * gradient_energy(bicubic)
     assert metrics.lr_psnr(upscaled, lr, 4) > 28.0
-
-
-def image_tensor(path: Path) -> torch.Tensor:
-    """An RGB image file as a (1, 3, H, W) tensor in [0, 1]."""
-    with Image.open(path) as image:
-        return pixels_to_tensor(np.asarray(image.convert("RGB")))
 
 
 @pytest.mark.parametrize("scale", [2, 4])

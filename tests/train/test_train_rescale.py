@@ -283,3 +283,12 @@ def test_a_checkpoint_of_another_scale_names_what_differs() -> None:
     assert spec_differences({"name": "linf", "args": {}}, rescaler_spec("hcflow-rescale-small", 4)) == (
         "a linf in the file, a hcflow-rescale here"
     )
+    flow_of = {"name": "lp", "args": {"flow": rescaler_spec("hcflow-rescale-small", 4), "width": 8}}
+    other_flow = {"name": "lp", "args": {"flow": rescaler_spec("hcflow-rescale-small", 2), "width": 8}}
+    assert spec_differences(flow_of, other_flow) == (
+        "flow.cond_steps: [4, 4] in the file, [4] here; flow.levels: 2 in the file, 1 here; "
+        "flow.steps: [6, 6] in the file, [6] here"
+    )
+    assert spec_differences(flow_of, {"name": "lp", "args": {"flow": {"name": "linf", "args": {}}, "width": 16}}) == (
+        "flow: a hcflow-rescale in the file, a linf here; width: 8 in the file, 16 here"
+    )
