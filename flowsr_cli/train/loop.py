@@ -136,6 +136,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision)
         self._unlogged: dict[str, object] | None = None
         """The record of the last trained step while log_every has not written it."""
+        self._schedule_until_fit: int | None = None
+        """A resumed run under a time budget: the step count its checkpoint's schedule was planned for, which sets the
+        learning rate until the budget is fitted (else those steps would run at the recipe's base rate)."""
 
     def _log(self, record: dict[str, object]) -> None:
         if self.cluster.is_main:
@@ -192,6 +195,8 @@ class Trainer:
                 f"steps {steps} (--steps or --recipe) is below step {state.step} of the training checkpoint {resume}; "
                 f"steps counts the whole run, so give more than {state.step} to train on"
             )
+        if budget:
+            self._schedule_until_fit = max(state.total_steps, state.step)
         state.total_steps = steps or (state.total_steps if state.total_steps > state.step else 0)
         if steps and state.step == steps:
             self._note(
@@ -239,6 +244,7 @@ class Trainer:
                 if fitting and deadline is not None and state.step - first_step >= WARMUP_STEPS + TIMING_STEPS:
                     per_step = (recent[-1] - recent[0]) / (len(recent) - 1)
                     state.total_steps = max(state.step + 1, self._planned_total(state, per_step, deadline))
+                    self._schedule_until_fit = None
                     fitting = state.step < min(self.recipe.milestones, default=1.0) * state.total_steps
                 if state.total_steps and state.step >= state.total_steps:
                     break
@@ -258,7 +264,8 @@ class Trainer:
                 self._after_step(state, losses, started, first_step, view)
 
     def _step(self, module: nn.Module, batch: Batch, state: TrainingState) -> dict[str, float] | None:
-        learning_rate = learning_rate_at(self.recipe, state.step, state.total_steps or 10**12)
+        planned = self._schedule_until_fit or state.total_steps or 10**12
+        learning_rate = learning_rate_at(self.recipe, state.step, planned)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         generator = torch.Generator().manual_seed(row_seed(self.recipe.seed + 1, state.step))

@@ -444,6 +444,35 @@ def test_a_time_budget_refits_the_step_count_when_early_steps_were_slow(tmp_path
     assert max(steps) > 45
 
 
+def test_a_resume_under_a_time_budget_keeps_the_checkpoints_rate_until_the_budget_is_fitted(tmp_path: Path) -> None:
+    """A first leg of 20 steps halves the rate at step 10; a resume for a few seconds times its first 13 steps
+    before fitting its own schedule, and those steps keep the halved rate, not the recipe's base rate."""
+    model = tiny_linf()
+
+    def batches(start: int):  # type: ignore[no-untyped-def]
+        from flowsr_cli.train.data import Batch
+
+        step = start
+        while True:
+            yield Batch(lr=torch.zeros(1, 3, 2, 2), hr=torch.zeros(1, 3, 2, 2), scale=1.0, step=step)
+            step += 1
+
+    def trainer(recipe: Recipe) -> Trainer:
+        return Trainer(
+            model, ParameterNorm(model), recipe, batches, RunFiles(tmp_path), Cluster(), torch.device("cpu"),
+            show_progress=False,
+        )  # fmt: skip
+
+    first = Recipe(steps=20, learning_rate=1e-2, milestones=[0.5], gamma=0.5, log_every=1, checkpoint_every=10**6)
+    trainer(first).run()
+    leg = Recipe(steps=0, time_budget=0.05, learning_rate=1e-2, milestones=[0.5], gamma=0.5, log_every=1)
+    trainer(leg).run(resume=tmp_path / "checkpoint.safetensors")
+    records = map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
+    rates = {record["step"]: record["lr"] for record in records}
+    assert rates[20] == 5e-3 and rates[21] == 5e-3 and rates[33] == 5e-3  # the timing steps: the first leg's last rate
+    assert max(rates) > 40 and rates[max(rates)] == 5e-3 and 1e-2 in {rates[step] for step in range(34, 40)}
+
+
 def _validation_folder(tmp_path: Path, photos: Path, good: bool) -> Path:
     folder = tmp_path / "val"
     folder.mkdir()
