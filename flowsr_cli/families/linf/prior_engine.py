@@ -77,6 +77,8 @@ class LearnedPriorUpscaler:
     tile: str | int = "auto"
     chunk_queries: int = 16384
     notes: list[str] = field(default_factory=list)
+    dtype: torch.dtype = torch.float32
+    """Compute dtype of the encoder, the conditioning MLP and the latent module (the flow stays float32)."""
 
     @property
     def stochastic(self) -> bool:
@@ -156,7 +158,8 @@ class LearnedPriorUpscaler:
         flow = self.model.flow
         full = (size.height, size.width)
         crop = lr[:, :, rows.crop.start : rows.crop.stop, columns.crop.start : columns.crop.stop].to(self.device)
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        with torch.inference_mode(), autocast:
             features = flow.encode(
                 crop * 2 - 1,
                 origin=(rows.crop.start, columns.crop.start),
@@ -224,4 +227,5 @@ def run_linf_lp(model: LINFLP, options: EngineOptions) -> Upscaler:
         tile=options.tile,
         chunk_queries=query_chunk(options.device),
         notes=options.notes,
+        dtype=options.dtype,
     )

@@ -1,0 +1,63 @@
+"""Compute precision: which parts of LINF run in bfloat16, and that every LINF engine honours its dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowsr_cli.families.linf.engine import FlowUpscaler
+from flowsr_cli.families.linf.prior_engine import LearnedPriorUpscaler
+from flowsr_cli.io.sizing import Size
+from tests.engine.test_tiling import linf, linf_lp
+from tests.families.linf.test_linf import collect
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def lr() -> torch.Tensor:
+    return torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(1))
+
+
+def test_under_bf16_autocast_only_the_mlps_hidden_layers_run_in_bf16(lr: torch.Tensor) -> None:
+    model = linf(3)
+    seen: dict[str, tuple[torch.dtype, torch.dtype]] = {}
+
+    def record(name: str):  # type: ignore[no-untyped-def]
+        def hook(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            seen.setdefault(name, (inputs[0].dtype, output.dtype))
+
+        return hook
+
+    for name, module in model.mlp.named_children():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(record(name))
+    points = torch.rand(1, 50, 2) * 2 - 1
+    with torch.inference_mode():
+        exact = model.condition(model.encode(lr * 2 - 1), points, (2 / 120, 2 / 108))
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features = model.encode(lr * 2 - 1)
+            mixed = model.condition(features, points, (2 / 120, 2 / 108))
+    layers = sorted(seen, key=int)
+    assert features.encoded.dtype == torch.bfloat16
+    assert seen[layers[0]] == (torch.float32, torch.bfloat16), "Fourier features in fp32, the first layer in bf16"
+    assert all(seen[layer][1] == torch.bfloat16 for layer in layers[:-1])
+    assert seen[layers[-1]][1] == torch.float32, "the layer making the flow's parameters stays fp32"
+    assert mixed.dtype == torch.float32
+    assert 0 < (mixed - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+@pytest.mark.parametrize("engine", ["flow", "learned prior"])
+def test_linf_engines_run_at_their_dtype(lr: torch.Tensor, engine: str) -> None:
+    size = Size(120, 108)
+
+    def upscaler(dtype: torch.dtype) -> FlowUpscaler | LearnedPriorUpscaler:
+        if engine == "flow":
+            return FlowUpscaler(linf(3), CPU, dtype, 0.0, "t", tile=0)
+        return LearnedPriorUpscaler(linf_lp([8, 16]), CPU, "t", tile=0, dtype=dtype)
+
+    exact = collect(upscaler(torch.float32), lr, size, [0])[0]
+    mixed = collect(upscaler(torch.bfloat16), lr, size, [0])[0]
+    assert torch.isfinite(mixed).all()
+    assert 0 < (mixed - exact).abs().mean() < 0.01, "bf16 must change the output a little, not much"
