@@ -80,6 +80,12 @@ def eval_command(
     device: str | None = typer.Option(
         None, "--device", help="auto, cpu, cuda or cuda:N (default: auto; config: device)."
     ),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="fp32 (the protocol's), bf16, fp16 or auto: the models' compute precision, as `upscale --precision` "
+        "(the flow inverse stays fp32); compare two runs to see what a precision costs in quality.",
+    ),
     consistency: str | None = typer.Option(
         None,
         "--consistency",
@@ -126,7 +132,7 @@ def eval_command(
     Exit code: 0 every image scored, 1 some images skipped (the results of the rest are written)
     or nothing to score, 2 usage or configuration error.
     """
-    settings = Settings({"device": device, "offline": offline, "consistency": consistency})
+    settings = Settings({"device": device, "offline": offline, "consistency": consistency, "precision": precision})
     settings.validate()
     scale_list = _numbers(scales, "--scales", 1.0)
     temperature_list = None if temperatures is None else _numbers(temperatures, "--temperatures", 0.0)
@@ -160,6 +166,7 @@ def eval_command(
     run_settings: dict[str, object] = {
         "seed": seed,
         "runs": runs,
+        "precision": precision,
         **({} if lpips else {"lpips": NOT_COMPUTED}),
         "models": evaluation.models(),
     }
@@ -214,7 +221,7 @@ def _build_settings(
         request = UpscalerRequest(
             model,
             device=settings["device"],
-            precision="fp32",
+            precision=settings["precision"],
             tile=settings["tile"],
             prior=prior,
             guard=False,

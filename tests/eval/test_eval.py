@@ -127,6 +127,23 @@ def test_srflow_is_scored_at_x4_only_per_temperature_with_its_inf_rate(run_cli: 
     assert "srflow.safetensors is a fixed ×4 model: include 4 in --scales" in refused.stderr
 
 
+def test_eval_scores_at_the_precision_asked_and_records_it(run_cli: CliInvoker, tmp_path: Path) -> None:
+    save_model(tiny_linf(3), tmp_path / "m.safetensors")
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.json"
+        common = ["eval", str(SET5), "--model", str(tmp_path / "m.safetensors"), "--scales", "3"]
+        result = run_cli(*common, "--max-images", "1", "--baseline", "none", "--no-lpips", "--precision", precision,
+                         "--temperatures", "0", "--json", str(out))  # fmt: skip
+        assert result.exit_code == 0, result.output
+        report = json.loads(out.read_text())
+        assert report["protocol"]["precision"] == precision
+        scores[precision] = report["results"][0]["psnr_y"]
+    assert scores["fp32"] != scores["bf16"] and abs(scores["fp32"] - scores["bf16"]) < 0.5
+    refused = run_cli("eval", str(SET5), "--baseline", "bicubic", "--precision", "fp8")
+    assert refused.exit_code == 2 and "auto, fp32, fp16 or bf16" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
