@@ -11,15 +11,22 @@ the second image of a real batch against the first, the cold start of `flowsr up
 
     python scripts/bench.py                                    # default model, x2 x3.5 x4, 256^2 512^2 1024^2
     python scripts/bench.py --sizes 256 --scales 4 --json speed.json
-    python scripts/bench.py --only-models --compare-size 256   # just the per-model x4 table
+    python scripts/bench.py --only-models --compare-size 256   # just the per-model x4 table, fp32 and bf16
     python scripts/bench.py --only-models --compare --rescale x2.safetensors x4.safetensors  # rescaling only
+    python scripts/bench.py --model paper-lp-random --sizes 128 256 --scales 4 --compare  # the paper's size
 
-The per-model table runs every bundled flow model (``--compare``) at x4 on one input, each in its own process,
-with its seconds per input megapixel as a ratio to the first model's in the same run. The rescaling table
-(``--rescale MODEL...``, image rescaling models) times `rescale down` and `rescale up` of one full-size image
-of side ``--rescale-size``, each direction in its own process, in seconds per full-size megapixel (both
-directions count the large image, so the two are comparable), next to bicubic-down + linf-lp-up of the same
-image in the same run.
+`flowsr upscale` runs at ``--precision`` (default auto, as users run it); each row also times the same path in
+float32 ("x fp32": how many times faster the chosen precision is), and the unprojected path, compared with the
+naive one to 1e-4, runs in float32.
+
+The per-model table runs every bundled flow model (``--compare``) at x4 on one input, each precision of
+``--precisions`` in its own process, with its seconds per input megapixel as a ratio to the first model's in
+the first precision, and each precision's speedup over the model's first.
+
+The rescaling table (``--rescale MODEL...``, image rescaling models) times `rescale down` and `rescale up` of
+one full-size image of side ``--rescale-size``, each direction in its own process, in seconds per full-size
+megapixel (both directions count the large image, so the two are comparable), next to bicubic-down +
+linf-lp-up of the same image in the same run.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_memory import make_input
+from bench_memory import PAPER_MODELS, make_input, make_model
 from naive_reference import naive_upscale
 
 from flowsr_cli.config import Settings
@@ -48,9 +55,11 @@ from flowsr_cli.hub.catalog import Hub
 from flowsr_cli.io.reading import read_image
 from flowsr_cli.io.sizing import Size
 
-PATHS = ("flowsr", "unprojected", "naive", "bicubic", "rescale-down", "rescale-up")
-"""`flowsr upscale` as users run it (consistency auto), the same with --consistency off, the naive path, bicubic;
-a rescaling model's forward (HR -> its LR) and inverse (its 8-bit LR -> HR) as `flowsr rescale` runs them."""
+UPSCALE_PATHS = ("flowsr", "flowsr-fp32", "unprojected", "naive", "bicubic")
+PATHS = (*UPSCALE_PATHS, "rescale-down", "rescale-up")
+"""`flowsr upscale` as users run it (consistency auto, precision auto unless ``--precision`` says), the same in
+float32, the same with --consistency off (float32), the naive path, bicubic; a rescaling model's forward (HR ->
+its LR) and inverse (its 8-bit LR -> HR) as `flowsr rescale` runs them."""
 WARM_UP_SIDE = 48
 """Each timed path first upscales a crop this small, so one-off kernel set-up is not timed."""
 TARGET = (512, 4.0)
@@ -64,8 +73,8 @@ def load_input(path: Path) -> torch.Tensor:
     return pixels_to_tensor(read_image(path, max_pixels=1 << 30).pixels)[:, :3].contiguous()
 
 
-def runner(path: str, model: str) -> Any:
-    """A function (lr, size) -> output of one path."""
+def runner(path: str, model: str, precision: str = "auto") -> Any:
+    """A function (lr, size) -> output of one path; ``precision`` is that of the ``flowsr`` path."""
     if path == "naive":
         hub = Hub(Settings())
         network = load_model(hub.resolve(model), "cpu")
@@ -74,7 +83,8 @@ def runner(path: str, model: str) -> Any:
         return lambda lr, size: naive_upscale(network, lr, size)
     consistency = "off" if path == "unprojected" else "auto"
     name = "bicubic" if path == "bicubic" else model
-    request = UpscalerRequest(name, device="cpu", consistency=consistency, hub=Hub(Settings()))
+    precision = precision if path == "flowsr" else "fp32"
+    request = UpscalerRequest(name, device="cpu", precision=precision, consistency=consistency, hub=Hub(Settings()))
     upscaler = create_upscaler(request)
     return lambda lr, size: super_resolve(upscaler, lr, size, 0)
 
@@ -105,7 +115,7 @@ def measure_child(arguments: argparse.Namespace) -> None:
     """One path at one input size and scale, in this process: prints seconds, peak RSS (and FLOPs)."""
     if arguments.path.startswith("rescale"):
         return measure_rescale_child(arguments)
-    run = runner(arguments.path, arguments.model)
+    run = runner(arguments.path, arguments.model, arguments.precision)
     lr = load_input(arguments.input)
     size = Size(round(lr.shape[-1] * arguments.scale), round(lr.shape[-2] * arguments.scale))
     small = lr[..., :WARM_UP_SIDE, :WARM_UP_SIDE]
@@ -185,7 +195,9 @@ def command_seconds(command: list[str], repeats: int = 3) -> float:
 def parse_arguments() -> argparse.Namespace:
     """Command-line options (the child modes are for this script's own subprocesses)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="linf-lp", help="a LINF-LP model (the default model)")
+    parser.add_argument(
+        "--model", default="linf-lp", help="a LINF-LP model (the default model), or paper-lp-random (random weights)"
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
     parser.add_argument("--scales", nargs="+", type=float, default=[2.0, 3.5, 4.0])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per figure (the fastest counts)")
@@ -195,12 +207,16 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--compare-size", type=int, default=256, help="input side of the per-model table")
     parser.add_argument("--only-models", action="store_true", help="measure the per-model tables only")
+    parser.add_argument(
+        "--precisions", nargs="+", default=["fp32", "bf16"], help="precisions of the per-model table (first: baseline)"
+    )
     parser.add_argument("--rescale", nargs="+", default=[], help="image rescaling models to time both ways")
     parser.add_argument("--rescale-size", type=int, default=512, help="full-size side of the rescaling table")
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=float, default=4.0, help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help="precision of the flowsr path (auto, fp32, bf16, fp16)")
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -213,16 +229,16 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
         make_input(image, side)
         for scale in arguments.scales:
             results = {}
-            for path in PATHS:
+            for path in UPSCALE_PATHS:
                 options = ["--path", path, "--input", str(image), "--scale", str(scale), "--model", arguments.model]
-                options += ["--repeats", str(arguments.repeats)]
+                options += ["--repeats", str(arguments.repeats), "--precision", arguments.precision]
                 if path != "bicubic":
                     options += ["--save", str(folder / f"{path}.pt")]
                 if path == "flowsr" and (side, scale) == TARGET:
                     options.append("--count-flops")
                 results[path] = child(*options)
             difference = (torch.load(folder / "unprojected.pt") - torch.load(folder / "naive.pt")).abs().max().item()
-            flowsr, unprojected, naive, bicubic = (results[path] for path in PATHS)
+            flowsr, fp32, unprojected, naive, bicubic = (results[path] for path in UPSCALE_PATHS)
             output_mp = (side * scale) ** 2 / 1e6
             row = {
                 "input": side,
@@ -232,11 +248,13 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
                 "output_mp_per_second": output_mp / flowsr["seconds"],
                 "peak_rss_mb": flowsr["peak_rss"] / 2**20,
                 "times_bicubic": flowsr["seconds"] / bicubic["seconds"],
+                "fp32_seconds": fp32["seconds"],
+                "speedup_over_fp32": fp32["seconds"] / flowsr["seconds"],
                 "bicubic_peak_rss_mb": bicubic["peak_rss"] / 2**20,
                 "naive_seconds_per_input_mp": naive["seconds"] / (side * side / 1e6),
                 "naive_peak_rss_mb": naive["peak_rss"] / 2**20,
                 "unprojected_seconds": unprojected["seconds"],
-                "projection_cost": flowsr["seconds"] / unprojected["seconds"] - 1,
+                "projection_cost": fp32["seconds"] / unprojected["seconds"] - 1,
                 "speedup_over_naive": naive["seconds"] / unprojected["seconds"],
                 "max_abs_difference_to_naive": difference,
                 "flops": flowsr.get("flops"),
@@ -244,7 +262,8 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
             rows.append(row)
             print(
                 f"{side:>5}² {scale:>5g} {row['seconds_per_input_mp']:>9.2f} {row['output_mp_per_second']:>8.3f} "
-                f"{row['peak_rss_mb']:>8.0f} {row['times_bicubic']:>8.1f} {row['naive_seconds_per_input_mp']:>9.2f} "
+                f"{row['peak_rss_mb']:>8.0f} {row['times_bicubic']:>8.1f} {row['speedup_over_fp32']:>7.2f} "
+                f"{row['naive_seconds_per_input_mp']:>9.2f} "
                 f"{row['naive_peak_rss_mb']:>8.0f} {row['speedup_over_naive']:>8.2f} {difference:>9.1e} "
                 f"{row['projection_cost']:>8.1%}",
                 flush=True,
@@ -262,31 +281,42 @@ def compared_models(requested: list[str] | None) -> list[str]:
 
 def model_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     """Each compared model upscaling one ``--compare-size`` input x4 as `flowsr upscale` runs it (its own
-    default prior and temperature, consistency auto), fastest of ``--repeats``, as a ratio to the first."""
+    default prior and temperature, consistency auto) in each of ``--precisions``, fastest of ``--repeats``: as
+    a ratio to the first model's first precision, and the model's first precision over this one (speedup)."""
     side = arguments.compare_size
     image = folder / f"compare{side}.png"
     make_input(image, side)
     rows: list[dict[str, Any]] = []
-    print(f"x4 of a {side}² input: {'model':<12} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} {'x first':>8}")
+    first = arguments.precisions[0]
+    print(
+        f"x4 of a {side}² input: {'model':<12} {'prec':<5} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} "
+        f"{'x first':>8} {'speedup':>8}"
+    )
     for model in compared_models(arguments.compare):
-        options = ["--path", "flowsr", "--input", str(image), "--scale", "4", "--model", model]
-        result = child(*options, "--repeats", str(arguments.repeats))
-        seconds_per_mp = result["seconds"] / (side * side / 1e6)
-        row = {
-            "model": model,
-            "input": side,
-            "scale": 4.0,
-            "seconds_per_input_mp": seconds_per_mp,
-            "output_mp_per_second": (4 * side) ** 2 / 1e6 / result["seconds"],
-            "peak_rss_mb": result["peak_rss"] / 2**20,
-            "times_first": seconds_per_mp / (rows[0]["seconds_per_input_mp"] if rows else seconds_per_mp),
-        }
-        rows.append(row)
-        print(
-            f"{'':>19}{Path(model).stem:<12} {seconds_per_mp:>9.2f} {row['output_mp_per_second']:>8.3f} "
-            f"{row['peak_rss_mb']:>8.0f} {row['times_first']:>8.2f}",
-            flush=True,
-        )
+        baseline: float | None = None
+        for precision in arguments.precisions:
+            options = ["--path", "flowsr", "--input", str(image), "--scale", "4", "--model", model]
+            result = child(*options, "--precision", precision, "--repeats", str(arguments.repeats))
+            seconds_per_mp = result["seconds"] / (side * side / 1e6)
+            baseline = baseline or seconds_per_mp
+            row = {
+                "model": model,
+                "precision": precision,
+                "input": side,
+                "scale": 4.0,
+                "seconds_per_input_mp": seconds_per_mp,
+                "output_mp_per_second": (4 * side) ** 2 / 1e6 / result["seconds"],
+                "peak_rss_mb": result["peak_rss"] / 2**20,
+                "times_first": seconds_per_mp / (rows[0]["seconds_per_input_mp"] if rows else seconds_per_mp),
+                f"speedup_over_{first}": baseline / seconds_per_mp,
+            }
+            rows.append(row)
+            print(
+                f"{'':>19}{Path(model).stem:<12} {precision:<5} {seconds_per_mp:>9.2f} "
+                f"{row['output_mp_per_second']:>8.3f} {row['peak_rss_mb']:>8.0f} {row['times_first']:>8.2f} "
+                f"{baseline / seconds_per_mp:>8.2f}",
+                flush=True,
+            )
     return rows
 
 
@@ -342,6 +372,10 @@ def main() -> None:
     print(f"model {arguments.model}, CPU, {report['threads']} torch threads")
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
+        if arguments.model in PAPER_MODELS:
+            model_file = folder / f"{arguments.model}.safetensors"
+            make_model(model_file, arguments.model)
+            arguments.model = str(model_file)
         if not arguments.only_models:
             report.update(default_model_figures(arguments, folder))
         if arguments.compare != []:
@@ -357,7 +391,7 @@ def default_model_figures(arguments: argparse.Namespace, folder: Path) -> dict[s
     ``flowsr --help``."""
     report: dict[str, Any] = {}
     print(
-        f"{'input':>6} {'scale':>5} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} {'x bicub':>8} "
+        f"{'input':>6} {'scale':>5} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} {'x bicub':>8} {'x fp32':>7} "
         f"{'naive s/MP':>9} {'naiveRSS':>8} {'speedup':>8} {'max diff':>9} {'project':>8}"
     )
     report["rows"] = rows = speed_rows(arguments, folder)

@@ -1,9 +1,9 @@
 """Peak memory of `flowsr upscale` as the input grows: the tiled engine must keep it nearly flat.
 
 Runs the real CLI in a subprocess per input size (CPU, x4 by default) with the default model
-(`--model` takes any model name or file; `--model paper-random` is a paper-size EDSR-baseline LINF
-3x3 with random weights: memory does not depend on training) and prints the peak resident memory
-of each run next to the ratio to the 512^2 run.
+(`--model` takes any model name or file; `--model paper-random` is a paper-size EDSR-baseline LINF 3x3,
+`paper-lp-random` the same with the paper-size learned prior, both with random weights: memory does not
+depend on training) and prints the peak resident memory of each run next to the ratio to the 512^2 run.
 
     python scripts/bench_memory.py                       # linf-lp; 256, 512, 1024, 2048
     python scripts/bench_memory.py --model paper-random --sizes 256 512 --json memory.json
@@ -38,16 +38,26 @@ PEAK_OF_CHILD = (
 )
 
 
-def make_model(path: Path) -> None:
-    """A paper-size EDSR-baseline-LINF 3x3 with seeded random weights."""
+PAPER_MODELS = ("paper-random", "paper-lp-random")
+"""Paper-size models with seeded random weights (enough for speed and memory): the EDSR-baseline-LINF 3x3, and
+that LINF with the learned prior's paper-size latent module (4.58 M parameters)."""
+
+
+def make_model(path: Path, name: str = "paper-random") -> None:
+    """One of :data:`PAPER_MODELS`, written to ``path``."""
     import torch
 
     from flowsr_cli.families.model_file import save_model
     from flowsr_cli.families.registry import make
 
     torch.manual_seed(0)
-    spec = {"name": "linf", "args": {"encoder": {"name": "edsr-baseline", "args": {}}, "patch_size": 3}}
-    save_model(make(spec), path)
+    flow = {"name": "linf", "args": {"encoder": {"name": "edsr-baseline", "args": {}}, "patch_size": 3}}
+    spec = (
+        flow
+        if name == "paper-random"
+        else {"name": "linf-lp", "args": {"flow": flow, "latent": {"name": "lp-latent", "args": {}}}}
+    )
+    save_model(make(spec).eval(), path)
 
 
 def make_input(path: Path, side: int, photo_index: int = 0) -> None:
@@ -109,7 +119,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--tile", default="auto")
-    parser.add_argument("--model", default="linf-lp", help="a model name or file, or paper-random")
+    parser.add_argument("--model", default="linf-lp", help=f"a model name or file, or one of {', '.join(PAPER_MODELS)}")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--rescale", help="an image rescaling model of --scale: measure rescale down and up instead")
     parser.add_argument("--photos", nargs="+", default=["1000x750", "4000x3000"], help="WIDTHxHEIGHT (--rescale)")
@@ -125,9 +135,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         model = args.model
-        if model == "paper-random":
-            model = str(work / "linf.safetensors")
-            make_model(Path(model))
+        if model in PAPER_MODELS:
+            model = str(work / f"{model}.safetensors")
+            make_model(Path(model), args.model)
         for side in args.sizes:
             make_input(work / f"in{side}.png", side)
             command = [

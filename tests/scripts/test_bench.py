@@ -4,7 +4,11 @@ ratio compares), with the engine's tiling, shared conditioning and tuned chunks 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from importlib import resources
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -41,3 +45,16 @@ def test_naive_reference_path_matches_the_engine(monkeypatch: pytest.MonkeyPatch
     assert (engine - naive).abs().max().item() <= 1e-4
     if tile:
         assert upscaler.upscale(lr, size, lambda *_: None).tiles > 1
+
+
+def test_the_per_model_table_times_each_precision_in_its_own_process(tmp_path: Path) -> None:
+    report = tmp_path / "speed.json"
+    command = [sys.executable, str(SCRIPTS / "bench.py"), "--only-models", "--compare", "linf", "--compare-size", "24"]
+    result = subprocess.run(
+        [*command, "--precisions", "fp32", "bf16", "--json", str(report)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(report.read_text())["models"]
+    assert [(row["model"], row["precision"]) for row in rows] == [("linf", "fp32"), ("linf", "bf16")]
+    assert rows[0]["speedup_over_fp32"] == 1.0 and rows[1]["speedup_over_fp32"] > 0
+    assert all(row["seconds_per_input_mp"] > 0 and row["peak_rss_mb"] > 0 for row in rows)
