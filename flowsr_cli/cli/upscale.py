@@ -221,7 +221,8 @@ def upscale(
         SETTINGS["precision"].default,
         "--precision",
         metavar="PRECISION",
-        help="auto, fp32, fp16 or bf16 for the encoder (the flow inverse stays fp32) (config: precision).",
+        help="auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 or bf16 for the encoder, the conditioning network "
+        "and the learned prior; the flow stays fp32 (config: precision).",
         rich_help_panel=MODEL_PANEL,
     ),
     tile: str = typer.Option(
