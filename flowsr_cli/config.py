@@ -129,6 +129,16 @@ BICUBIC = "bicubic"
 """The model name of the built-in bicubic baseline, which needs no model file."""
 
 
+BACKEND_CHOICES = ("torch", "onnx")
+"""What runs a model's plain networks (the ``backend`` setting, ``--backend``): PyTorch, or ONNX Runtime (the
+``onnx`` extra). Every value is listed here once; the setting checks values against this tuple alone."""
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    """``a, b or c``: the allowed values of a choice, for messages."""
+    return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+
+
 CONSISTENCY_CHOICES = ("auto", "on", "off")
 """The values of the ``consistency`` setting (``--consistency``)."""
 
@@ -210,6 +220,14 @@ SETTINGS: dict[str, Setting] = {
             "auto",
             "Numeric precision of model inference.",
             "auto, fp32, fp16 or bf16",
+        ),
+        Setting(
+            "backend",
+            _choice(*BACKEND_CHOICES),
+            "torch",
+            "What runs the model's plain networks (its encoder): torch, or onnx (ONNX Runtime, pip install "
+            "'flowsr[onnx]'; without it PyTorch runs them, with a note).",
+            _one_of(BACKEND_CHOICES),
         ),
         Setting(
             "tile",

@@ -120,6 +120,7 @@ CASES: list[Bad] = [
     option("upscale", "--model", "nope", UNKNOWN_MODEL[1], UNKNOWN_MODEL[0]),
     *[bad for flag, values, allowed in SETTING_FLAGS for bad in options("upscale", flag, values, allowed)],
     option("upscale", "--prior", "mean", "learned or gaussian"),
+    option("upscale", "--backend", "tensorrt", "torch or onnx"),
     *options("upscale", "--temperature", ("-0.1", "nan", "inf", "hot"), "a number >= 0"),
     *options("upscale", "--seed", ("1.5", "lucky"), "an integer"),
     *options("upscale", "--samples", ("0", "many"), "an integer >= 1"),
@@ -132,6 +133,7 @@ CASES: list[Bad] = [
     *options("eval", "--seed", ("1.5",), "an integer"),
     option("eval", "--baseline", "nearest", "bicubic or none"),
     option("eval", "--consistency", "maybe", "auto, on or off"),
+    option("eval", "--backend", "tensorrt", "torch or onnx"),
     *options("eval", "--max-images", ("0", "all"), "an integer >= 1"),
     option("eval", "--device", "gpu", "auto, cpu, cuda or cuda:N"),
     option("train flow", "--arch", "linf-huge", "choose one of linf-edsr, linf-rrdb, linf-small, srflow, srflow-small"),
@@ -274,6 +276,7 @@ def test_bad_value_is_exit_2_naming_parameter_value_and_allowed(
 
 BAD_SETTINGS: dict[str, str] = {
     "consistency": "maybe",
+    "backend": "tensorrt",
     "model": "",
     "device": "tpu",
     "precision": "fp8",

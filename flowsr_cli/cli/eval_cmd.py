@@ -86,6 +86,13 @@ def eval_command(
         help="fp32 (the protocol's), bf16, fp16 or auto: the models' compute precision, as `upscale --precision` "
         "(the flow inverse stays fp32); compare two runs to see what a precision costs in quality.",
     ),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help="torch, or onnx: the models' encoders run with ONNX Runtime (pip install 'flowsr\\[onnx]'; without it "
+        "PyTorch runs, with a note) (default: torch; config: backend).",
+        show_default=False,
+    ),
     consistency: str | None = typer.Option(
         None,
         "--consistency",
@@ -132,7 +139,9 @@ def eval_command(
     Exit code: 0 every image scored, 1 some images skipped (the results of the rest are written)
     or nothing to score, 2 usage or configuration error.
     """
-    settings = Settings({"device": device, "offline": offline, "consistency": consistency, "precision": precision})
+    settings = Settings(
+        {"device": device, "backend": backend, "offline": offline, "consistency": consistency, "precision": precision}
+    )
     settings.validate()
     scale_list = _numbers(scales, "--scales", 1.0)
     temperature_list = None if temperatures is None else _numbers(temperatures, "--temperatures", 0.0)
@@ -227,6 +236,8 @@ def _build_settings(
             guard=False,
             consistency=settings["consistency"],
             hub=hub,
+            backend=settings["backend"],
+            cache_dir=settings["cache_dir"],
         )
         prepared = prepare_model(request)
         upscaler = load_upscaler(prepared)

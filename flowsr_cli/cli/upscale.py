@@ -225,6 +225,14 @@ def upscale(
         "and the learned prior; the flow stays fp32 (config: precision).",
         rich_help_panel=MODEL_PANEL,
     ),
+    backend: str = typer.Option(
+        SETTINGS["backend"].default,
+        "--backend",
+        metavar="torch|onnx",
+        help="What runs the model's encoder: torch, or onnx (ONNX Runtime; pip install 'flowsr\\[onnx]'; without it "
+        "PyTorch runs, with a note) (config: backend).",
+        rich_help_panel=MODEL_PANEL,
+    ),
     tile: str = typer.Option(
         SETTINGS["tile"].default,
         "--tile",
@@ -344,6 +352,7 @@ def upscale(
             "model": given(model, "model"),
             "device": given(device, "device"),
             "precision": given(precision, "precision"),
+            "backend": given(backend, "backend"),
             "tile": given(tile, "tile"),
             "tile_pad": given(tile_pad, "tile_pad"),
             "consistency": given(consistency, "consistency"),
@@ -423,6 +432,8 @@ class _RunChoices:
             temperature=self.temperature,
             consistency=self.settings["consistency"],
             hub=self.hub,
+            backend=self.settings["backend"],
+            cache_dir=self.settings["cache_dir"],
         )
 
 

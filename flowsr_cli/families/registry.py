@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from flowsr_cli.engine.onnx_part import OnnxRuntime
     from flowsr_cli.engine.rescale import Rescaler
     from flowsr_cli.engine.upscaler import Upscaler
 
@@ -91,6 +92,9 @@ class EngineOptions:
     """Repair exploding inverses; evaluation turns it off to measure the raw inf rate."""
     notes: list[str] = field(default_factory=list)
     """Things to tell the user once per run (e.g. running on the CPU); the engine keeps adding to it."""
+    onnx: OnnxRuntime | None = None
+    """Set when the run's backend is ``onnx``: an engine swaps the model's plain networks for
+    ``onnx.wrap(network, part)`` (which records them; a model without such parts runs on PyTorch)."""
 
 
 EngineBuilder = Callable[["nn.Module", EngineOptions], "Upscaler"]

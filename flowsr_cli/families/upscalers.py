@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowsr_cli.config import BICUBIC, CONSISTENCY_CHOICES, consistency_default
+from flowsr_cli.config import BICUBIC, CONSISTENCY_CHOICES, Settings, consistency_default
+from flowsr_cli.engine.backend import resolve_backend
 from flowsr_cli.engine.bicubic import BicubicUpscaler
 from flowsr_cli.engine.consistent import ConsistentUpscaler
 from flowsr_cli.engine.device import DeviceChoice, resolve_device, resolve_dtype
+from flowsr_cli.engine.onnx_cache import CACHE_FOLDER
+from flowsr_cli.engine.onnx_part import OnnxRuntime
 from flowsr_cli.engine.upscaler import Upscaler
 from flowsr_cli.errors import UsageError
 from flowsr_cli.families.model_file import load_model, read_model_metadata
@@ -23,6 +26,8 @@ from flowsr_cli.hub.catalog import unknown_model
 from flowsr_cli.io.provenance import DEFAULT_TEMPERATURE
 
 if TYPE_CHECKING:
+    import torch
+
     from flowsr_cli.hub.catalog import Hub
 
 
@@ -44,6 +49,10 @@ class UpscalerRequest:
     onto the input."""
     hub: Hub | None = None
     """Turns model names into files (registry, cache, downloads); None accepts paths only."""
+    backend: str = "torch"
+    """What runs the model's plain networks (:data:`~flowsr_cli.config.BACKEND_CHOICES`)."""
+    cache_dir: Path | None = None
+    """flowsr's cache folder (exported ONNX graphs go to its ``onnx`` folder); None: the ``cache_dir`` setting."""
 
 
 @dataclass(frozen=True)
@@ -137,8 +146,26 @@ def load_upscaler(prepared: PreparedModel) -> Upscaler:
         tile_pad=request.tile_pad,
         guard=request.guard,
         notes=notes,
+        onnx=_onnx_runtime(request, prepared.path, device, notes),
     )
-    return _projected(build_engine(load_model(prepared.path, device), options), prepared.consistency)
+    upscaler = build_engine(load_model(prepared.path, device), options)
+    if options.onnx is not None and not options.onnx.parts:
+        notes.append(f"{request.model} has no parts that run with ONNX Runtime: running with PyTorch")
+    return _projected(upscaler, prepared.consistency)
+
+
+def _onnx_runtime(request: UpscalerRequest, path: Path, device: torch.device, notes: list[str]) -> OnnxRuntime | None:
+    """ONNX Runtime for the model file at ``path`` when the request's backend is ``onnx`` and onnxruntime is
+    installed; None otherwise (with the backend's note, e.g. that onnxruntime is missing)."""
+    choice = resolve_backend(request.backend, device)
+    if choice.note is not None:
+        notes.append(choice.note)
+    if choice.name != "onnx":
+        return None
+    from flowsr_cli.hub.download import sha256_of
+
+    cache_dir = request.cache_dir if request.cache_dir is not None else Settings()["cache_dir"]
+    return OnnxRuntime(Path(cache_dir) / CACHE_FOLDER, sha256_of(path), choice.providers, notes)
 
 
 def _projected(upscaler: Upscaler, consistency: bool) -> Upscaler:

@@ -187,8 +187,16 @@ class FlowUpscaler:
         return rows, columns
 
 
+def use_onnx(model: LINF, options: EngineOptions) -> None:
+    """Under the ``onnx`` backend, swap LINF's encoder (its one plain network called once per tile) for its ONNX
+    Runtime session; the Fourier features, the conditioning MLP and the flow stay in PyTorch."""
+    if options.onnx is not None:
+        model.encoder = options.onnx.wrap(model.encoder, "encoder")
+
+
 def run_linf(model: LINF, options: EngineOptions) -> FlowUpscaler:
     """The engine of a LINF model: Gaussian latents at the options' temperature."""
+    use_onnx(model, options)
     return FlowUpscaler(
         model,
         options.device,

@@ -18,7 +18,7 @@ import torch
 from flowsr_cli.engine.memory import available_memory, choose_window, query_chunk
 from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, Upscaler, UpscaleReport
 from flowsr_cli.families.common.latent import LR_STRIDE, lr_positions
-from flowsr_cli.families.linf.engine import run_linf
+from flowsr_cli.families.linf.engine import run_linf, use_onnx
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.families.registry import EngineOptions
 from flowsr_cli.io.sizing import Size
@@ -220,6 +220,7 @@ def run_linf_lp(model: LINFLP, options: EngineOptions) -> Upscaler:
     """The engine of a LINF-LP model: its learned prior, or its flow alone under ``--prior gaussian``."""
     if options.prior == "gaussian":
         return run_linf(model.flow, options)
+    use_onnx(model.flow, options)
     return LearnedPriorUpscaler(
         model,
         options.device,
