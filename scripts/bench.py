@@ -14,6 +14,7 @@ the second image of a real batch against the first, the cold start of `flowsr up
     python scripts/bench.py --only-models --compare-size 256   # just the per-model x4 table, fp32 and bf16
     python scripts/bench.py --only-models --compare --rescale x2.safetensors x4.safetensors  # rescaling only
     python scripts/bench.py --model paper-lp-random --sizes 128 256 --scales 4 --compare  # the paper's size
+    python scripts/bench.py --only-models --compare --backends 256    # --backend torch vs onnx only
 
 `flowsr upscale` runs at ``--precision`` (default auto, as users run it); each row also times the same path in
 float32 ("x fp32": how many times faster the chosen precision is), and the unprojected path, compared with the
@@ -27,6 +28,10 @@ The rescaling table (``--rescale MODEL...``, image rescaling models) times `resc
 one full-size image of side ``--rescale-size``, each direction in its own process, in seconds per full-size
 megapixel (both directions count the large image, so the two are comparable), next to bicubic-down +
 linf-lp-up of the same image in the same run.
+
+The backend table (``--backends SIDE``) times ``--model`` x4 on one SIDE² input with ``--backend torch`` and
+``--backend onnx``, each in its own process after a warm-up on the whole input (so the ONNX graph is exported,
+into a temporary cache, before the clock starts), and prints onnx's speed-up.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import torch
 from bench_memory import PAPER_MODELS, make_input, make_model
 from naive_reference import naive_upscale
 
-from flowsr_cli.config import Settings
+from flowsr_cli.config import BACKEND_CHOICES, Settings
 from flowsr_cli.engine.pipeline import pixels_to_tensor
 from flowsr_cli.eval.evaluation import super_resolve
 from flowsr_cli.families.linf.prior import LINFLP
@@ -73,8 +78,11 @@ def load_input(path: Path) -> torch.Tensor:
     return pixels_to_tensor(read_image(path, max_pixels=1 << 30).pixels)[:, :3].contiguous()
 
 
-def runner(path: str, model: str, precision: str = "auto") -> Any:
-    """A function (lr, size) -> output of one path; ``precision`` is that of the ``flowsr`` path."""
+def runner(
+    path: str, model: str, precision: str = "auto", backend: str = "torch", cache_dir: Path | None = None
+) -> Any:
+    """A function (lr, size) -> output of one path; ``precision`` is that of the ``flowsr`` path; ``backend`` runs
+    the model's plain networks (exported ONNX graphs go to ``cache_dir``)."""
     if path == "naive":
         hub = Hub(Settings())
         network = load_model(hub.resolve(model), "cpu")
@@ -84,7 +92,15 @@ def runner(path: str, model: str, precision: str = "auto") -> Any:
     consistency = "off" if path == "unprojected" else "auto"
     name = "bicubic" if path == "bicubic" else model
     precision = precision if path == "flowsr" else "fp32"
-    request = UpscalerRequest(name, device="cpu", precision=precision, consistency=consistency, hub=Hub(Settings()))
+    request = UpscalerRequest(
+        name,
+        device="cpu",
+        precision=precision,
+        consistency=consistency,
+        hub=Hub(Settings()),
+        backend=backend,
+        cache_dir=cache_dir,
+    )
     upscaler = create_upscaler(request)
     return lambda lr, size: super_resolve(upscaler, lr, size, 0)
 
@@ -115,10 +131,10 @@ def measure_child(arguments: argparse.Namespace) -> None:
     """One path at one input size and scale, in this process: prints seconds, peak RSS (and FLOPs)."""
     if arguments.path.startswith("rescale"):
         return measure_rescale_child(arguments)
-    run = runner(arguments.path, arguments.model, arguments.precision)
+    run = runner(arguments.path, arguments.model, arguments.precision, arguments.backend, arguments.input.parent)
     lr = load_input(arguments.input)
     size = Size(round(lr.shape[-1] * arguments.scale), round(lr.shape[-2] * arguments.scale))
-    small = lr[..., :WARM_UP_SIDE, :WARM_UP_SIDE]
+    small = lr if arguments.warm_up_whole else lr[..., :WARM_UP_SIDE, :WARM_UP_SIDE]
     run(small, Size(round(small.shape[-1] * arguments.scale), round(small.shape[-2] * arguments.scale)))
     best = float("inf")
     for _ in range(arguments.repeats):
@@ -212,7 +228,12 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--rescale", nargs="+", default=[], help="image rescaling models to time both ways")
     parser.add_argument("--rescale-size", type=int, default=512, help="full-size side of the rescaling table")
+    parser.add_argument(
+        "--backends", type=int, metavar="SIDE", help="time --model x4 on a SIDE² input with backend torch and onnx"
+    )
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=argparse.SUPPRESS)
+    parser.add_argument("--warm-up-whole", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=float, default=4.0, help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
@@ -363,6 +384,32 @@ def rescale_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, 
     return rows
 
 
+def backend_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """``--model`` upscaling one ``--backends`` input x4 with each backend, fastest of ``--repeats`` after a warm-up
+    on the whole input, as a speed-up over torch measured in the same run."""
+    side = arguments.backends
+    image = folder / f"backends{side}.png"
+    make_input(image, side)
+    rows: list[dict[str, Any]] = []
+    print(f"x4 of a {side}² input, {arguments.model}: {'backend':<8} {'seconds':>8} {'RSS MB':>8} {'speed-up':>8}")
+    for backend in BACKEND_CHOICES:
+        options = ["--path", "unprojected", "--input", str(image), "--scale", "4", "--model", arguments.model]
+        result = child(*options, "--backend", backend, "--warm-up-whole", "--repeats", str(arguments.repeats))
+        seconds = result["seconds"]
+        row = {
+            "backend": backend,
+            "input": side,
+            "scale": 4.0,
+            "seconds": seconds,
+            "peak_rss_mb": result["peak_rss"] / 2**20,
+            "speedup_over_torch": (rows[0]["seconds"] if rows else seconds) / seconds,
+        }
+        rows.append(row)
+        print(f"{'':>30}{backend:<8} {seconds:>8.3f} {row['peak_rss_mb']:>8.0f} {row['speedup_over_torch']:>8.2f}",
+              flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     """Measure everything and print the table (optionally write JSON)."""
     arguments = parse_arguments()
@@ -382,6 +429,8 @@ def main() -> None:
             report["models"] = model_rows(arguments, folder)
         if arguments.rescale:
             report["rescaling"] = rescale_rows(arguments, folder)
+        if arguments.backends is not None:
+            report["backends"] = backend_rows(arguments, folder)
     if arguments.json is not None:
         arguments.json.write_text(json.dumps(report, indent=2) + "\n")
 
