@@ -222,6 +222,7 @@ def _build_settings(
 
     hub = Hub(settings) if models else None
     chosen: list[tuple[Setting, Upscaler]] = []
+    shown: set[str] = set()
     if with_bicubic:
         request = UpscalerRequest("bicubic", device=settings["device"], tile=0, consistency=settings["consistency"])
         bicubic = create_upscaler(request)
@@ -241,6 +242,10 @@ def _build_settings(
         )
         prepared = prepare_model(request)
         upscaler = load_upscaler(prepared)
+        for note in upscaler.notes:  # what loading it says (device, backend), once per run
+            if note not in shown:
+                shown.add(note)
+                report_note(note)
         if not samples_gaussian(upscaler):
             chosen.append((Setting(model, "bicubic" if model == BICUBIC else "learned"), upscaler))
             continue

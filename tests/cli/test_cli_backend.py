@@ -109,3 +109,14 @@ def test_a_model_without_onnx_parts_says_it_runs_with_pytorch(run_cli: CliInvoke
                      "--backend", "onnx")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "srflow has no parts that run with ONNX Runtime: running with PyTorch" in " ".join(result.stderr.split())
+
+
+def test_eval_notes_a_model_without_onnx_parts(run_cli: CliInvoker, image: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    dataset = image.parent / "dataset"
+    dataset.mkdir()
+    Image.open(SOURCE).convert("RGB").crop((0, 0, 48, 48)).save(dataset / "crop.png")
+    result = run_cli("eval", str(dataset), "-m", "srflow", "--scales", "4", "--no-lpips", "--baseline", "none",
+                     "--backend", "onnx")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "srflow has no parts that run with ONNX Runtime: running with PyTorch" in " ".join(result.stderr.split())
