@@ -133,6 +133,7 @@ CASES: list[Bad] = [
     *options("eval", "--seed", ("1.5",), "an integer"),
     option("eval", "--baseline", "nearest", "bicubic or none"),
     option("eval", "--consistency", "maybe", "auto, on or off"),
+    option("eval", "--precision", "fp8", "auto, fp32, fp16 or bf16"),
     option("eval", "--backend", "tensorrt", "torch or onnx"),
     *options("eval", "--max-images", ("0", "all"), "an integer >= 1"),
     option("eval", "--device", "gpu", "auto, cpu, cuda or cuda:N"),
