@@ -60,3 +60,21 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return _PRECISIONS[precision]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 matrices in hardware (AMX tiles or AVX-512 BF16)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in checks)
+
+
+def precision_note(dtype: torch.dtype, device: torch.device) -> str | None:
+    """A note when ``dtype`` will be slow on ``device``: half precision on a CPU, where only bfloat16 on a CPU
+    with native bfloat16 is fast; None otherwise."""
+    if device.type != "cpu" or dtype == torch.float32:
+        return None
+    if dtype == torch.float16:
+        return "fp16 on the CPU is emulated and slower than fp32: use --precision bf16 or fp32"
+    if not cpu_has_native_bf16():
+        return "this CPU has no native bf16 (AMX or AVX-512 BF16): bf16 is emulated and slower than fp32"
+    return None

@@ -15,7 +15,7 @@ from flowsr_cli.config import BICUBIC, CONSISTENCY_CHOICES, Settings, consistenc
 from flowsr_cli.engine.backend import resolve_backend
 from flowsr_cli.engine.bicubic import BicubicUpscaler
 from flowsr_cli.engine.consistent import ConsistentUpscaler
-from flowsr_cli.engine.device import DeviceChoice, resolve_device, resolve_dtype
+from flowsr_cli.engine.device import DeviceChoice, precision_note, resolve_device, resolve_dtype
 from flowsr_cli.engine.onnx_cache import CACHE_FOLDER
 from flowsr_cli.engine.onnx_part import OnnxRuntime
 from flowsr_cli.engine.upscaler import Upscaler
@@ -136,10 +136,13 @@ def load_upscaler(prepared: PreparedModel) -> Upscaler:
     notes = [prepared.device.note] if prepared.device.note else []
     if prepared.path is None:
         return _projected(BicubicUpscaler(device, tile=request.tile, notes=notes), prepared.consistency)
+    dtype = resolve_dtype(request.precision, device)
+    slow = precision_note(dtype, device)
+    notes += [slow] if slow else []
     options = EngineOptions(
         name=request.model,
         device=device,
-        dtype=resolve_dtype(request.precision, device),
+        dtype=dtype,
         temperature=prepared.temperature,
         prior=request.prior,
         tile=request.tile,

@@ -1,13 +1,21 @@
-"""Compute precision: which parts of LINF run in bfloat16, and that every LINF engine honours its dtype."""
+"""Compute precision: which parts of LINF run in bfloat16, that every LINF engine honours its dtype, and the
+note when a precision is slow on this CPU."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image as PILImage
 
+from flowsr_cli.engine import device as device_module
 from flowsr_cli.families.linf.engine import FlowUpscaler
 from flowsr_cli.families.linf.prior_engine import LearnedPriorUpscaler
+from flowsr_cli.families.model_file import save_model
 from flowsr_cli.io.sizing import Size
+from tests.conftest import CliInvoker
 from tests.engine.test_tiling import linf, linf_lp
 from tests.families.linf.test_linf import collect
 
@@ -61,3 +69,28 @@ def test_linf_engines_run_at_their_dtype(lr: torch.Tensor, engine: str) -> None:
     mixed = collect(upscaler(torch.bfloat16), lr, size, [0])[0]
     assert torch.isfinite(mixed).all()
     assert 0 < (mixed - exact).abs().mean() < 0.01, "bf16 must change the output a little, not much"
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "note"),
+    [
+        ("fp16", True, "fp16 on the CPU is emulated and slower than fp32"),
+        ("bf16", False, "this CPU has no native bf16 (AMX or AVX-512 BF16): bf16 is emulated and slower than fp32"),
+        ("bf16", True, None),
+        ("fp32", False, None),
+    ],
+)
+def test_a_precision_that_is_slow_on_this_cpu_gets_a_note(
+    run_cli: CliInvoker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, native: bool, note: str | None
+) -> None:
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+    save_model(linf(3), tmp_path / "m.safetensors")
+    PILImage.fromarray(np.full((12, 10, 3), 90, dtype=np.uint8)).save(tmp_path / "in.png")
+    result = run_cli("upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "m.safetensors"), "-s", "2",
+                     "--device", "cpu", "--precision", precision, "-o", str(tmp_path / "out.png"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.png").is_file()
+    if note is None:
+        assert "emulated" not in result.stderr
+    else:
+        assert note in " ".join(result.stderr.split())
