@@ -465,7 +465,7 @@ def test_a_resume_under_a_time_budget_keeps_the_checkpoints_rate_until_the_budge
 
     first = Recipe(steps=20, learning_rate=1e-2, milestones=[0.5], gamma=0.5, log_every=1, checkpoint_every=10**6)
     trainer(first).run()
-    leg = Recipe(steps=0, time_budget=0.05, learning_rate=1e-2, milestones=[0.5], gamma=0.5, log_every=1)
+    leg = Recipe(steps=0, time_budget=0.1, learning_rate=1e-2, milestones=[0.5], gamma=0.5, log_every=1)
     trainer(leg).run(resume=tmp_path / "checkpoint.safetensors")
     records = map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
     rates = {record["step"]: record["lr"] for record in records}
