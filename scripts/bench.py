@@ -3,7 +3,8 @@ same run: bicubic, the same model without its consistency projection (`--consist
 projection's cost is the ratio of the two), and a naive reference path of the same model
 (`naive_reference.py`: what the original code does, the whole image at once, the LR encoded and the flow's
 conditioning computed anew for the prior's forward pass and again for the inverse, upstream's query batches
-and flow layers), which the unprojected path must match.
+and flow layers; for an imported original checkpoint, ``linf-lp-original``, also the original's own latent inputs),
+which the unprojected path must match.
 
 Every (path, input, scale) runs in its own process so that its peak RSS is its own. Also measured:
 the model's achieved GFLOP/s (torch.utils.flop_counter) against this machine's fp32 matmul GFLOP/s,
@@ -14,6 +15,8 @@ the second image of a real batch against the first, the cold start of `flowsr up
     python scripts/bench.py --only-models --compare-size 256   # just the per-model x4 table, fp32 and bf16
     python scripts/bench.py --only-models --compare --rescale x2.safetensors x4.safetensors  # rescaling only
     python scripts/bench.py --model paper-lp-random --sizes 128 256 --scales 4 --compare  # the paper's size
+    python scripts/bench.py --model paper-lp-original-random --sizes 256 --scales 4 --compare  # as imported
+    python scripts/bench.py --only-models --compare paper-hcflow-random --rescale paper-rescale-x4-random
     python scripts/bench.py --only-models --compare --backends 256    # --backend torch vs onnx only
 
 `flowsr upscale` runs at ``--precision`` (default auto, as users run it); each row also times the same path in
@@ -47,12 +50,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_memory import PAPER_MODELS, make_input, make_model
-from naive_reference import naive_upscale
+from bench_memory import PAPER_MODELS, make_input, materialise
+from naive_reference import naive_original_upscale, naive_upscale
 
 from flowsr_cli.config import BACKEND_CHOICES, Settings
 from flowsr_cli.engine.pipeline import pixels_to_tensor
 from flowsr_cli.eval.evaluation import super_resolve
+from flowsr_cli.families.linf.original_prior import OriginalLINFLP
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.families.model_file import load_model
 from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
@@ -88,7 +92,8 @@ def runner(
         network = load_model(hub.resolve(model), "cpu")
         if not isinstance(network, LINFLP):
             raise SystemExit(f"the naive reference path is LINF-LP's; {model} is not a LINF-LP model")
-        return lambda lr, size: naive_upscale(network, lr, size)
+        naive = naive_original_upscale if isinstance(network, OriginalLINFLP) else naive_upscale
+        return lambda lr, size: naive(network, lr, size)
     consistency = "off" if path == "unprojected" else "auto"
     name = "bicubic" if path == "bicubic" else model
     precision = precision if path == "flowsr" else "fp32"
@@ -212,7 +217,9 @@ def parse_arguments() -> argparse.Namespace:
     """Command-line options (the child modes are for this script's own subprocesses)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", default="linf-lp", help="a LINF-LP model (the default model), or paper-lp-random (random weights)"
+        "--model",
+        default="linf-lp",
+        help=f"a LINF-LP model (default: the default model); --model, --compare, --rescale also take {PAPER_MODELS}",
     )
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
     parser.add_argument("--scales", nargs="+", type=float, default=[2.0, 3.5, 4.0])
@@ -419,10 +426,9 @@ def main() -> None:
     print(f"model {arguments.model}, CPU, {report['threads']} torch threads")
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        if arguments.model in PAPER_MODELS:
-            model_file = folder / f"{arguments.model}.safetensors"
-            make_model(model_file, arguments.model)
-            arguments.model = str(model_file)
+        arguments.model = materialise(arguments.model, folder)
+        arguments.compare = None if arguments.compare is None else [materialise(m, folder) for m in arguments.compare]
+        arguments.rescale = [materialise(model, folder) for model in arguments.rescale]
         if not arguments.only_models:
             report.update(default_model_figures(arguments, folder))
         if arguments.compare != []:

@@ -1,8 +1,7 @@
 """Peak memory of `flowsr upscale` as the input grows: the tiled engine must keep it nearly flat.
 
 Runs the real CLI in a subprocess per input size (CPU, x4 by default) with the default model
-(`--model` takes any model name or file; `--model paper-random` is a paper-size EDSR-baseline LINF 3x3,
-`paper-lp-random` the same with the paper-size learned prior, both with random weights: memory does not
+(`--model` takes any model name or file, or a paper-size model with random weights, `PAPER_MODELS`: memory does not
 depend on training) and prints the peak resident memory of each run next to the ratio to the 512^2 run.
 
     python scripts/bench_memory.py                       # linf-lp; 256, 512, 1024, 2048
@@ -23,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -38,9 +38,39 @@ PEAK_OF_CHILD = (
 )
 
 
-PAPER_MODELS = ("paper-random", "paper-lp-random")
-"""Paper-size models with seeded random weights (enough for speed and memory): the EDSR-baseline-LINF 3x3, and
-that LINF with the learned prior's paper-size latent module (4.58 M parameters)."""
+def paper_spec(name: str) -> dict[str, Any]:
+    """The spec of the paper-size model :data:`PAPER_MODELS` names."""
+    from flowsr_cli.train.recipe import ARCHITECTURES, rescaler_spec
+
+    linf = ARCHITECTURES["linf-edsr"]
+    original_linf = {"name": "linf", "args": {**linf["args"], "query_geometry": "original"}}
+    original_latent = {"name": "lp-latent-original", "args": {"in_chans": 27, "dim": 64, "depth": 3}}
+    specs = {
+        "paper-random": linf,
+        "paper-lp-random": {"name": "linf-lp", "args": {"flow": linf, "latent": {"name": "lp-latent", "args": {}}}},
+        "paper-lp-original-random": {
+            "name": "linf-lp-original",
+            "args": {"flow": original_linf, "latent": original_latent},
+        },
+        "paper-hcflow-random": ARCHITECTURES["hcflow"],
+        "paper-rescale-x2-random": rescaler_spec("hcflow-rescale", 2),
+        "paper-rescale-x4-random": rescaler_spec("hcflow-rescale", 4),
+    }
+    return specs[name]
+
+
+PAPER_MODELS = (
+    "paper-random",
+    "paper-lp-random",
+    "paper-lp-original-random",
+    "paper-hcflow-random",
+    "paper-rescale-x2-random",
+    "paper-rescale-x4-random",
+)
+"""Paper-size models with seeded random weights (enough for speed and memory): the EDSR-baseline LINF 3x3; that
+LINF with the learned prior's paper-size latent module (4.58 M parameters), in flowsr's variant and in the original
+code's (``linf-lp-original``, as imported checkpoints run); the paper's x4 HCFlow; the paper-size HCFlow image
+rescaling models at x2 and x4."""
 
 
 def make_model(path: Path, name: str = "paper-random") -> None:
@@ -51,13 +81,17 @@ def make_model(path: Path, name: str = "paper-random") -> None:
     from flowsr_cli.families.registry import make
 
     torch.manual_seed(0)
-    flow = {"name": "linf", "args": {"encoder": {"name": "edsr-baseline", "args": {}}, "patch_size": 3}}
-    spec = (
-        flow
-        if name == "paper-random"
-        else {"name": "linf-lp", "args": {"flow": flow, "latent": {"name": "lp-latent", "args": {}}}}
-    )
-    save_model(make(spec).eval(), path)
+    save_model(make(paper_spec(name)).eval(), path)
+
+
+def materialise(model: str, folder: Path) -> str:
+    """``model`` as `flowsr` takes it: one of :data:`PAPER_MODELS` written into ``folder`` (once), else unchanged."""
+    if model not in PAPER_MODELS:
+        return model
+    path = folder / f"{model}.safetensors"
+    if not path.exists():
+        make_model(path, model)
+    return str(path)
 
 
 def make_input(path: Path, side: int, photo_index: int = 0) -> None:
@@ -125,8 +159,9 @@ def main() -> None:
     parser.add_argument("--photos", nargs="+", default=["1000x750", "4000x3000"], help="WIDTHxHEIGHT (--rescale)")
     args = parser.parse_args()
     if args.rescale is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            rows = rescale_rows(args.rescale, int(args.scale), args.photos, args.tile, Path(folder))
+        with tempfile.TemporaryDirectory() as name:
+            folder = Path(name)
+            rows = rescale_rows(materialise(args.rescale, folder), int(args.scale), args.photos, args.tile, folder)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
         return
@@ -134,10 +169,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        model = args.model
-        if model in PAPER_MODELS:
-            model = str(work / f"{model}.safetensors")
-            make_model(Path(model), args.model)
+        model = materialise(args.model, work)
         for side in args.sizes:
             make_input(work / f"in{side}.png", side)
             command = [

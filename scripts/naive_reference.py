@@ -1,4 +1,4 @@
-"""LINF-LP as the original LINF and LP code computes it: the benchmark's naive reference path.
+"""LINF-LP as the original LINF and LP code computes it: the benchmark's naive reference paths.
 
 Written from the upstream code's structure, sharing only the weights (the layers' modules) with
 flowsr, so the speed-up flowsr reports is against an independent, straightforward implementation:
@@ -13,6 +13,11 @@ flowsr, so the speed-up flowsr reports is against an independent, straightforwar
 * the latent module layer by layer: dense blocks concatenating all earlier outputs for every conv,
   BatchNorm as its own layer, PyTorch's default memory layout; its output times the model's fade gain
   beyond the prior's training range (flowsr's own addition, not upstream's).
+
+:func:`naive_original_upscale` runs an imported original checkpoint (``linf-lp-original``) the same way, with
+the original's own latent inputs: plain-bilinear pseudo-residual, ``H // p + 1`` zero-padded block rows (blocks
+whose centre pixel is padding queried at the image centre), the stride-3 LR branch stretched to the latent grid
+by one bilinear resize, and the UNet upsampling with ``align_corners=True`` then padding to its skips.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from flowsr_cli.families.common.coords import fold_patches, unfold_patches
 from flowsr_cli.families.common.latent import LR_STRIDE, DenseBlock, LatentModule, lr_positions
 from flowsr_cli.families.common.linear_flow import ConditionalLinearFlow
 from flowsr_cli.families.linf.network import LINF
+from flowsr_cli.families.linf.original_prior import OriginalLatentModule, OriginalLINFLP
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.io.sizing import Size
 
@@ -55,6 +61,60 @@ def naive_upscale(model: LINFLP, lr: torch.Tensor, size: Size) -> torch.Tensor:
         pixels = fold_patches(residual.unsqueeze(0), *cells, flow.patch_size)[..., : full[0], : full[1]]
         output = pixels + F.interpolate(lr_n, size=full, mode="bilinear", align_corners=False)
     return (output + 1) / 2
+
+
+def naive_original_upscale(model: OriginalLINFLP, lr: torch.Tensor, size: Size) -> torch.Tensor:
+    """The output (1, 3, H, W) in [0, 1] of an original LINF-LP for an LR image (1, 3, h, w) in [0, 1]."""
+    flow = model.flow
+    patch = flow.patch_size
+    full = (size.height, size.width)
+    cells = [side // patch + 1 for side in full]
+    with torch.inference_mode():
+        lr_n = lr * 2 - 1
+        upsampled = F.interpolate(lr_n, size=full, mode="bilinear", align_corners=False)
+        shrunk = F.interpolate(upsampled, size=lr_n.shape[-2:], mode="bilinear", align_corners=False)
+        residual = upsampled - F.interpolate(shrunk, size=full, mode="bilinear", align_corners=False)
+        residual = F.pad(residual, (0, cells[1] * patch - full[1], 0, cells[0] * patch - full[0]))
+        pseudo = unfold_patches(residual, patch)[0]
+        queries = _original_query_points(full, patch)
+        conditions = _conditions(flow, lr_n, queries, full)
+        z_init = torch.cat([_forward(flow.flow, x, c)[0] for x, c in zip(pseudo.split(QUERY_BATCH), conditions)])
+        z_init = z_init.view(1, *cells, -1).permute(0, 3, 1, 2)
+        z_hat = _original_latent(model.latent, z_init, lr_n).permute(0, 2, 3, 1).reshape(-1, flow.dim)
+        conditions = _conditions(flow, lr_n, queries, full)
+        residual = torch.cat([_inverse(flow.flow, z, c) for z, c in zip(z_hat.split(QUERY_BATCH), conditions)])
+        pixels = fold_patches(residual.unsqueeze(0), *cells, patch)[..., : full[0], : full[1]]
+    return (pixels + upsampled + 1) / 2
+
+
+def _original_query_points(full: tuple[int, int], patch: int) -> torch.Tensor:
+    """Each block's centre pixel (N, 2) as (y, x) in [-1, 1], row-major; (0, 0) where that pixel is padding."""
+    axes = []
+    for side in full:
+        centre = torch.arange(side // patch + 1) * patch + patch // 2
+        axes.append(torch.where(centre < side, -1 + (2 * centre + 1) / side, torch.nan))
+    ys, xs = torch.meshgrid(*axes, indexing="ij")
+    points = torch.stack([ys.flatten(), xs.flatten()], dim=-1).float()
+    padding = points.isnan().any(dim=-1)
+    points[padding] = 0.0
+    return points
+
+
+def _original_latent(latent: OriginalLatentModule, z_init: torch.Tensor, lr_n: torch.Tensor) -> torch.Tensor:
+    """z_hat from z_init and the LR, as the original UNet's forward runs on the whole latent grid."""
+    lr_features = F.interpolate(latent.lr_proj(lr_n), size=z_init.shape[-2:], mode="bilinear", align_corners=False)
+    x = latent.inc(torch.cat([latent.input_proj(z_init), lr_features], dim=1))
+    skips = [x]
+    for down in latent.down_layers:
+        x = down(x)
+        skips.append(x)
+    skips.pop()
+    for up in latent.up_layers:
+        skip = skips.pop()
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        x = F.pad(x, (0, skip.shape[-1] - x.shape[-1], 0, skip.shape[-2] - x.shape[-2]))
+        x = up.conv(torch.cat([skip, x], dim=1))
+    return latent.outc(x)
 
 
 def _query_points(full: tuple[int, int], patch: int) -> torch.Tensor:

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from flowsr_cli.eval.evaluation import super_resolve
+from flowsr_cli.families.model_file import save_model
+from flowsr_cli.families.registry import make
 from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
 from flowsr_cli.io.sizing import Size
 from tests.conftest import REPO_ROOT
@@ -41,6 +43,42 @@ def test_naive_reference_path_matches_the_engine(monkeypatch: pytest.MonkeyPatch
     size = Size(round(50 * scale), round(40 * scale))
     engine = super_resolve(upscaler, lr, size, 0)
     naive = reference.naive_upscale(upscaler.model, lr, size)
+    assert naive.shape == engine.shape == (1, 3, size.height, size.width)
+    assert (engine - naive).abs().max().item() <= 1e-4
+    if tile:
+        assert upscaler.upscale(lr, size, lambda *_: None).tiles > 1
+
+
+@pytest.mark.parametrize(("tile", "side", "scale"), [(0, 40, 4.0), (24, 40, 4.0), (24, 37, 3.5)])
+def test_naive_original_path_matches_the_engine_on_an_imported_style_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tile: int, side: int, scale: float
+) -> None:
+    """An original-variant LINF-LP (as `models import` makes, small random weights): its zero-padded block past
+    the image (x4 of 40 is 160, a multiple of 3 plus one), queried at the centre, and its whole-map LR stretch."""
+    reference = load_reference(monkeypatch)
+    flow = {
+        "name": "linf",
+        "args": {
+            "encoder": {"name": "edsr-baseline", "args": {"channels": 16, "blocks": 2}},
+            "patch_size": 3,
+            "hidden": 32,
+            "mlp_layers": 2,
+            "query_geometry": "original",
+        },
+    }
+    latent = {"name": "lp-latent-original", "args": {"in_chans": 27, "dim": 16, "depth": 2}}
+    torch.manual_seed(3)
+    model = make({"name": "linf-lp-original", "args": {"flow": flow, "latent": latent}}).eval()
+    with torch.no_grad():  # at PyTorch's init the UNet's coarse levels hardly reach the output; doubled, they do
+        for conv in (module for module in model.latent.modules() if isinstance(module, torch.nn.Conv2d)):
+            conv.weight.mul_(2.0)
+    model_file = tmp_path / "original.safetensors"
+    save_model(model, model_file)
+    upscaler = create_upscaler(UpscalerRequest(str(model_file), device="cpu", tile=tile, consistency="off"))
+    lr = torch.rand(1, 3, side, side + 3, generator=torch.Generator().manual_seed(5))
+    size = Size(round((side + 3) * scale), round(side * scale))
+    engine = super_resolve(upscaler, lr, size, 0)
+    naive = reference.naive_original_upscale(upscaler.model, lr, size)
     assert naive.shape == engine.shape == (1, 3, size.height, size.width)
     assert (engine - naive).abs().max().item() <= 1e-4
     if tile:
