@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from flowsr_cli.engine.memory import available_memory, choose_tile, halve_tile_on_oom, query_chunk
+from flowsr_cli.engine.onnx_part import OnnxPart
 from flowsr_cli.engine.sampling import gaussian_latent
 from flowsr_cli.engine.tiling import Tile, patch_positions, plan_tiles
 from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, UpscaleReport, guard_temperatures
@@ -188,10 +190,13 @@ class FlowUpscaler:
 
 
 def use_onnx(model: LINF, options: EngineOptions) -> None:
-    """Under the ``onnx`` backend, swap LINF's encoder (its one plain network called once per tile) for its ONNX
-    Runtime session; the Fourier features, the conditioning MLP and the flow stay in PyTorch."""
+    """Under the ``onnx`` backend, run LINF's plain networks with ONNX Runtime: its encoder (once per tile) and the
+    hidden layers of its conditioning MLP (once per band of queries); the Fourier features, the MLP's last layer
+    (the flow's affine parameters) and the flow stay in PyTorch."""
     if options.onnx is not None:
         model.encoder = options.onnx.wrap(model.encoder, "encoder")
+        if not isinstance(model.mlp[0], OnnxPart):  # an earlier engine of this model swapped it already
+            model.mlp = nn.Sequential(options.onnx.wrap(model.mlp[:-1], "mlp"), model.mlp[-1])
 
 
 def run_linf(model: LINF, options: EngineOptions) -> FlowUpscaler:

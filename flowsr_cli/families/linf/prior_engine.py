@@ -17,7 +17,7 @@ import torch
 
 from flowsr_cli.engine.memory import available_memory, choose_window, query_chunk
 from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, Upscaler, UpscaleReport
-from flowsr_cli.families.common.latent import LR_STRIDE, lr_positions
+from flowsr_cli.families.common.latent import LR_STRIDE, LatentModule, lr_positions
 from flowsr_cli.families.linf.engine import run_linf, use_onnx
 from flowsr_cli.families.linf.prior import LINFLP
 from flowsr_cli.families.registry import EngineOptions
@@ -217,10 +217,15 @@ def _share(progress: ProgressCallback | None, start: float, stop: float, total: 
 
 
 def run_linf_lp(model: LINFLP, options: EngineOptions) -> Upscaler:
-    """The engine of a LINF-LP model: its learned prior, or its flow alone under ``--prior gaussian``."""
+    """The engine of a LINF-LP model: its learned prior, or its flow alone under ``--prior gaussian``. Under the
+    ``onnx`` backend the latent module's UNet runs with ONNX Runtime too, as do the flow's plain networks; the
+    original variant's UNet (``linf-lp-original``) reads where its window lies in the whole map, so it stays in
+    PyTorch."""
     if options.prior == "gaussian":
         return run_linf(model.flow, options)
     use_onnx(model.flow, options)
+    if options.onnx is not None and isinstance(model.latent, LatentModule):
+        model.latent.unet = options.onnx.wrap(model.latent.unet, "latent-unet")
     return LearnedPriorUpscaler(
         model,
         options.device,
