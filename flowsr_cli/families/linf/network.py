@@ -238,22 +238,24 @@ class LINF(nn.Module):
         first_row = min(int(row.min()) for row, _ in neighbours) - origin_y
         last_row = max(int(row.max()) for row, _ in neighbours) - origin_y
         table = self._fourier(features, range(first_row, last_row + 1))
-        terms: list[torch.Tensor] = []
-        areas: list[torch.Tensor] = []
-        for row, column in neighbours:
-            relative_y = (points[..., 0] - self._pixel_centres(row, height)) * height
-            relative_x = (points[..., 1] - self._pixel_centres(column, width)) * width
-            local = (row - origin_y - first_row) * crop_width + column - origin_x
-            rows_at = _rows_at(table, local)
-            coef, freq = rows_at[..., : self.hidden], rows_at[..., self.hidden :]
-            angle = math.pi * (
-                freq[..., :half] * relative_y.unsqueeze(-1) + freq[..., half:] * relative_x.unsqueeze(-1) + phase
+        relatives = [
+            (
+                (points[..., 0] - self._pixel_centres(row, height)) * height,
+                (points[..., 1] - self._pixel_centres(column, width)) * width,
             )
-            terms.append(coef * torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1))
-            areas.append((relative_y * relative_x).abs() + 1e-9)
+            for row, column in neighbours
+        ]
+        areas = [(relative_y * relative_x).abs() + 1e-9 for relative_y, relative_x in relatives]
         total = torch.stack(areas).sum(dim=0)
-        weighted = [term * (areas[3 - index] / total).unsqueeze(-1) for index, term in enumerate(terms)]
-        return torch.cat(weighted, dim=-1)
+        terms: list[torch.Tensor] = []
+        for index, ((row, column), (relative_y, relative_x)) in enumerate(zip(neighbours, relatives)):
+            rows_at = _rows_at(table, (row - origin_y - first_row) * crop_width + column - origin_x)
+            coef, freq = rows_at[..., : self.hidden], rows_at[..., self.hidden :]
+            angle = torch.addcmul(phase, freq[..., :half], relative_y.unsqueeze(-1))
+            angle = angle.addcmul_(freq[..., half:], relative_x.unsqueeze(-1)).mul_(math.pi)
+            weight = (areas[3 - index] / total).unsqueeze(-1)  # the area opposite this neighbour
+            terms.append(torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1).mul_(coef * weight))
+        return torch.cat(terms, dim=-1)
 
     def condition_grid(
         self,
