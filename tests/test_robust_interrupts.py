@@ -27,7 +27,7 @@ from tests.families.linf.test_linf import tiny_linf
 
 pytestmark = pytest.mark.robustness
 
-PHOTOS = 8
+PHOTOS = 14
 TRAINING_STEPS = 40
 
 
