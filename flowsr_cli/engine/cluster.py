@@ -60,12 +60,12 @@ def connected(request: ClusterRequest) -> Iterator[int]:
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UsageError(f"--address {request.address}: cannot join the Ray cluster: {_first_line(exc)}") from None
-    try:
-        with _raylet_messages_dropped():
+    with _raylet_messages_dropped():  # until the cluster is shut down: killing the workers makes it speak too
+        try:
             yield worker_count(request, ray.cluster_resources(), local=started and request.address is None)
-    finally:
-        if started:
-            ray.shutdown()
+        finally:
+            if started:
+                ray.shutdown()
 
 
 @contextmanager

@@ -130,3 +130,43 @@ def test_a_rerun_after_the_driver_died_finishes_the_rest(
     upscaled, skipped = map(int, re.search(r"(\d+) upscaled, (\d+) skipped, 0 failed", rerun.stderr).groups())
     assert upscaled > 0 and skipped >= done > 0 and upscaled + skipped == 12
     assert sorted(path.name for path in out.iterdir()) == sorted(f"img{index}_x2.png" for index in range(12))
+
+
+def _descendants(pid: int) -> set[int]:
+    """The live processes below ``pid`` (a cluster the CLI started: its GCS, raylet and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_ctrl_c_shuts_down_the_cluster_the_run_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOWSR_MODEL")
+    images = tmp_path / "in"
+    _many_images(images, 12)
+    out = tmp_path / "out"
+    args = ["upscale", str(images), "-s", "2", "-o", str(out), "--backend", "ray", "--json"]
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(out.glob("*.png")) and driver.poll() is None:
+        time.sleep(0.01)
+    cluster = _descendants(driver.pid)
+    driver.send_signal(signal.SIGINT)
+    stdout, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130, stderr
+    assert (
+        stderr.splitlines()[-1] == "error: interrupted; finished outputs are kept, rerun the same command to continue"
+    )
+    assert all(json.loads(line)["status"] == "done" for line in stdout.splitlines())  # nothing of Ray's on stdout
+    assert cluster and not any(Path(f"/proc/{pid}").exists() for pid in cluster)
+    assert not [path for path in out.iterdir() if not path.name.endswith("_x2.png")]  # no temporary files
