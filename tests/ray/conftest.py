@@ -15,10 +15,11 @@ from tests.image_factory import exif_bytes, gradient8, gradient16, save_pillow, 
 HEIGHT, WIDTH = 24, 32
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[str]:
-    """A Ray cluster started once for the session; the CLI run in this process uses it as it is, a CLI run in a
-    subprocess joins it with ``--address`` (the address yielded)."""
+    """A Ray cluster started once for the tests in this folder, and shut down after them (so that it takes no CPU
+    from the rest of the suite): the CLI run in this process uses it as it is, a CLI run in a subprocess joins it
+    with ``--address`` (the address yielded)."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
