@@ -129,9 +129,15 @@ BICUBIC = "bicubic"
 """The model name of the built-in bicubic baseline, which needs no model file."""
 
 
-BACKEND_CHOICES = ("torch", "onnx")
-"""What runs a model's plain networks (the ``backend`` setting, ``--backend``): PyTorch, or ONNX Runtime (the
-``onnx`` extra). Every value is listed here once; the setting checks values against this tuple alone."""
+RAY = "ray"
+"""The ``backend`` that runs `upscale` and `rescale` batches on a Ray cluster (the ``ray`` extra), whose workers
+run the models with PyTorch."""
+MODEL_BACKENDS = ("torch", "onnx")
+"""The backends that run a model's networks in this process (what `scripts/bench.py` compares)."""
+BACKEND_CHOICES = (*MODEL_BACKENDS, RAY)
+"""What runs a model (the ``backend`` setting, ``--backend``): PyTorch, ONNX Runtime for its plain networks (the
+``onnx`` extra), or PyTorch on the workers of a Ray cluster (the ``ray`` extra). Every value is listed here once;
+the setting checks values against this tuple alone."""
 
 
 def _one_of(choices: tuple[str, ...]) -> str:
@@ -225,8 +231,9 @@ SETTINGS: dict[str, Setting] = {
             "backend",
             _choice(*BACKEND_CHOICES),
             "torch",
-            "What runs the model's plain networks (its encoder): torch, or onnx (ONNX Runtime, pip install "
-            "'flowsr[onnx]'; without it PyTorch runs them, with a note).",
+            "What runs the model: torch; onnx (its plain networks in ONNX Runtime, pip install 'flowsr[onnx]'; "
+            "without it PyTorch runs them, with a note); or ray (`upscale` and `rescale` batches on a Ray cluster, "
+            "pip install 'flowsr[ray]').",
             _one_of(BACKEND_CHOICES),
         ),
         Setting(

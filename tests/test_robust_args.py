@@ -100,6 +100,14 @@ TRAINING_FLAGS = (
     ("--workers", ("-1", "two"), "an integer >= 0"),
     ("--device", ("gpu",), "auto, cpu, cuda or cuda:N"),
 )
+CLUSTER_FLAGS = (
+    ("--backend", ("tensorrt",), "torch, onnx or ray"),
+    ("--address", ("nowhere", "host:port", "host:0", "ray://:80"), "auto, HOST:PORT or ray://HOST:PORT"),
+    ("--workers", ("0", "two"), "an integer >= 1"),
+    ("--cpus-per-worker", ("0", "-1", "x"), "a number > 0"),
+    ("--gpus-per-worker", ("-1", "nan"), "a number >= 0"),
+)
+"""The flags of `--backend ray`, on every command that has them (`upscale`'s --backend is among its others)."""
 UPSCALERS = "linf, linf-lp, srflow, srflow-lp, hcflow, hcflow-lp"
 RESCALERS = "hcflow-rescale-x2, hcflow-rescale-x4"
 UNKNOWN_MODEL = ("unknown model", f"available: bicubic, {UPSCALERS}, or a path")
@@ -120,11 +128,18 @@ CASES: list[Bad] = [
     option("upscale", "--model", "nope", UNKNOWN_MODEL[1], UNKNOWN_MODEL[0]),
     *[bad for flag, values, allowed in SETTING_FLAGS for bad in options("upscale", flag, values, allowed)],
     option("upscale", "--prior", "mean", "learned or gaussian"),
-    option("upscale", "--backend", "tensorrt", "torch or onnx"),
+    option("upscale", "--backend", "tensorrt", "torch, onnx or ray"),
     *options("upscale", "--temperature", ("-0.1", "nan", "inf", "hot"), "a number >= 0"),
     *options("upscale", "--seed", ("1.5", "lucky"), "an integer"),
     *options("upscale", "--samples", ("0", "many"), "an integer >= 1"),
     *options("upscale", "--shard", ("4/4", "-1/4", "1of4"), "I/N with 0 <= I < N"),
+    *[
+        bad
+        for command in ("upscale", "rescale down", "rescale up")
+        for flag, values, allowed in CLUSTER_FLAGS
+        if (command, flag) != ("upscale", "--backend")
+        for bad in options(command, flag, values, allowed)
+    ],
     option("eval", "--model", "nope", UNKNOWN_MODEL[1], UNKNOWN_MODEL[0]),
     *options("eval", "--scales", ("0.5", "2,x", "inf", ","), "comma-separated numbers >= 1"),
     option("eval", "--prior", "mean", "learned or gaussian"),
@@ -134,7 +149,7 @@ CASES: list[Bad] = [
     option("eval", "--baseline", "nearest", "bicubic or none"),
     option("eval", "--consistency", "maybe", "auto, on or off"),
     option("eval", "--precision", "fp8", "auto, fp32, fp16 or bf16"),
-    option("eval", "--backend", "tensorrt", "torch or onnx"),
+    option("eval", "--backend", "tensorrt", "torch, onnx or ray"),
     *options("eval", "--max-images", ("0", "all"), "an integer >= 1"),
     option("eval", "--device", "gpu", "auto, cpu, cuda or cuda:N"),
     option("train flow", "--arch", "linf-huge", "choose one of linf-edsr, linf-rrdb, linf-small, srflow, srflow-small"),

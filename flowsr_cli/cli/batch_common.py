@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from flowsr_cli.config import BICUBIC, SETTINGS
+from flowsr_cli.config import BICUBIC, RAY, SETTINGS, flag_parser, integer_flag, number_flag
+from flowsr_cli.engine.cluster import parse_address
 from flowsr_cli.errors import FlowsrError, UsageError
 
 if TYPE_CHECKING:
     from flowsr_cli.cli.report import ConsoleReporter
     from flowsr_cli.engine.batch import BatchRunner, Work
+    from flowsr_cli.engine.cluster import ClusterRequest
     from flowsr_cli.hub.catalog import Hub
     from flowsr_cli.hub.manifest import ModelEntry
     from flowsr_cli.io.inputs import Discovery
@@ -28,6 +30,7 @@ T = TypeVar("T")
 OUTPUT_PANEL = "Output"
 MODEL_PANEL = "Model"
 BATCH_PANEL = "Batch"
+CLUSTER_PANEL = "Cluster (--backend ray)"
 
 INPUTS = typer.Argument(
     ..., help="Image files, folders, glob patterns, or - for stdin.", metavar="INPUT", show_default=False
@@ -81,6 +84,60 @@ QUIET = typer.Option(
 JSON_LINES = typer.Option(
     False, "--json", help="Print one JSON object per image on stdout.", rich_help_panel=BATCH_PANEL
 )
+ADDRESS = typer.Option(
+    None,
+    "--address",
+    parser=flag_parser("--address", parse_address, "auto, HOST:PORT or ray://HOST:PORT"),
+    metavar="auto|HOST:PORT",
+    help="With --backend ray: join this running Ray cluster (auto: the one this machine belongs to); without it, "
+    "a cluster is started on this machine for the run.",
+    rich_help_panel=CLUSTER_PANEL,
+    show_default=False,
+)
+WORKERS = typer.Option(
+    None,
+    "--workers",
+    parser=integer_flag("--workers", 1),
+    metavar="N",
+    help="With --backend ray: how many workers, each loading the model once.",
+    rich_help_panel=CLUSTER_PANEL,
+    show_default="as many as the cluster's CPUs (or GPUs) hold",
+)
+CPUS_PER_WORKER = typer.Option(
+    None,
+    "--cpus-per-worker",
+    parser=number_flag("--cpus-per-worker", 0, exclusive=True),
+    metavar="N",
+    help="With --backend ray: CPUs each worker reserves (and its PyTorch threads).",
+    rich_help_panel=CLUSTER_PANEL,
+    show_default="1",
+)
+GPUS_PER_WORKER = typer.Option(
+    None,
+    "--gpus-per-worker",
+    parser=number_flag("--gpus-per-worker", 0),
+    metavar="N",
+    help="With --backend ray: GPUs each worker reserves (0.5: two workers share one).",
+    rich_help_panel=CLUSTER_PANEL,
+    show_default="0",
+)
+
+
+def cluster_request(
+    backend: str, address: str | None, workers: int | None, cpus: float | None, gpus: float | None
+) -> ClusterRequest | None:
+    """Where the batch runs: on a Ray cluster (its request) when ``backend`` is ray, else None (here). The
+    cluster flags without ray are a UsageError, and so is ray without its extra installed."""
+    from flowsr_cli.engine.cluster import ClusterRequest, require_ray
+
+    if backend != RAY:
+        flags = ("--address", address), ("--workers", workers), ("--cpus-per-worker", cpus), ("--gpus-per-worker", gpus)
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} applies to --backend ray only (the backend is {backend})")
+        return None
+    require_ray()
+    return ClusterRequest(address, workers, 1.0 if cpus is None else cpus, 0.0 if gpus is None else gpus)
 
 
 def given_flags(ctx: typer.Context) -> Callable[[T, str], T | None]:
@@ -152,18 +209,31 @@ def run_batch(
     runner: BatchRunner,
     reporter: ConsoleReporter,
     prepare: Callable[[], Callable[[], Work]],
+    cluster: ClusterRequest | None = None,
 ) -> None:
     """Settle the jobs that need no work; if some job needs it, ``prepare`` the model (its usage errors come
     before any report) into a factory of the batch's work; report the settled jobs and the arguments that named
-    no image (``problems``), run the rest under the progress display, summarise, and exit 1 if anything failed."""
+    no image (``problems``), run the rest under the progress display (here, or on the workers of the ``cluster``
+    asked for, each building the work itself), summarise, and exit 1 if anything failed."""
     from flowsr_cli.engine.batch import FAILED
 
+    if cluster is not None and any(job.input.path is None or job.output is None for job in jobs):
+        raise UsageError("--backend ray reads and writes files: stdin and stdout (-) run with --backend torch")
     make_work = prepare() if runner.settle(jobs) else None
     for argument, reason in problems:
         reporter.report_problem(argument, reason)
-    settled = runner.start(make_work)
-    with reporter:
-        outcomes = [*settled, *runner.run()]
+    if cluster is None or make_work is None:
+        settled = runner.start(make_work)
+        with reporter:
+            outcomes = [*settled, *runner.run()]
+    else:
+        from flowsr_cli.engine.cluster import connected
+        from flowsr_cli.engine.ray_batch import run_on_cluster
+
+        with connected(cluster) as workers:
+            settled = runner.start(None)
+            with reporter:
+                outcomes = [*settled, *run_on_cluster(runner, make_work, cluster, workers, reporter)]
     reporter.summary(outcomes, problems)
     if problems or any(outcome.status == FAILED for outcome in outcomes):
         raise typer.Exit(1)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flowsr_cli.config import PRIOR_CHOICES, Settings, choice_flag, integer_flag
+from flowsr_cli.config import PRIOR_CHOICES, RAY, Settings, choice_flag, integer_flag
 from flowsr_cli.console import printable, report_error, report_note, stderr_console
 from flowsr_cli.errors import FlowsrError, UsageError
 
@@ -143,6 +143,8 @@ def eval_command(
         {"device": device, "backend": backend, "offline": offline, "consistency": consistency, "precision": precision}
     )
     settings.validate()
+    if settings["backend"] == RAY:
+        report_note("flowsr eval runs on this machine (backend ray is for upscale and rescale): running with PyTorch")
     scale_list = _numbers(scales, "--scales", 1.0)
     temperature_list = None if temperatures is None else _numbers(temperatures, "--temperatures", 0.0)
     if baseline not in ("bicubic", "none"):
@@ -237,7 +239,7 @@ def _build_settings(
             guard=False,
             consistency=settings["consistency"],
             hub=hub,
-            backend=settings["backend"],
+            backend="torch" if settings["backend"] == RAY else settings["backend"],
             cache_dir=settings["cache_dir"],
         )
         prepared = prepare_model(request)

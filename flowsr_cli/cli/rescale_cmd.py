@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 
 from flowsr_cli.cli.batch_common import (
+    ADDRESS,
+    CPUS_PER_WORKER,
     DEVICE,
+    GPUS_PER_WORKER,
     INPUTS,
     JSON_LINES,
     MODEL_PANEL,
@@ -30,7 +33,9 @@ from flowsr_cli.cli.batch_common import (
     QUIET,
     RECURSIVE,
     STRIP_METADATA,
+    WORKERS,
     check_planned,
+    cluster_request,
     given_flags,
     model_sha256,
     run_batch,
@@ -48,6 +53,7 @@ from flowsr_cli.io.rescale_mark import LOSSY_COST, MAX_SEED
 
 if TYPE_CHECKING:
     from flowsr_cli.engine.batch import BatchOptions, Work
+    from flowsr_cli.engine.cluster import ClusterRequest
     from flowsr_cli.engine.device import DeviceChoice
     from flowsr_cli.families.rescalers import PreparedRescaler
     from flowsr_cli.io.outputs import Job, OutputOptions, Skip
@@ -89,6 +95,16 @@ def _suffix_option(size: str) -> typer.models.OptionInfo:
         help=f"Added to output names: {{size}} becomes {size} (config: suffix).",
         rich_help_panel=OUTPUT_PANEL,
     )
+
+
+BACKEND = typer.Option(
+    SETTINGS["backend"].default,
+    "--backend",
+    metavar="torch|ray",
+    help="Where the batch runs: torch (here), or ray (on a Ray cluster's workers; pip install 'flowsr\\[ray]'). "
+    "Rescaling models run with PyTorch; onnx runs here too (config: backend).",
+    rich_help_panel=MODEL_PANEL,
+)
 
 
 @rescale_app.command("down", no_args_is_help=True)
@@ -145,6 +161,11 @@ def down_command(
     strip_metadata: bool | None = STRIP_METADATA,
     recursive: bool = RECURSIVE,
     overwrite: bool = OVERWRITE,
+    backend: str = BACKEND,
+    address: str | None = ADDRESS,
+    workers: int | None = WORKERS,
+    cpus_per_worker: float | None = CPUS_PER_WORKER,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     offline: bool | None = OFFLINE,
     quiet: bool = QUIET,
     json_lines: bool = JSON_LINES,
@@ -165,7 +186,16 @@ def down_command(
     from flowsr_cli.io.rescale_mark import DOWN, RescaleSettings
 
     given = given_flags(ctx)
-    settings = _settings(given, device, quality, strip_metadata, offline, suffix=given(suffix, "suffix"))
+    settings = _settings(
+        given,
+        device,
+        quality,
+        strip_metadata,
+        offline,
+        suffix=given(suffix, "suffix"),
+        backend=given(backend, "backend"),
+    )
+    cluster = cluster_request(settings["backend"], address, workers, cpus_per_worker, gpus_per_worker)
     hub = Hub(settings)
     name = model or DEFAULT_RESCALER.format(scale=scale)
     run = RescaleSettings(DOWN, name, model_sha256(hub, name), scale, seed)
@@ -186,7 +216,9 @@ def down_command(
         return DownWork(rescaler, name, run.model_sha256 or model_sha256(hub, name), seed)
 
     options = _batch_options(settings, run, overwrite, ctx, lossless=True)
-    _run_batch(jobs, problems, options, check, make_work, done="downscaled", quiet=quiet, json_lines=json_lines)
+    _run_batch(
+        jobs, problems, options, check, make_work, cluster, done="downscaled", quiet=quiet, json_lines=json_lines
+    )
 
 
 @rescale_app.command("up", no_args_is_help=True)
@@ -248,6 +280,11 @@ def up_command(
     strip_metadata: bool | None = STRIP_METADATA,
     recursive: bool = RECURSIVE,
     overwrite: bool = OVERWRITE,
+    backend: str = BACKEND,
+    address: str | None = ADDRESS,
+    workers: int | None = WORKERS,
+    cpus_per_worker: float | None = CPUS_PER_WORKER,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     offline: bool | None = OFFLINE,
     quiet: bool = QUIET,
     json_lines: bool = JSON_LINES,
@@ -276,7 +313,9 @@ def up_command(
         tile_pad=given(tile_pad, "tile_pad"),
         format=given(output_format, "output_format"),
         suffix=given(suffix, "suffix"),
+        backend=given(backend, "backend"),
     )
+    cluster = cluster_request(settings["backend"], address, workers, cpus_per_worker, gpus_per_worker)
     hub = Hub(settings)
     run = RescaleSettings(UP, temperature=temperature)
     naming = OutputOptions(
@@ -306,7 +345,7 @@ def up_command(
         )
 
     options = _batch_options(settings, run, overwrite, ctx)
-    _run_batch(jobs, problems, options, check, make_work, done="restored", quiet=quiet, json_lines=json_lines)
+    _run_batch(jobs, problems, options, check, make_work, cluster, done="restored", quiet=quiet, json_lines=json_lines)
 
 
 def _settings(
@@ -419,18 +458,20 @@ def _run_batch(
     options: BatchOptions,
     check: Callable[[], T],
     make_work: Callable[[T], Work],
+    cluster: ClusterRequest | None,
     *,
     done: str,
     quiet: bool,
     json_lines: bool,
 ) -> None:
     """As `upscale` runs its jobs (:func:`~flowsr_cli.cli.batch_common.run_batch`): ``check`` the model if some job
-    needs it, then build the work from what the check returned."""
+    needs it, then build the work from what the check returned (here, or on each of the ``cluster``'s workers)."""
     from flowsr_cli.cli.report import ConsoleReporter
     from flowsr_cli.engine.batch import BatchRunner
 
     reporter = ConsoleReporter(len(jobs), quiet=quiet, json_lines=json_lines, done=done)
-    run_batch(jobs, problems, BatchRunner(options, reporter), reporter, lambda: partial(make_work, check()))
+    runner = BatchRunner(options, reporter)
+    run_batch(jobs, problems, runner, reporter, lambda: partial(make_work, check()), cluster)
 
 
 rescale_app.command("eval", no_args_is_help=True, epilog=EVAL_EXAMPLES)(eval_command)

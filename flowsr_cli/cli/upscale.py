@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.batch_common import (
+    ADDRESS,
     BATCH_PANEL,
+    CPUS_PER_WORKER,
     DEVICE,
+    GPUS_PER_WORKER,
     INPUTS,
     JSON_LINES,
     MODEL_PANEL,
@@ -27,7 +30,9 @@ from flowsr_cli.cli.batch_common import (
     QUIET,
     RECURSIVE,
     STRIP_METADATA,
+    WORKERS,
     check_planned,
+    cluster_request,
     given_flags,
     model_location,
     model_sha256,
@@ -36,6 +41,7 @@ from flowsr_cli.cli.batch_common import (
 from flowsr_cli.config import (
     BICUBIC,
     PRIOR_CHOICES,
+    RAY,
     SETTINGS,
     Settings,
     choice_flag,
@@ -51,6 +57,7 @@ from flowsr_cli.io.provenance import DEFAULT_SEED, DEFAULT_TEMPERATURE, RunSetti
 if TYPE_CHECKING:
     from flowsr_cli.cli.report import ConsoleReporter
     from flowsr_cli.engine.batch import UpscaleWork
+    from flowsr_cli.engine.cluster import ClusterRequest
     from flowsr_cli.engine.upscaler import Upscaler
     from flowsr_cli.families.upscalers import PreparedModel, UpscalerRequest
     from flowsr_cli.hub.catalog import Hub
@@ -228,9 +235,10 @@ def upscale(
     backend: str = typer.Option(
         SETTINGS["backend"].default,
         "--backend",
-        metavar="torch|onnx",
-        help="What runs the model's encoder: torch, or onnx (ONNX Runtime; pip install 'flowsr\\[onnx]'; without it "
-        "PyTorch runs, with a note) (config: backend).",
+        metavar="torch|onnx|ray",
+        help="What runs the model: torch; onnx (its encoder in ONNX Runtime; pip install 'flowsr\\[onnx]'; without "
+        "it PyTorch runs, with a note); or ray (the batch on a Ray cluster's workers, with PyTorch; pip install "
+        "'flowsr\\[ray]') (config: backend).",
         rich_help_panel=MODEL_PANEL,
     ),
     tile: str = typer.Option(
@@ -328,6 +336,10 @@ def upscale(
         help="Process only slice I of N of the sorted inputs (0 <= I < N).",
         rich_help_panel=BATCH_PANEL,
     ),
+    address: str | None = ADDRESS,
+    workers: int | None = WORKERS,
+    cpus_per_worker: float | None = CPUS_PER_WORKER,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     offline: bool | None = OFFLINE,
     quiet: bool = QUIET,
     json_lines: bool = JSON_LINES,
@@ -364,6 +376,7 @@ def upscale(
         }
     )
     settings.validate()
+    cluster = cluster_request(settings["backend"], address, workers, cpus_per_worker, gpus_per_worker)
     _check_samples(samples, settings["max_samples"])
     request = SizeRequest.from_options(
         scale, width, height, samples=samples, max_output_pixels=settings["max_output_pixels"]
@@ -396,6 +409,7 @@ def upscale(
         jobs,
         discovery.problems,
         _RunChoices(settings, hub, request, run, temperature, given(seed, "seed"), allow_resample, samples),
+        cluster,
         overwrite=overwrite,
         quiet=quiet,
         json_lines=json_lines,
@@ -432,7 +446,7 @@ class _RunChoices:
             temperature=self.temperature,
             consistency=self.settings["consistency"],
             hub=self.hub,
-            backend=self.settings["backend"],
+            backend="torch" if self.settings["backend"] == RAY else self.settings["backend"],
             cache_dir=self.settings["cache_dir"],
         )
 
@@ -501,6 +515,7 @@ def _run(
     jobs: list[Job],
     problems: list[tuple[str, str]],
     choices: _RunChoices,
+    cluster: ClusterRequest | None,
     *,
     overwrite: bool,
     quiet: bool,
@@ -508,7 +523,8 @@ def _run(
     debug: bool,
 ) -> None:
     """Settle the jobs that need no work, check the model if some job needs it (usage errors come first),
-    report the settled jobs, load the model, and run the rest under the progress display."""
+    report the settled jobs, load the model, and run the rest under the progress display (here, or on the
+    ``cluster``'s workers)."""
     from flowsr_cli.cli.report import ConsoleReporter
     from flowsr_cli.engine.batch import BatchOptions, BatchRunner
 
@@ -531,4 +547,4 @@ def _run(
         runner.options = replace(runner.options, run=_resolved_temperature(runner.options.run, prepared))
         return partial(_load_work, prepared, choices)
 
-    run_batch(jobs, problems, runner, reporter, prepare)
+    run_batch(jobs, problems, runner, reporter, prepare, cluster)

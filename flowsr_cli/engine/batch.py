@@ -197,13 +197,17 @@ class BatchRunner:
 
     def run(self) -> list[Outcome]:
         """Process every job :meth:`settle` left, in order; returns their outcomes."""
-        settled = {id(outcome.job) for outcome in self._settled_jobs}
         outcomes: list[Outcome] = []
-        pending = [job for job in self._jobs if id(job) not in settled]
-        for _, group in itertools.groupby(pending, key=lambda job: job.input):
-            outcomes.extend(self._run_input(list(group)))
+        for jobs in self.pending_inputs():
+            outcomes.extend(self.run_input(jobs))
             self._show_new_notes()
         return outcomes
+
+    def pending_inputs(self) -> list[list[Job]]:
+        """The jobs :meth:`settle` left, grouped by input in order: each group is read once for all its outputs."""
+        settled = {id(outcome.job) for outcome in self._settled_jobs}
+        pending = [job for job in self._jobs if id(job) not in settled]
+        return [list(group) for _, group in itertools.groupby(pending, key=lambda job: job.input)]
 
     def _settled(self, job: Job) -> Outcome | None:
         if job.problem is not None:
@@ -294,7 +298,9 @@ class BatchRunner:
         self.observer.image_finished(outcome)
         return outcome
 
-    def _run_input(self, jobs: list[Job]) -> list[Outcome]:
+    def run_input(self, jobs: list[Job]) -> list[Outcome]:
+        """Process the jobs of one input (settled again first) with the work :meth:`start` built; a failure
+        becomes the failed outcome of each job not yet written."""
         outcomes: list[Outcome] = []
         pending: list[Job] = []
         for job in jobs:  # settled again: another run may have written an output since
