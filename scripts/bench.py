@@ -53,7 +53,7 @@ import torch
 from bench_memory import PAPER_MODELS, make_input, materialise
 from naive_reference import naive_original_upscale, naive_upscale
 
-from flowsr_cli.config import BACKEND_CHOICES, Settings
+from flowsr_cli.config import MODEL_BACKENDS, Settings
 from flowsr_cli.engine.pipeline import pixels_to_tensor
 from flowsr_cli.eval.evaluation import super_resolve
 from flowsr_cli.families.linf.original_prior import OriginalLINFLP
@@ -239,7 +239,7 @@ def parse_arguments() -> argparse.Namespace:
         "--backends", type=int, metavar="SIDE", help="time --model x4 on a SIDE² input with backend torch and onnx"
     )
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
-    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="torch", choices=MODEL_BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--warm-up-whole", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=float, default=4.0, help=argparse.SUPPRESS)
@@ -399,7 +399,7 @@ def backend_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, 
     make_input(image, side)
     rows: list[dict[str, Any]] = []
     print(f"x4 of a {side}² input, {arguments.model}: {'backend':<8} {'seconds':>8} {'RSS MB':>8} {'speed-up':>8}")
-    for backend in BACKEND_CHOICES:
+    for backend in MODEL_BACKENDS:
         options = ["--path", "unprojected", "--input", str(image), "--scale", "4", "--model", arguments.model]
         result = child(*options, "--backend", backend, "--warm-up-whole", "--repeats", str(arguments.repeats))
         seconds = result["seconds"]

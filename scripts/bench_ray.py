@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from bench_memory import make_input
 
 RUNS = (("local", ()), ("ray, 1 worker", ("--workers", "1")), ("ray, 2 workers", ("--workers", "2")))
 
@@ -41,12 +40,10 @@ def parse_arguments() -> argparse.Namespace:
 
 
 def make_images(folder: Path, count: int, side: int) -> None:
-    """``count`` smooth random RGB PNGs of ``side``² (seeded: the same every run)."""
+    """``count`` PNGs of ``side``²: the training photos in turn, each resized (the same every run)."""
     folder.mkdir()
-    generator = np.random.default_rng(0)
     for index in range(count):
-        coarse = generator.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((side, side), Image.BICUBIC).save(folder / f"img{index:03d}.png")
+        make_input(folder / f"img{index:03d}.png", side, photo_index=index)
 
 
 def timed_run(arguments: argparse.Namespace, images: Path, out: Path, extra: tuple[str, ...]) -> float:

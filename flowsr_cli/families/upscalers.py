@@ -50,7 +50,7 @@ class UpscalerRequest:
     hub: Hub | None = None
     """Turns model names into files (registry, cache, downloads); None accepts paths only."""
     backend: str = "torch"
-    """What runs the model's plain networks (:data:`~flowsr_cli.config.BACKEND_CHOICES`)."""
+    """What runs the model's plain networks (:data:`~flowsr_cli.config.MODEL_BACKENDS`)."""
     cache_dir: Path | None = None
     """flowsr's cache folder (exported ONNX graphs go to its ``onnx`` folder); None: the ``cache_dir`` setting."""
 
