@@ -237,8 +237,8 @@ def upscale(
         "--backend",
         metavar="torch|onnx|ray",
         help="What runs the model: torch; onnx (its plain networks in ONNX Runtime; pip install 'flowsr\\[onnx]'; "
-        "without it PyTorch runs, with a note); or ray (the batch on a Ray cluster's workers, with PyTorch; pip install "
-        "'flowsr\\[ray]') (config: backend).",
+        "without it PyTorch runs, with a note); or ray (the batch on a Ray cluster's workers, with PyTorch; "
+        "pip install 'flowsr\\[ray]') (config: backend).",
         rich_help_panel=MODEL_PANEL,
     ),
     tile: str = typer.Option(
