@@ -22,12 +22,12 @@ from flowsr_cli.families.model_file import load_model, save_model
 from flowsr_cli.io.atomic import TEMP_SUFFIX
 from flowsr_cli.io.reading import read_image
 from flowsr_cli.train.state import load_training_state
-from tests.conftest import SHARED
+from tests.conftest import SHARED, default_sigint
 from tests.families.linf.test_linf import tiny_linf
 
 pytestmark = pytest.mark.robustness
 
-PHOTOS = 14
+PHOTOS = 8
 TRAINING_STEPS = 40
 
 
@@ -80,7 +80,9 @@ def test_a_signal_mid_batch_leaves_only_whole_outputs_and_a_rerun_finishes_the_r
     _photos(tmp_path / "in")
     out = tmp_path / "out"
     command = _flowsr("upscale", str(tmp_path / "in"), "--scale", "2", "-o", str(out), "--json")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), preexec_fn=default_sigint
+    )
     _wait_for(lambda: out.is_dir() and len(_finished_outputs(out)) >= 1, process)
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
@@ -118,7 +120,9 @@ def test_sigint_during_training_leaves_a_loadable_checkpoint_and_resume_finishes
     run = tmp_path / "run"
     args = ["train", "flow", str(photos), "--init", str(tmp_path / "tiny.safetensors"), "--out", str(run)]
     args += ["--recipe", str(recipe), "--steps", str(TRAINING_STEPS)]
-    process = subprocess.Popen(_flowsr(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    process = subprocess.Popen(
+        _flowsr(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), preexec_fn=default_sigint
+    )
     _wait_for(lambda: (run / "checkpoint.safetensors").exists(), process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, CliInvoker
+from tests.conftest import REPO_ROOT, CliInvoker, default_sigint
 from tests.image_factory import gradient8, save_pillow
 
 pytestmark = pytest.mark.usefixtures("ray_cluster", "one_thread")  # one torch thread, as in a 1-CPU worker
@@ -156,7 +156,7 @@ def test_ctrl_c_shuts_down_the_cluster_the_run_started(tmp_path: Path, monkeypat
     out = tmp_path / "out"
     args = ["upscale", str(images), "-s", "2", "-o", str(out), "--backend", "ray", "--json"]
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+                              stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(out.glob("*.png")) and driver.poll() is None:
         time.sleep(0.01)
