@@ -35,8 +35,8 @@ def cell_size(height: int, width: int) -> tuple[float, float]:
 def bilinear_base(lr: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``lr`` (B, C, h, w) at the grid of pixel centres ``rows x columns``, with
     border clamping: equal to bilinear upsampling, but usable for any window of the output."""
-    sample_points = grid(rows, columns).flip(-1).view(1, len(rows), len(columns), 2)
-    sample_points = sample_points.to(lr.dtype).expand(lr.shape[0], -1, -1, -1)
+    ys, xs = torch.meshgrid(rows.to(lr.dtype), columns.to(lr.dtype), indexing="ij")
+    sample_points = torch.stack([xs, ys], dim=-1).unsqueeze(0).expand(lr.shape[0], -1, -1, -1)  # (x, y) order
     return F.grid_sample(lr, sample_points, mode="bilinear", padding_mode="border", align_corners=False)
 
 
