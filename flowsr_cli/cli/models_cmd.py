@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flowsr_cli.config import Settings, integer_flag
+from flowsr_cli.config import Settings, choice_flag, integer_flag
 from flowsr_cli.console import printable
 from flowsr_cli.errors import UsageError
+from flowsr_cli.hub.manifest import TASKS, UPSCALE
 
 if TYPE_CHECKING:
     from flowsr_cli.hub.catalog import Hub
@@ -98,20 +99,21 @@ def _entry(hub: Hub, name: str) -> ModelEntry:
 
 @models_app.command("list")
 def list_command() -> None:
-    """Every named model: where it comes from, its size, whether it is on this machine."""
+    """Every named model: what it is for, where it comes from, its size, whether it is on this machine."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     hub = _hub()
     table = Table(title=f"flowsr models (cache: {printable(hub.models_dir)})", title_justify="left")
-    for column in ("name", "source", "size", "here", "description"):
+    for column in ("name", "for", "source", "size", "here", "description"):
         table.add_column(column)
     for entry in hub.entries().values():
         path = hub.local_path(entry)
         size = path.stat().st_size if path.is_file() else entry.size
         cells = (
             entry.name,
+            _purpose(entry),
             "bundled" if entry.bundled else entry.source,
             f"{size / 1e6:.1f} MB" if size else "?",
             "yes" if path.is_file() else "no",
@@ -122,6 +124,13 @@ def list_command() -> None:
         typer.echo("no named models yet: add one with `flowsr models add` or `flowsr models import`")
         return
     Console().print(table)
+
+
+def _purpose(entry: ModelEntry) -> str:
+    """What a model is for: its command (`upscale` or `rescale`) and, when fixed, its scale."""
+    if entry.scales is not None and entry.scales[0] == entry.scales[1]:
+        return f"{entry.task} x{entry.scales[0]:g}"
+    return entry.task if entry.scales is None else f"{entry.task}, any scale"
 
 
 @models_app.command("download")
@@ -213,6 +222,13 @@ def add_command(
     description: str = typer.Option(
         "", "--description", help="A line for `flowsr models list` (default: none).", show_default=False
     ),
+    task: str = typer.Option(
+        UPSCALE,
+        "--task",
+        parser=choice_flag("--task", TASKS),
+        metavar="upscale|rescale",
+        help="What it is for: super-resolution (upscale, eval, train) or image rescaling (flowsr rescale).",
+    ),
 ) -> None:
     """Register a model served elsewhere (e.g. a team's server); it downloads on first use."""
     from flowsr_cli.hub.manifest import ModelEntry, check_name
@@ -222,5 +238,5 @@ def add_command(
         raise UsageError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
     if not url.startswith(("https://", "http://")):
         raise UsageError(f"url {url!r}: expected an http(s) URL")
-    manifest = _hub().add(ModelEntry(name, description, sha256.lower(), size, url=url, source="user"))
+    manifest = _hub().add(ModelEntry(name, description, sha256.lower(), size, url=url, source="user", task=task))
     typer.echo(f"added {name} to {printable(manifest)}; it downloads on first use")

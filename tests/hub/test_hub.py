@@ -123,6 +123,7 @@ def test_add_validates_its_arguments(run_cli: CliInvoker, isolated_settings: Pat
         (["x y", "https://a/b", "--sha256", "0" * 64], "use letters"),
         (["ok", "https://a/b", "--sha256", "abc"], "64 hexadecimal"),
         (["ok", "ftp://a/b", "--sha256", "0" * 64], "http(s) URL"),
+        (["ok", "https://a/b", "--sha256", "0" * 64, "--task", "denoise"], "--task"),
     ):
         result = run_cli("models", "add", *args)
         assert result.exit_code == 2 and message in result.stderr
@@ -130,6 +131,23 @@ def test_add_validates_its_arguments(run_cli: CliInvoker, isolated_settings: Pat
     assert not manifest.exists()
     assert run_cli("models", "add", "ok", "https://a/b.safetensors", "--sha256", "A" * 64).exit_code == 0
     assert json.loads(manifest.read_text())["models"]["ok"]["sha256"] == "a" * 64
+
+
+def test_a_model_added_for_rescaling_is_listed_for_it(
+    run_cli: CliInvoker, isolated_settings: Path, photo: Path
+) -> None:
+    digest = "0" * 64
+    added = run_cli("models", "add", "team-x4", "https://a/x4.safetensors", "--sha256", digest, "--task", "rescale")
+    assert added.exit_code == 0, added.output
+    assert json.loads((isolated_settings.parent / "models.json").read_text())["models"]["team-x4"]["task"] == "rescale"
+    rows = {line.split("│")[1].strip(): line for line in run_cli("models", "list", env={"COLUMNS": "200"}).stdout
+            .splitlines() if line.count("│") > 2}  # fmt: skip
+    assert rows["team-x4"].split("│")[2].strip() == "rescale"
+    assert rows["hcflow-rescale-x2"].split("│")[2].strip() == "rescale x2"
+    assert rows["srflow"].split("│")[2].strip() == "upscale x4"
+    assert rows["linf-lp"].split("│")[2].strip() == "upscale, any scale"
+    unknown = run_cli("rescale", "down", str(photo), "-s", "4", "-m", "nothing-here")
+    assert unknown.exit_code == 2 and "team-x4" in unknown.stderr
 
 
 def test_bundled_entries_resolve_inside_the_package_and_never_download() -> None:
