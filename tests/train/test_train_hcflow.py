@@ -7,7 +7,6 @@ import inspect
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,27 +25,12 @@ from flowsr_cli.train.distributed import Cluster
 from flowsr_cli.train.loop import RunFiles, Trainer
 from flowsr_cli.train.objectives import HCFlowObjective, flow_objective
 from flowsr_cli.train.recipe import ARCHITECTURES, Recipe, load_recipe
-from tests.conftest import REPO_ROOT, SHARED, CliInvoker
+from tests.conftest import REPO_ROOT, CliInvoker
 from tests.families.hcflow.test_hcflow import TINY
 
 RECIPE = "lr_size = 8\nbatch_size = 2\nworkers = 0\nlearning_rate = 0.001\nlog_every = 1\ncheckpoint_every = 3\n"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in sorted((SHARED / "data/train/bsds500_train").iterdir())[:3]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
-@pytest.fixture
-def recipe(tmp_path: Path) -> Path:
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    return tmp_path / "recipe.toml"
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ continuing a trained prior, and usage errors."""
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from flowsr_cli.families.hcflow.prior import HCFlowLP
 from flowsr_cli.families.model_file import load_model, save_model
@@ -19,7 +17,11 @@ from flowsr_cli.train.recipe import PRIORS, load_recipe
 from tests.conftest import REPO_ROOT, SHARED, CliInvoker
 from tests.families.hcflow.test_hcflow import TINY, tiny_model
 from tests.families.hcflow.test_hcflow_lp import tiny_hcflow_lp
-from tests.train.test_train_srflow import RECIPE, records
+from tests.train.test_train_srflow import RECIPE as SRFLOW_RECIPE
+from tests.train.test_train_srflow import records
+
+RECIPE = SRFLOW_RECIPE
+"""What the ``recipe`` fixture writes: SRFlow's small test recipe."""
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,29 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(autouse=True)
 def backbones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWSR_BACKBONE_DIR", str(SHARED / "weights"))
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in sorted((SHARED / "data/train/bsds500_train").iterdir())[:3]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
-@pytest.fixture
-def recipe(tmp_path: Path) -> Path:
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    return tmp_path / "recipe.toml"
-
-
-@pytest.fixture
-def val(tmp_path: Path, photos: Path) -> Path:
-    folder = tmp_path / "val"
-    folder.mkdir()
-    Image.open(sorted(photos.iterdir())[0]).crop((0, 0, 64, 48)).save(folder / "a.png")
-    return folder
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from flowsr_cli.train.objectives import RescaleObjective, flow_objective
 from flowsr_cli.train.recipe import RESCALERS, load_recipe, rescaler_spec
 from flowsr_cli.train.rescale_validation import RescaleValidation, rescale_metrics, round_trip
 from flowsr_cli.train.state import spec_differences
-from tests.conftest import REPO_ROOT, SHARED, CliInvoker
+from tests.conftest import REPO_ROOT, CliInvoker
 from tests.families.hcflow.test_rescaling import TINY, TINY_X2
 
 RECIPE = (
@@ -39,21 +38,6 @@ RECIPE = (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in sorted((SHARED / "data/train/bsds500_train").iterdir())[:3]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
-@pytest.fixture
-def recipe(tmp_path: Path) -> Path:
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    return tmp_path / "recipe.toml"
 
 
 @pytest.fixture

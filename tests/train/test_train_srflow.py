@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image as PILImage
 
 from flowsr_cli.families.common.flow_layers import ActNorm
 from flowsr_cli.families.model_file import load_model, save_model
@@ -32,29 +30,6 @@ RECIPE = (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in sorted((SHARED / "data/train/bsds500_train").iterdir())[:3]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
-@pytest.fixture
-def recipe(tmp_path: Path) -> Path:
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    return tmp_path / "recipe.toml"
-
-
-@pytest.fixture
-def val(tmp_path: Path, photos: Path) -> Path:
-    folder = tmp_path / "val"
-    folder.mkdir()
-    PILImage.open(sorted(photos.iterdir())[0]).crop((0, 0, 64, 48)).save(folder / "a.png")
-    return folder
 
 
 @pytest.fixture
