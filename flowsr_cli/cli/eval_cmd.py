@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import typer
 
+from flowsr_cli.cli.batch_common import OUTPUT_PANEL
 from flowsr_cli.config import PRIOR_CHOICES, RAY, Settings, choice_flag, integer_flag
 from flowsr_cli.console import printable, report_error, report_note, stderr_console
 from flowsr_cli.errors import FlowsrError, UsageError
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from flowsr_cli.eval.evaluation import Dataset, Evaluation, Result, Setting, Skip
     from flowsr_cli.eval.metrics import LPIPS
 
-_OUTPUT = "Output"
+R = TypeVar("R")
+
 NOT_COMPUTED = "not computed (--no-lpips)"
 """What the JSON protocol says of LPIPS when ``--no-lpips`` leaves it out (the rows hold null)."""
 
@@ -111,13 +113,15 @@ def eval_command(
         help="Never download models or the LPIPS backbone (default: online; config: offline).",
         show_default=False,
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON.", rich_help_panel=_OUTPUT),
-    csv_path: Path | None = typer.Option(None, "--csv", help="Write the results as CSV.", rich_help_panel=_OUTPUT),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Write the results as JSON.", rich_help_panel=OUTPUT_PANEL
+    ),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Write the results as CSV.", rich_help_panel=OUTPUT_PANEL),
     markdown_path: Path | None = typer.Option(
-        None, "--markdown", help="Write the results as a Markdown table.", rich_help_panel=_OUTPUT
+        None, "--markdown", help="Write the results as a Markdown table.", rich_help_panel=OUTPUT_PANEL
     ),
     save_images: Path | None = typer.Option(
-        None, "--save-images", help="Save every output as PNG under this folder.", rich_help_panel=_OUTPUT
+        None, "--save-images", help="Save every output as PNG under this folder.", rich_help_panel=OUTPUT_PANEL
     ),
 ) -> None:
     """Score models on folders of HR images: PSNR-Y, SSIM, LPIPS, LR-PSNR, grid, colour shift, inf rate, diversity.
@@ -170,7 +174,7 @@ def eval_command(
         save_images=save_images,
     )
     skipped = _report_skips(evaluation, loaded)
-    scored = _run_with_progress(evaluation, loaded)
+    scored = run_with_progress(evaluation, loaded)
     results = [result for _, result in scored]
     row_labels = [setting.label for setting, _ in scored]
     _print_table(results, row_labels, [setting.label for setting, _ in evaluation.settings], lpips)
@@ -285,7 +289,16 @@ def _check_fixed_scales(chosen: list[tuple[Setting, Upscaler]], scales: list[flo
             report_note(f"{model} is a fixed ×{native} model: skipped at {', '.join(skipped)}")
 
 
-def _run_with_progress(evaluation: Evaluation, datasets: list[Dataset]) -> list[tuple[Setting, Result]]:
+class StepwiseEvaluation(Protocol[R]):
+    """An evaluation that knows its steps over some datasets and calls back after each one."""
+
+    def steps(self, datasets: list[Dataset]) -> int: ...
+
+    def run(self, datasets: list[Dataset], advance: Callable[[], None]) -> R: ...
+
+
+def run_with_progress(evaluation: StepwiseEvaluation[R], datasets: list[Dataset]) -> R:
+    """The evaluation's results, with a progress bar over its steps on stderr while it runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowsr_cli.cli.batch_common import MODEL_PANEL, OUTPUT_PANEL, model_sha256
-from flowsr_cli.cli.eval_cmd import NOT_COMPUTED, lpips_metric, write_reports
+from flowsr_cli.cli.eval_cmd import NOT_COMPUTED, lpips_metric, run_with_progress, write_reports
 from flowsr_cli.cli.rescale_models import DEFAULT_RESCALER, SCALES, prepared_rescaler
 from flowsr_cli.config import Settings, flag_parser, integer_flag
 from flowsr_cli.console import printable, report_error, report_note, stderr_console
@@ -159,7 +159,7 @@ def eval_command(
     rescaling = _rescaling_methods(rescalers, settings, seed)
     evaluation = RescaleEvaluation([*_baseline_methods(baselines, seed), *rescaling], scale_list, metric)
     skipped = _report_rescale_skips(evaluation, loaded)
-    results = _run_rescale_evaluation(evaluation, loaded)
+    results = run_with_progress(evaluation, loaded)
     _print_rescale_table(results, lpips)
     run_settings = _run_settings(hub, scale_list, seed, lpips, rescaling, baselines)
     _write_rescale_outputs(results, skipped, json_path, csv_path, markdown_path, run_settings)
@@ -268,22 +268,6 @@ def _report_rescale_skips(evaluation: RescaleEvaluation, datasets: list[Dataset]
     for skip in skipped:
         report_error(f"{skip.path}: {skip.reason}")
     return skipped
-
-
-def _run_rescale_evaluation(evaluation: RescaleEvaluation, datasets: list[Dataset]) -> list[RescaleResult]:
-    """The evaluation's results, with a progress bar on stderr while it runs."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("evaluating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=stderr_console(),
-        transient=True,
-    ) as progress:
-        task = progress.add_task("", total=evaluation.steps(datasets))
-        return evaluation.run(datasets, lambda: progress.advance(task))
 
 
 def _print_rescale_table(results: list[RescaleResult], lpips: bool) -> None:
