@@ -169,6 +169,7 @@ CASES: list[Bad] = [
     argument("models add", "URL", ("m", "ftp://host/m", "--sha256", SHA), "ftp://host/m", "an http(s) URL", "url"),
     *options("models add", "--sha256", ("abc", "g" * 64), "expected 64 hexadecimal digits"),
     *options("models add", "--size", ("0", "big"), "an integer >= 1"),
+    *options("models add", "--task", ("denoise", "Rescale"), "upscale or rescale"),
     *[
         argument(f"models {verb}", "NAME", ("nope",), "nope", NO_SUCH_MODEL[1], NO_SUCH_MODEL[0])
         for verb in ("download", "verify", "path", "remove")

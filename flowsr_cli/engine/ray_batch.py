@@ -25,6 +25,10 @@ TASK_RETRIES = 2
 """How many more times an input is tried after its worker died running it (each time on the restarted worker)."""
 QUEUED_PER_WORKER = 2
 """Inputs handed to each worker at once: the one it runs and the next."""
+STOP_TIMEOUT = 10.0
+"""Seconds to wait, when a batch stops early (Ctrl-C, an error), for its killed workers' inputs to fail."""
+LOCK_PATIENCE = 2.0
+"""Seconds, after that, for the locks of the temporary files those workers held to be released."""
 
 
 class _NoteCollector:
@@ -126,7 +130,12 @@ def run_on_cluster(
     finally:
         for actor in actors:
             ray.kill(actor)
-        remove_leftovers(job.output for jobs in pending for job in jobs if job.output is not None)
+        # a worker killed mid-write holds its temporary file's lock until its process is gone: wait for its inputs
+        # to fail, then for the locks to go
+        if in_flight:
+            ray.wait(list(in_flight), num_returns=len(in_flight), timeout=STOP_TIMEOUT)
+        outputs = [job.output for jobs in pending for job in jobs if job.output is not None]
+        remove_leftovers(outputs, patience=LOCK_PATIENCE if in_flight else 0.0)
 
 
 def _results(ray: Any, refs: list[Any]) -> list[Any]:

@@ -12,10 +12,13 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 TEMP_SUFFIX = ".part"
+LEFTOVER_RETRY = 0.05
+"""Seconds between tries of a locked temporary file that :func:`remove_leftovers` is patient with."""
 
 
 def _current_umask() -> int:
@@ -68,26 +71,36 @@ def _names_file(path: str, fd: int) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def remove_leftovers(targets: Iterable[Path]) -> int:
+def remove_leftovers(targets: Iterable[Path], patience: float = 0.0) -> int:
     """Delete the temporary files that writes of ``targets`` left behind when their process was killed
     (SIGKILL or power loss skip the cleanup above); returns how many were removed.
 
     Each folder is listed once. A temporary file whose lock is held belongs to a write in progress (of
-    this or another process) and is kept."""
+    this or another process) and is kept; with ``patience`` (seconds) it is tried again until then, for a
+    caller that has just killed the writers and waits for them to be gone."""
     wanted: dict[Path, set[str]] = {}
     for target in targets:
         wanted.setdefault(target.parent, set()).add(target.name)
-    removed = 0
+    candidates: list[str] = []
     for folder, names in wanted.items():
         try:
             entries = list(os.scandir(folder))
         except OSError:
             continue
-        for entry in entries:
-            name = entry.name
-            if name.startswith(".") and name.endswith(TEMP_SUFFIX) and _target_of(name) in names:
-                removed += _remove_if_unlocked(entry.path)
-    return removed
+        candidates += [
+            entry.path
+            for entry in entries
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and _target_of(entry.name) in names
+        ]
+    removed = 0
+    deadline = time.monotonic() + patience
+    while True:
+        kept = [path for path in candidates if not _remove_if_unlocked(path)]
+        removed += len(candidates) - len(kept)
+        candidates = [path for path in kept if os.path.lexists(path)]
+        if not candidates or time.monotonic() >= deadline:
+            return removed
+        time.sleep(LEFTOVER_RETRY)
 
 
 def _remove_if_unlocked(path: str) -> bool:

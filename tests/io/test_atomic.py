@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,25 @@ def test_a_temporary_file_whose_lock_is_held_is_kept_until_the_lock_is_gone(tmp_
         assert live.exists()
     assert remove_leftovers([tmp_path / "photo_x2.png"]) == 1
     assert not live.exists()
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+with open(sys.argv[1], "rb") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_with_patience_a_lock_that_goes_soon_is_waited_for(tmp_path: Path) -> None:
+    """As after killing a Ray worker mid-write: its process, holding the lock, is gone a moment later."""
+    live = tmp_path / ".photo_x2.png.live2.part"
+    live.write_bytes(b"being written")
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(live), "0.5"], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "locked\n"
+    assert remove_leftovers([tmp_path / "photo_x2.png"]) == 0  # no patience: a live write is kept
+    started = time.monotonic()
+    assert remove_leftovers([tmp_path / "photo_x2.png"], patience=10.0) == 1
+    assert not live.exists() and time.monotonic() - started < 5  # removed once the writer was gone
+    writer.wait(timeout=10)
