@@ -3,8 +3,9 @@ same run: bicubic, the same model without its consistency projection (`--consist
 projection's cost is the ratio of the two), and a naive reference path of the same model
 (`naive_reference.py`: what the original code does, the whole image at once, the LR encoded and the flow's
 conditioning computed anew for the prior's forward pass and again for the inverse, upstream's query batches
-and flow layers; for an imported original checkpoint, ``linf-lp-original``, also the original's own latent inputs),
-which the unprojected path must match.
+and flow layers; for an imported original checkpoint, ``linf-lp-original``, also the original's own latent inputs;
+for an HCFlow imported from an original-layout checkpoint, ``paper-hcflow-original-random``, the original network's
+own reverse pass at heat 0, the unprojected path then at heat 0 too), which the unprojected path must match.
 
 Every (path, input, scale) runs in its own process so that its peak RSS is its own. Also measured:
 the model's achieved GFLOP/s (torch.utils.flop_counter) against this machine's fp32 matmul GFLOP/s,
@@ -17,6 +18,7 @@ the second image of a real batch against the first, the cold start of `flowsr up
     python scripts/bench.py --model paper-lp-random --sizes 128 256 --scales 4 --compare  # the paper's size
     python scripts/bench.py --model paper-lp-original-random --sizes 256 --scales 4 --compare  # as imported
     python scripts/bench.py --only-models --compare paper-hcflow-random --rescale paper-rescale-x4-random
+    python scripts/bench.py --model paper-hcflow-original-random --sizes 128 --scales 4 --compare  # vs the original
     python scripts/bench.py --only-models --compare --backends 256    # --backend torch vs onnx only
 
 `flowsr upscale` runs at ``--precision`` (default auto, as users run it); each row also times the same path in
@@ -50,15 +52,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_memory import PAPER_MODELS, make_input, materialise
-from naive_reference import naive_original_upscale, naive_upscale
+from bench_memory import PAPER_MODELS, make_input, materialise, original_hcflow
+from naive_reference import naive_hcflow_upscale, naive_original_upscale, naive_upscale
 
 from flowsr_cli.config import MODEL_BACKENDS, Settings
 from flowsr_cli.engine.pipeline import pixels_to_tensor
 from flowsr_cli.eval.evaluation import super_resolve
+from flowsr_cli.families.hcflow.network import HCFlowSR
 from flowsr_cli.families.linf.original_prior import OriginalLINFLP
 from flowsr_cli.families.linf.prior import LINFLP
-from flowsr_cli.families.model_file import load_model
+from flowsr_cli.families.model_file import load_model, read_model_metadata
 from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler
 from flowsr_cli.hub.catalog import Hub
 from flowsr_cli.io.reading import read_image
@@ -90,11 +93,16 @@ def runner(
     if path == "naive":
         hub = Hub(Settings())
         network = load_model(hub.resolve(model), "cpu")
+        if isinstance(network, HCFlowSR):
+            original = original_beside(Path(model))
+            return lambda lr, size: naive_hcflow_upscale(original, lr)
         if not isinstance(network, LINFLP):
-            raise SystemExit(f"the naive reference path is LINF-LP's; {model} is not a LINF-LP model")
+            raise SystemExit(f"the naive reference paths are LINF-LP's and HCFlow's; {model} is neither")
         naive = naive_original_upscale if isinstance(network, OriginalLINFLP) else naive_upscale
         return lambda lr, size: naive(network, lr, size)
     consistency = "off" if path == "unprojected" else "auto"
+    # HCFlow's naive path runs at heat 0, so the unprojected path it must match does too (heat does not change speed)
+    heat_zero = path == "unprojected" and Path(model).is_file() and model_name(Path(model)) == "hcflow"
     name = "bicubic" if path == "bicubic" else model
     precision = precision if path == "flowsr" else "fp32"
     request = UpscalerRequest(
@@ -102,12 +110,29 @@ def runner(
         device="cpu",
         precision=precision,
         consistency=consistency,
+        temperature=0.0 if heat_zero else None,
         hub=Hub(Settings()),
         backend=backend,
         cache_dir=cache_dir,
     )
     upscaler = create_upscaler(request)
     return lambda lr, size: super_resolve(upscaler, lr, size, 0)
+
+
+def original_beside(model_file: Path) -> Any:
+    """The original-layout HCFlow whose checkpoint (``.pth``) lies beside ``model_file``, as ``--model
+    paper-hcflow-original-random`` leaves it."""
+    checkpoint = model_file.with_suffix(".pth")
+    if not checkpoint.is_file():
+        raise SystemExit(f"the naive HCFlow path needs the original checkpoint {checkpoint} (--model paper-hcflow-...)")
+    original = original_hcflow(seed=0)
+    original.load_state_dict(torch.load(checkpoint, weights_only=True))
+    return original.eval()
+
+
+def model_name(model_file: Path) -> str:
+    """The network a model file's spec names."""
+    return str(read_model_metadata(model_file)["spec"]["name"])
 
 
 def rescale_runner(path: str, model: str) -> Any:

@@ -64,13 +64,25 @@ PAPER_MODELS = (
     "paper-lp-random",
     "paper-lp-original-random",
     "paper-hcflow-random",
+    "paper-hcflow-original-random",
     "paper-rescale-x2-random",
     "paper-rescale-x4-random",
 )
 """Paper-size models with seeded random weights (enough for speed and memory): the EDSR-baseline LINF 3x3; that
 LINF with the learned prior's paper-size latent module (4.58 M parameters), in flowsr's variant and in the original
-code's (``linf-lp-original``, as imported checkpoints run); the paper's x4 HCFlow; the paper-size HCFlow image
-rescaling models at x2 and x4."""
+code's (``linf-lp-original``, as imported checkpoints run); the paper's x4 HCFlow, also as imported from an
+original-layout checkpoint (:data:`ORIGINAL_HCFLOW_X4`, its ``.pth`` kept beside it for the naive path); the
+paper-size HCFlow image rescaling models at x2 and x4."""
+
+ORIGINAL_HCFLOW_X4 = {
+    "L": 2,
+    "K": [26, 26],
+    "after": [13, 13],
+    "hidden": 64,
+    "split_opt": {"RRDB_nf": 64, "RRDB_gc": 32, "RRDB_nb": [7, 7], "hidden_channels": 64},
+}
+"""The released SR_DF2K_X4_HCFlow's sizes in the original code's terms (13 + 13 steps per level, RRDB 7 + 7):
+flowsr's ``hcflow`` architecture once imported."""
 
 
 def make_model(path: Path, name: str = "paper-random") -> None:
@@ -81,7 +93,23 @@ def make_model(path: Path, name: str = "paper-random") -> None:
     from flowsr_cli.families.registry import make
 
     torch.manual_seed(0)
+    if name == "paper-hcflow-original-random":
+        from flowsr_cli.families.importing import convert_original
+
+        torch.save(original_hcflow(seed=0).state_dict(), path.with_suffix(".pth"))
+        save_model(convert_original(path.with_suffix(".pth")), path)
+        return
     save_model(make(paper_spec(name)).eval(), path)
+
+
+def original_hcflow(seed: int) -> Any:
+    """The test suite's independent re-implementation of the original HCFlow network at the paper's x4 size, with
+    tame seeded random weights (``tests/families/hcflow/original_hcflow.py``; imported from the repository)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.families.hcflow.original_hcflow import tamed_original
+
+    return tamed_original(**ORIGINAL_HCFLOW_X4, seed=seed)
 
 
 def materialise(model: str, folder: Path) -> str:

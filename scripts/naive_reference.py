@@ -14,6 +14,9 @@ flowsr, so the speed-up flowsr reports is against an independent, straightforwar
   BatchNorm as its own layer, PyTorch's default memory layout; its output times the model's fade gain
   beyond the prior's training range (flowsr's own addition, not upstream's).
 
+:func:`naive_hcflow_upscale` is the heat-0 output of an original-layout HCFlow network (the test suite's independent
+re-implementation of the original code) by its own reverse pass over the whole image.
+
 :func:`naive_original_upscale` runs an imported original checkpoint (``linf-lp-original``) the same way, with
 the original's own latent inputs: plain-bilinear pseudo-residual, ``H // p + 1`` zero-padded block rows (blocks
 whose centre pixel is padding queried at the image centre), the stride-3 LR branch stretched to the latent grid
@@ -85,6 +88,12 @@ def naive_original_upscale(model: OriginalLINFLP, lr: torch.Tensor, size: Size) 
         residual = torch.cat([_inverse(flow.flow, z, c) for z, c in zip(z_hat.split(QUERY_BATCH), conditions)])
         pixels = fold_patches(residual.unsqueeze(0), *cells, patch)[..., : full[0], : full[1]]
     return (pixels + upsampled + 1) / 2
+
+
+def naive_hcflow_upscale(original: torch.nn.Module, lr: torch.Tensor) -> torch.Tensor:
+    """The heat-0 output (1, 3, 4h, 4w), unclamped, of an original-layout HCFlow for an LR (1, 3, h, w) in [0, 1]."""
+    with torch.inference_mode():
+        return original.flow(z=lr, eps_std=0.0, reverse=True)
 
 
 def _original_query_points(full: tuple[int, int], patch: int) -> torch.Tensor:

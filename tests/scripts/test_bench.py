@@ -85,6 +85,23 @@ def test_naive_original_path_matches_the_engine_on_an_imported_style_model(
         assert upscaler.upscale(lr, size, lambda *_: None).tiles > 1
 
 
+def test_the_naive_hcflow_path_is_the_original_networks_reverse_pass(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--model paper-hcflow-original-random``: the paper-size original-layout HCFlow, imported; the bench's
+    unprojected path (heat 0) and the original network's own reverse pass give the same image."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    bench = importlib.import_module("bench")
+    model = bench.materialise("paper-hcflow-original-random", tmp_path)
+    assert Path(model).with_suffix(".pth").is_file()
+    lr = torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(6))
+    size = Size(64, 48)
+    engine = bench.runner("unprojected", model)(lr, size)
+    naive = bench.runner("naive", model)(lr, size)
+    assert engine.shape == naive.shape == (1, 3, 48, 64)
+    assert torch.equal(engine, naive)
+
+
 def test_the_per_model_table_times_each_precision_in_its_own_process(tmp_path: Path) -> None:
     report = tmp_path / "speed.json"
     command = [sys.executable, str(SCRIPTS / "bench.py"), "--only-models", "--compare", "linf", "--compare-size", "24"]
