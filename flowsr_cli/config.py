@@ -140,6 +140,12 @@ BACKEND_CHOICES = (*MODEL_BACKENDS, RAY)
 the setting checks values against this tuple alone."""
 
 
+def model_backend(backend: str) -> str:
+    """What runs the model's networks in this process for the ``backend`` setting: itself, or PyTorch for ``ray``
+    (whose workers run PyTorch; here, `eval` and each worker)."""
+    return MODEL_BACKENDS[0] if backend == RAY else backend
+
+
 def _one_of(choices: tuple[str, ...]) -> str:
     """``a, b or c``: the allowed values of a choice, for messages."""
     return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import typer
 
 from flowsr_cli.cli.batch_common import OUTPUT_PANEL
-from flowsr_cli.config import PRIOR_CHOICES, RAY, Settings, choice_flag, integer_flag
+from flowsr_cli.config import PRIOR_CHOICES, RAY, Settings, choice_flag, integer_flag, model_backend
 from flowsr_cli.console import printable, report_error, report_note, stderr_console
 from flowsr_cli.errors import FlowsrError, UsageError
 
@@ -243,7 +243,7 @@ def _build_settings(
             guard=False,
             consistency=settings["consistency"],
             hub=hub,
-            backend="torch" if settings["backend"] == RAY else settings["backend"],
+            backend=model_backend(settings["backend"]),
             cache_dir=settings["cache_dir"],
         )
         prepared = prepare_model(request)

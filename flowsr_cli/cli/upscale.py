@@ -41,13 +41,13 @@ from flowsr_cli.cli.batch_common import (
 from flowsr_cli.config import (
     BICUBIC,
     PRIOR_CHOICES,
-    RAY,
     SETTINGS,
     Settings,
     choice_flag,
     consistency_default,
     flag_parser,
     integer_flag,
+    model_backend,
     number_flag,
 )
 from flowsr_cli.console import debug_enabled
@@ -446,7 +446,7 @@ class _RunChoices:
             temperature=self.temperature,
             consistency=self.settings["consistency"],
             hub=self.hub,
-            backend="torch" if self.settings["backend"] == RAY else self.settings["backend"],
+            backend=model_backend(self.settings["backend"]),
             cache_dir=self.settings["cache_dir"],
         )
 

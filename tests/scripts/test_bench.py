@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +15,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from flowsr_cli.engine.upscaler import Upscaler
 from flowsr_cli.eval.evaluation import super_resolve
 from flowsr_cli.families.model_file import save_model
 from flowsr_cli.families.registry import make
@@ -33,6 +35,18 @@ def load_reference(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
+def assert_naive_matches_engine(
+    upscaler: Upscaler, naive_path: Callable[..., torch.Tensor], lr: torch.Tensor, size: Size, *, tiled: bool
+) -> None:
+    """The naive path's output equals the engine's (unprojected) to 1e-4; a tiled engine really ran in tiles."""
+    engine = super_resolve(upscaler, lr, size, 0)
+    naive = naive_path(upscaler.model, lr, size)
+    assert naive.shape == engine.shape == (1, 3, size.height, size.width)
+    assert (engine - naive).abs().max().item() <= 1e-4
+    if tiled:
+        assert upscaler.upscale(lr, size, lambda *_: None).tiles > 1
+
+
 @pytest.mark.parametrize(("tile", "scale"), [(0, 4.0), (24, 3.5), (24, 6.0)])
 def test_naive_reference_path_matches_the_engine(monkeypatch: pytest.MonkeyPatch, tile: int, scale: float) -> None:
     reference = load_reference(monkeypatch)
@@ -41,12 +55,7 @@ def test_naive_reference_path_matches_the_engine(monkeypatch: pytest.MonkeyPatch
     base = torch.rand(1, 3, 12, 15, generator=torch.Generator().manual_seed(4))
     lr = torch.nn.functional.interpolate(base, size=(40, 50), mode="bilinear", align_corners=False)
     size = Size(round(50 * scale), round(40 * scale))
-    engine = super_resolve(upscaler, lr, size, 0)
-    naive = reference.naive_upscale(upscaler.model, lr, size)
-    assert naive.shape == engine.shape == (1, 3, size.height, size.width)
-    assert (engine - naive).abs().max().item() <= 1e-4
-    if tile:
-        assert upscaler.upscale(lr, size, lambda *_: None).tiles > 1
+    assert_naive_matches_engine(upscaler, reference.naive_upscale, lr, size, tiled=bool(tile))
 
 
 @pytest.mark.parametrize(("tile", "side", "scale"), [(0, 40, 4.0), (24, 40, 4.0), (24, 37, 3.5)])
@@ -77,12 +86,7 @@ def test_naive_original_path_matches_the_engine_on_an_imported_style_model(
     upscaler = create_upscaler(UpscalerRequest(str(model_file), device="cpu", tile=tile, consistency="off"))
     lr = torch.rand(1, 3, side, side + 3, generator=torch.Generator().manual_seed(5))
     size = Size(round((side + 3) * scale), round(side * scale))
-    engine = super_resolve(upscaler, lr, size, 0)
-    naive = reference.naive_original_upscale(upscaler.model, lr, size)
-    assert naive.shape == engine.shape == (1, 3, size.height, size.width)
-    assert (engine - naive).abs().max().item() <= 1e-4
-    if tile:
-        assert upscaler.upscale(lr, size, lambda *_: None).tiles > 1
+    assert_naive_matches_engine(upscaler, reference.naive_original_upscale, lr, size, tiled=bool(tile))
 
 
 def test_the_naive_hcflow_path_is_the_original_networks_reverse_pass(
