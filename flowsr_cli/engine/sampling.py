@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 
 LatentSource = Callable[[range, range], torch.Tensor]
-"""(latent rows, latent columns) -> latents (B, len(rows) * len(columns), D), row-major."""
+"""(latent rows, latent columns) -> latents (B, D, len(rows) * len(columns)): one column per latent cell, cells
+row-major (the layout the flow's inference reads)."""
 
 _MASK64 = (1 << 64) - 1
 
@@ -26,13 +27,13 @@ def gaussian_latent(seed: int, temperature: float, batch: int, dim: int, width: 
 
     def latent(rows: range, columns: range) -> torch.Tensor:
         if temperature == 0:
-            return torch.zeros(batch, len(rows) * len(columns), dim)
+            return torch.zeros(batch, dim, len(rows) * len(columns))
         bands = [
             torch.randn(batch, width, dim, generator=torch.Generator().manual_seed(row_seed(seed, row)))[
                 :, columns.start : columns.stop
             ]
             for row in rows
         ]
-        return torch.cat(bands, dim=1).mul_(temperature)
+        return torch.cat(bands, dim=1).mul_(temperature).mT
 
     return latent

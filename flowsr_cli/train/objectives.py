@@ -28,7 +28,7 @@ def zero_latent(batch: int, dim: int) -> LatentSource:
     """A LatentSource of zeros: the flow's mode-like, temperature-0 output."""
 
     def latent(rows: range, columns: range) -> torch.Tensor:
-        return torch.zeros(batch, len(rows) * len(columns), dim)
+        return torch.zeros(batch, dim, len(rows) * len(columns))
 
     return latent
 

@@ -140,11 +140,9 @@ def exploding_latent(original):  # type: ignore[no-untyped-def]
         inner = original(seed, temperature, batch, dim, width)
 
         def latent(rows: range, columns: range) -> torch.Tensor:
-            z = inner(rows, columns)
+            z = inner(rows, columns).contiguous()
             if temperature > 0.1 and rows.start < 2:
-                z = z.view(batch, len(rows), len(columns), dim)
-                z[:, : 2 - rows.start] = 1e38
-                z = z.view(batch, -1, dim)
+                z.view(batch, dim, len(rows), len(columns))[:, :, : 2 - rows.start] = 1e38
             return z
 
         return latent

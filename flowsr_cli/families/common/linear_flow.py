@@ -28,10 +28,10 @@ class InvertibleLinear(nn.Module):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Solve for x: ``x = y W^-T - b W^-T``, one fused matrix product, W^-1 formed in float64."""
-        inverse, bias = self._inverse(y.dtype)
+        inverse, bias = self.inverse_matrices(y.dtype)
         return torch.addmm(bias, y, inverse)
 
-    def _inverse(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse_matrices(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(W^-T, -b W^-T) in ``dtype``; kept while the weights are unchanged and no gradient needs them."""
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return self._formed_inverse(dtype)
@@ -71,6 +71,51 @@ class ConditionalLinearFlow(nn.Module):
         scale = torch.sigmoid(per_layer[:, :, 0] + 2.0) + AFFINE_EPS
         return scale, per_layer[:, :, 1]
 
+    def prepare(self, params: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The affines (..., condition_size, N) that :meth:`latents_of_columns` and :meth:`inverse_of_columns`
+        read, from raw conditioning laid out feature-major (..., condition_size, N), one column per vector;
+        written into ``out`` (that shape) if given. Per layer: its scale ``sigmoid(raw + 2) + 1e-4`` and its
+        shift with the layer's linear bias folded in (``bias * scale + shift``), so each direction costs one
+        matrix product and one fused elementwise pass per layer on contiguous rows. Computed once per
+        conditioning and read by both directions. Differentiable where autograd needs it (then without ``out``);
+        otherwise written in place, a pass less per step."""
+        layers, features = len(self.linears), self.features
+        raw = params.unflatten(-2, (layers, 2, features))
+        biases = torch.stack([linear.bias for linear in self.linears]).unsqueeze(-1).to(params.dtype)
+        if torch.is_grad_enabled() and (params.requires_grad or biases.requires_grad):
+            scale = torch.sigmoid(raw.select(-3, 0) + 2.0) + AFFINE_EPS
+            return torch.stack([scale, torch.addcmul(raw.select(-3, 1), biases, scale)], dim=-3).flatten(-4, -2)
+        prepared = torch.empty_like(raw) if out is None else out.unflatten(-2, (layers, 2, features))
+        scale, shift = prepared.select(-3, 0), prepared.select(-3, 1)
+        torch.add(raw.select(-3, 0), 2.0, out=scale)
+        scale.sigmoid_().add_(AFFINE_EPS)
+        torch.addcmul(raw.select(-3, 1), biases, scale, out=shift)
+        return prepared.flatten(-4, -2) if out is None else out
+
+    def latents_of_columns(self, x: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
+        """x -> z for vectors laid out as columns (..., D, N) under :meth:`prepare`'s affines (..., C, N):
+        :meth:`latents` in the layout where every elementwise pass reads whole contiguous rows."""
+        scales, shifts = self._columns_affines(affines)
+        z = x
+        for layer, linear in enumerate(self.linears):
+            z = torch.addcmul(shifts[layer], torch.matmul(linear.weight, z), scales[layer])
+        return torch.matmul(self.last.weight, z).add_(self.last.bias.unsqueeze(-1))
+
+    def inverse_of_columns(self, z: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
+        """z -> x for vectors laid out as columns (..., D, N) under :meth:`prepare`'s affines (..., C, N)."""
+        scales, shifts = self._columns_affines(affines)
+        inverse, bias = self.last.inverse_matrices(z.dtype)
+        x = torch.matmul(inverse.T, z).add_(bias.unsqueeze(-1))
+        for layer in reversed(range(len(self.linears))):
+            inverse, _ = self.linears[layer].inverse_matrices(z.dtype)
+            x = torch.matmul(inverse.T, (x - shifts[layer]) / scales[layer])
+        return x
+
+    def _columns_affines(self, affines: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each layer's (scale, shift), (..., D, N), from :meth:`prepare`'s affines."""
+        per_layer = affines.unflatten(-2, (len(self.linears), 2, self.features))
+        return list(per_layer.select(-3, 0).unbind(-3)), list(per_layer.select(-3, 1).unbind(-3))
+
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x -> (z, log p(x)) with a standard normal base: (N, D), (N, condition_size) -> (N, D), (N,)."""
         z = x
@@ -85,17 +130,9 @@ class ConditionalLinearFlow(nn.Module):
         return z, log_det + last_log_det + log_base
 
     def latents(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """x -> z as :meth:`forward` gives it, without the log-density (for inference)."""
-        z = x
-        scales, shifts = self._affines(params)
-        for layer, linear in enumerate(self.linears):
-            z = torch.addcmul(shifts[:, layer], nn.functional.linear(z, linear.weight, linear.bias), scales[:, layer])
-        return nn.functional.linear(z, self.last.weight, self.last.bias)
+        """x -> z as :meth:`forward` gives it, without the log-density (for inference): (N, D), (N, C) -> (N, D)."""
+        return self.latents_of_columns(x.mT, self.prepare(params.mT)).mT.contiguous()
 
     def inverse(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """z -> x: (N, D), (N, condition_size) -> (N, D)."""
-        x = self.last.inverse(z)
-        scales, shifts = self._affines(params)
-        for layer in reversed(range(len(self.linears))):
-            x = self.linears[layer].inverse((x - shifts[:, layer]) / scales[:, layer])
-        return x
+        return self.inverse_of_columns(z.mT, self.prepare(params.mT)).mT.contiguous()

@@ -21,7 +21,6 @@ from flowsr_cli.engine.upscaler import ProgressCallback
 from flowsr_cli.families.common.coords import (
     bilinear_base,
     cell_size,
-    fold_patches,
     grid,
     patch_centres,
     to_window,
@@ -64,8 +63,8 @@ class LRFeatures:
     """The whole LR image in [0, 1] (any device) when ``lr`` is a crop; read only by a LINF whose edge
     cells take the image centre's conditioning (``query_geometry="original"``), of which it encodes the
     centre alone."""
-    centre_conditions: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
-    """The conditioning at the image centre (B, 1, C) for each output size asked, once computed."""
+    centre_affines: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    """The flow's affines at the image centre (B, C, 1) for each output size asked, once computed."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -75,7 +74,8 @@ class LRFeatures:
 
 @dataclass
 class ConditionGrid:
-    """The flow conditioning of a window of latent cells, (B, len(rows), len(columns), condition_size)."""
+    """The flow's affines (see :meth:`ConditionalLinearFlow.prepare`) of a window of latent cells, feature-major:
+    (B, condition_size, len(rows), len(columns))."""
 
     values: torch.Tensor
     rows: range
@@ -86,10 +86,9 @@ class ConditionGrid:
         return _within(rows, self.rows) and _within(columns, self.columns)
 
     def read(self, rows: range, columns: range) -> torch.Tensor:
-        """The conditioning (B, len(rows) * len(columns), condition_size) of cells inside the window, row-major."""
+        """The affines (B, condition_size, len(rows) * len(columns)) of cells inside the window, row-major."""
         top, left = rows.start - self.rows.start, columns.start - self.columns.start
-        window = self.values[:, top : top + len(rows), left : left + len(columns)]
-        return window.reshape(self.values.shape[0], -1, self.values.shape[-1])
+        return self.values[:, :, top : top + len(rows), left : left + len(columns)].flatten(2)
 
 
 class LINF(nn.Module):
@@ -204,18 +203,37 @@ class LINF(nn.Module):
         features need float32's precision for their angles, and the last layer makes the flow's affine
         parameters, which stay float32 as the flow does (in bfloat16 they cost 0.04 dB PSNR-Y on Set14 x4).
         """
-        device_type = points.device.type
-        with torch.autocast(device_type, enabled=False):
-            hidden = self._fourier_features(features, points.float(), cell)
-        for layer in self.mlp[:-1]:
-            hidden = layer(hidden)
+        hidden = self._hidden(features, points, cell)
         last = self.mlp[-1]
-        with torch.autocast(device_type, enabled=False):
+        with torch.autocast(points.device.type, enabled=False):
             if out is None:
                 return last(hidden.float())
             for item, item_out in zip(hidden.float(), out):
                 torch.addmm(last.bias, item, last.weight.T, out=item_out)
         return out
+
+    def affines(
+        self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The flow's affines (B, condition_size, N) (:meth:`ConditionalLinearFlow.prepare`) for query points
+        (B, N, 2): :meth:`condition` laid out feature-major, as the flow's inference reads it, written into
+        ``out`` if given. The MLP's last layer writes that layout directly (one matrix product per image)."""
+        hidden = self._hidden(features, points, cell)
+        last = self.mlp[-1]
+        results = []
+        with torch.autocast(points.device.type, enabled=False):
+            for index, item in enumerate(hidden.float()):
+                raw = torch.addmm(last.bias.unsqueeze(-1), last.weight, item.T)
+                results.append(self.flow.prepare(raw, None if out is None else out[index]))
+        return torch.stack(results) if out is None else out
+
+    def _hidden(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
+        """The MLP's last hidden layer (B, N, hidden) for query points (B, N, 2) (autocast applies to its layers)."""
+        with torch.autocast(points.device.type, enabled=False):
+            hidden = self._fourier_features(features, points.float(), cell)
+        for layer in self.mlp[:-1]:
+            hidden = layer(hidden)
+        return hidden
 
     def _fourier_features(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
         """The MLP's input (B, N, 4 * hidden) for query points (B, N, 2): each of the 4 nearest latents'
@@ -271,12 +289,11 @@ class LINF(nn.Module):
         ``progress`` gets the fraction of rows done after each band."""
         batch = features.lr.shape[0]
         band = max(1, chunk_queries // len(columns))
-        values = torch.empty(batch, len(rows), len(columns), self.flow.condition_size, device=features.lr.device)
+        values = torch.empty(batch, self.flow.condition_size, len(rows), len(columns), device=features.lr.device)
         for start in range(0, len(rows), band):
             end = min(len(rows), start + band)
             band_rows = range(rows.start + start, rows.start + end)
-            out = values[:, start:end].view(batch, -1, values.shape[-1])
-            self._compute_cells_condition(features, size, band_rows, columns, out)
+            self._compute_cells_affines(features, size, band_rows, columns, values[:, :, start:end].flatten(2))
             if progress is not None:
                 progress(end / len(rows))
         return ConditionGrid(values, rows, columns)
@@ -350,11 +367,11 @@ class LINF(nn.Module):
         canvas = torch.empty(batch, 3, len(rows) * patch, len(columns) * patch, device=device)
         for start in range(rows.start, rows.stop, band):
             end = min(rows.stop, start + band)
-            condition = self.cells_condition(features, size, range(start, end), columns, conditions)
+            affines = self.cells_affines(features, size, range(start, end), columns, conditions)
             z = latent(range(start, end), columns).to(device)
             with torch.autocast(device.type, enabled=False):
-                residual = self.sample(condition.flatten(0, 1).float(), z.flatten(0, 1).float())
-            band_pixels = fold_patches(residual.view(batch, -1, self.dim), end - start, len(columns), patch)
+                residual = self.flow.inverse_of_columns(z.float(), affines.float())
+            band_pixels = F.pixel_shuffle(residual.view(batch, self.dim, end - start, len(columns)), patch)
             canvas[:, :, (start - rows.start) * patch : (end - rows.start) * patch] = band_pixels
             if progress is not None:
                 progress((end - rows.start) / len(rows))
@@ -363,7 +380,7 @@ class LINF(nn.Module):
         base = self.bilinear_base(features, size, pixel_rows, pixel_columns)
         return canvas[..., : len(pixel_rows), : len(pixel_columns)] + base
 
-    def cells_condition(
+    def cells_affines(
         self,
         features: LRFeatures,
         size: tuple[int, int],
@@ -371,10 +388,10 @@ class LINF(nn.Module):
         columns: range,
         conditions: ConditionGrid | None = None,
     ) -> torch.Tensor:
-        """The flow's conditioning (B, len(rows) * len(columns), C) of those latent cells of an output of
-        ``size``, row-major: read from ``conditions`` where it covers them, computed elsewhere."""
+        """The flow's affines (B, C, len(rows) * len(columns)) of those latent cells of an output of ``size``,
+        cells row-major: read from ``conditions`` where it covers them, computed elsewhere."""
         if conditions is None:
-            return self._compute_cells_condition(features, size, rows, columns)
+            return self._compute_cells_affines(features, size, rows, columns)
         if conditions.covers(rows, columns):
             return conditions.read(rows, columns)
         batch = features.lr.shape[0]
@@ -383,17 +400,17 @@ class LINF(nn.Module):
             values = (
                 conditions.read(block_rows, block_columns)
                 if conditions.covers(block_rows, block_columns)
-                else self._compute_cells_condition(features, size, block_rows, block_columns)
+                else self._compute_cells_affines(features, size, block_rows, block_columns)
             )
-            return values.view(batch, len(block_rows), len(block_columns), -1)
+            return values.view(batch, -1, len(block_rows), len(block_columns))
 
         row_parts = [
-            torch.cat([block(row_part, column_part) for column_part in _split(columns, conditions.columns)], dim=2)
+            torch.cat([block(row_part, column_part) for column_part in _split(columns, conditions.columns)], dim=3)
             for row_part in _split(rows, conditions.rows)
         ]
-        return torch.cat(row_parts, dim=1).flatten(1, 2)
+        return torch.cat(row_parts, dim=2).flatten(2)
 
-    def _compute_cells_condition(
+    def _compute_cells_affines(
         self,
         features: LRFeatures,
         size: tuple[int, int],
@@ -401,22 +418,22 @@ class LINF(nn.Module):
         columns: range,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The conditioning of the latent cells rows x columns, computed (into ``out`` if given)."""
+        """The affines of the latent cells rows x columns, computed (into ``out`` if given)."""
         device = features.lr.device
         row_centres = self._cell_centres(rows, size[0], device)
         column_centres = self._cell_centres(columns, size[1], device)
         points = grid(row_centres, column_centres).expand(features.lr.shape[0], -1, -1)
         past = self._past_edge(size, rows, columns, device)
         if past is None:
-            return self.condition(features, points, cell_size(*size), out)
-        centre = self.centre_condition(features, size)
+            return self.affines(features, points, cell_size(*size), out)
+        centre = self.centre_affines(features, size)
         if bool(past.all()):
-            filled = centre.expand(points.shape[0], points.shape[1], -1)
+            filled = centre.expand(-1, -1, points.shape[1])
             return filled.contiguous() if out is None else out.copy_(filled)
         # cells past the edge come after the first cell of the window, which is inside: query there, then replace
-        conditions = self.condition(features, torch.where(past[:, None], points[:, :1], points), cell_size(*size), out)
-        conditions[:, past] = centre.to(conditions.dtype)
-        return conditions
+        affines = self.affines(features, torch.where(past[:, None], points[:, :1], points), cell_size(*size), out)
+        affines[:, :, past] = centre.to(affines.dtype)
+        return affines
 
     def _cell_centres(self, cells: range, length: int, device: torch.device) -> torch.Tensor:
         """Query coordinates of patch cells ``cells`` (any indices) on an axis of ``length`` pixels: their
@@ -448,11 +465,11 @@ class LINF(nn.Module):
         past = (past_rows[:, None] | past_columns[None, :]).reshape(-1)
         return past if bool(past.any()) else None
 
-    def centre_condition(self, features: LRFeatures, size: tuple[int, int]) -> torch.Tensor:
-        """The conditioning (B, 1, C) at the image centre (0, 0) for an output of ``size``: from the features
+    def centre_affines(self, features: LRFeatures, size: tuple[int, int]) -> torch.Tensor:
+        """The flow's affines (B, C, 1) at the image centre (0, 0) for an output of ``size``: from the features
         when they cover the centre's reach, else from the centre of ``features.whole_unit`` encoded alone."""
-        if size in features.centre_conditions:
-            return features.centre_conditions[size]
+        if size in features.centre_affines:
+            return features.centre_affines[size]
         height, width = features.size
         reach = int(self.encoder.receptive_radius) + self._centre_margin
         rows = range(max(0, height // 2 - reach), min(height, height // 2 + reach + 1))
@@ -468,9 +485,9 @@ class LINF(nn.Module):
                 window.to(features.lr.device, features.lr.dtype) * 2 - 1, (rows.start, columns.start), (height, width)
             )
         centre = features.lr.new_zeros(features.lr.shape[0], 1, 2)
-        condition = self.condition(source, centre, cell_size(*size))
-        features.centre_conditions[size] = condition
-        return condition
+        affines = self.affines(source, centre, cell_size(*size))
+        features.centre_affines[size] = affines
+        return affines
 
     @staticmethod
     def bilinear_base(features: LRFeatures, size: tuple[int, int], rows: range, columns: range) -> torch.Tensor:

@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from flowsr_cli.engine.resize import contributions, resize_window
 from flowsr_cli.engine.upscaler import ProgressCallback
-from flowsr_cli.families.common.coords import unfold_patches
 from flowsr_cli.families.common.latent import LatentModule, lr_positions
 from flowsr_cli.families.common.layout import channels_last
 from flowsr_cli.families.linf.network import LINF, ConditionGrid, LRFeatures
@@ -279,8 +279,7 @@ class LINFLP(nn.Module):
         """The output for a given latent grid z_hat (B, D, Hp, Wp): flow inverse plus the bilinear base."""
 
         def read(rows: range, columns: range) -> torch.Tensor:
-            window = z_hat[:, :, rows.start : rows.stop, columns.start : columns.stop]
-            return window.permute(0, 2, 3, 1).reshape(z_hat.shape[0], -1, self.dim)
+            return z_hat[:, :, rows.start : rows.stop, columns.start : columns.stop].flatten(2)
 
         return self.flow.render(features, size, latent=read, chunk_queries=chunk_queries, conditions=conditions)
 
@@ -311,14 +310,14 @@ class LINFLP(nn.Module):
         for start in range(0, len(rows), band):
             end = min(len(rows), start + band)
             band_rows = range(rows.start + start, rows.start + end)
-            condition = self.flow.cells_condition(features, size, band_rows, columns, conditions)
-            vectors = unfold_patches(residual[:, :, start * patch : end * patch], patch)
+            affines = self.flow.cells_affines(features, size, band_rows, columns, conditions)
+            vectors = F.pixel_unshuffle(residual[:, :, start * patch : end * patch], patch).flatten(2)
             with torch.autocast(device.type, enabled=False):
-                z = self.flow.latents(vectors.flatten(0, 1).float(), condition.flatten(0, 1).float())
-            bands.append(z.view(batch, end - start, len(columns), self.dim))
+                z = self.flow.flow.latents_of_columns(vectors.float(), affines.float())
+            bands.append(z.view(batch, self.dim, end - start, len(columns)))
             if progress is not None:
                 progress(end / len(rows))
-        return torch.cat(bands, dim=1).permute(0, 3, 1, 2)
+        return channels_last(torch.cat(bands, dim=2))
 
 
 def _inside_and_beyond(pixels: range, length: int) -> list[range]:

@@ -182,8 +182,7 @@ class LearnedPriorUpscaler:
 
             def read(latent_rows: range, latent_columns: range) -> torch.Tensor:
                 top, left = latent_rows.start - rows.window.start, latent_columns.start - columns.window.start
-                window = z_hat[:, :, top : top + len(latent_rows), left : left + len(latent_columns)]
-                return window.permute(0, 2, 3, 1).reshape(z_hat.shape[0], -1, self.model.dim)
+                return z_hat[:, :, top : top + len(latent_rows), left : left + len(latent_columns)].flatten(2)
 
             output = flow.render(
                 features,

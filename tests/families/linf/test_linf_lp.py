@@ -162,7 +162,7 @@ def test_sharing_the_conditioning_between_both_flow_passes_changes_nothing(scale
         shared = model.render(features, size, chunk_queries=40)
         conditions = model.conditions(features, size, chunk_queries=40)
     torch.testing.assert_close(shared, separate, rtol=0, atol=1e-5)
-    assert conditions.values.shape[:3] == (2, *model.latent_shape(size))
+    assert conditions.values.shape == (2, model.flow.flow.condition_size, *model.latent_shape(size))
     windowed = model.flow.condition_grid(features, size, range(2, 5), range(1, 4), chunk_queries=7)
     torch.testing.assert_close(windowed.read(range(3, 5), range(1, 3)), conditions.read(range(3, 5), range(1, 3)))
 
