@@ -265,15 +265,24 @@ class LINF(nn.Module):
         ]
         areas = [(relative_y * relative_x).abs() + 1e-9 for relative_y, relative_x in relatives]
         total = torch.stack(areas).sum(dim=0)
+        width = self.hidden
+        differentiable = torch.is_grad_enabled() and (table.requires_grad or phase.requires_grad)
+        result = None if differentiable else points.new_empty(*points.shape[:-1], 4 * width)
         terms: list[torch.Tensor] = []
         for index, ((row, column), (relative_y, relative_x)) in enumerate(zip(neighbours, relatives)):
             rows_at = _rows_at(table, (row - origin_y - first_row) * crop_width + column - origin_x)
-            coef, freq = rows_at[..., : self.hidden], rows_at[..., self.hidden :]
+            coef, freq = rows_at[..., :width], rows_at[..., width:]
             angle = torch.addcmul(phase, freq[..., :half], relative_y.unsqueeze(-1))
             angle = angle.addcmul_(freq[..., half:], relative_x.unsqueeze(-1)).mul_(math.pi)
             weight = (areas[3 - index] / total).unsqueeze(-1)  # the area opposite this neighbour
-            terms.append(torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1).mul_(coef * weight))
-        return torch.cat(terms, dim=-1)
+            if result is None:
+                terms.append(torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1).mul_(coef * weight))
+                continue
+            term = result[..., index * width : (index + 1) * width]  # written in place: no concatenations
+            torch.cos(angle, out=term[..., :half])
+            torch.sin(angle, out=term[..., half:])
+            term.mul_(coef).mul_(weight)
+        return torch.cat(terms, dim=-1) if result is None else result
 
     def condition_grid(
         self,
