@@ -27,12 +27,27 @@ RowSink = Callable[[range, torch.Tensor], None]
 """Receives finished, projected full-width rows: (output rows, (1, C, rows, W) tensor)."""
 
 
+@dataclass
+class _RowBlock:
+    """Consecutive output rows kept together: their values (C, rows, W) and which columns have arrived (rows, W)."""
+
+    rows: range
+    values: torch.Tensor
+    filled: torch.Tensor
+
+    def part(self, rows: range) -> tuple[int, int]:
+        """The block-local (start, stop) of ``rows`` clipped to this block (start >= stop when they miss it)."""
+        return max(rows.start, self.rows.start) - self.rows.start, min(rows.stop, self.rows.stop) - self.rows.start
+
+
 class _BandStream:
     """One sample's tiles in, projected full-width bands out.
 
-    Rows are kept one by one with the columns that have arrived, so any tiling works, also an engine that
-    redoes the image in other tiles after some reached the sink (LINF and SRFlow after CUDA out-of-memory):
-    a row arriving again replaces its values, and rows already passed on and forgotten are not taken again."""
+    Rows are kept in blocks of consecutive rows (one per run of rows that arrived together) with the columns
+    that have arrived, so any tiling works, also an engine that redoes the image in other tiles after some
+    reached the sink (LINF and SRFlow after CUDA out-of-memory): a row arriving again replaces its values, and
+    rows already passed on and forgotten are not taken again. A tile is stored with one copy per block it
+    meets, not one per row."""
 
     def __init__(self, lr: torch.Tensor, size: Size, iterations: int, grid_period: int | None, emit: RowSink) -> None:
         self.lr, self.size, self.iterations, self.grid_period, self.emit = lr, size, iterations, grid_period, emit
@@ -41,28 +56,54 @@ class _BandStream:
         reach = halo_rows(size.height, lr.shape[-2], iterations) + (degrid_reach(grid_period) if grid_period else 0)
         self.halo = _round_up(reach, self.step)
         self.band = _round_up(max(4 * self.halo, BAND_ELEMENTS // (lr.shape[1] * size.width)), self.step)
-        self.rows: dict[int, torch.Tensor] = {}
-        """Output row -> its (C, W) values, for the rows not forgotten yet."""
-        self.filled: dict[int, torch.Tensor] = {}
-        """Output row -> which of its columns have arrived."""
+        self.blocks: list[_RowBlock] = []
+        """The rows not forgotten yet, in order and without gaps between blocks."""
         self.complete = 0
         """Rows before this one have every column."""
         self.emitted = 0
 
     def add(self, rows: range, columns: range, tile: torch.Tensor) -> None:
         """Store one tile; project and emit every band that became ready."""
-        for row in range(max(rows.start, self.emitted - self.halo), rows.stop):
-            if row not in self.rows:
-                self.rows[row] = torch.empty(tile.shape[1], self.size.width)
-                self.filled[row] = torch.zeros(self.size.width, dtype=torch.bool)
-            self.rows[row][:, columns.start : columns.stop] = tile[0, :, row - rows.start]
-            self.filled[row][columns.start : columns.stop] = True
-        while self.complete < self.size.height and self._has_every_column(self.complete):
-            self.complete += 1
+        kept = range(max(rows.start, self.emitted - self.halo), rows.stop)
+        if len(kept):
+            self._make_room(kept, tile.shape[1])
+            for block in self.blocks:
+                first, last = block.part(kept)
+                if first < last:
+                    offset = block.rows.start - rows.start
+                    tile_rows = tile[0, :, offset + first : offset + last]
+                    block.values[:, first:last, columns.start : columns.stop] = tile_rows
+                    block.filled[first:last, columns.start : columns.stop] = True
+        self._advance_complete()
         self._emit_ready()
 
-    def _has_every_column(self, row: int) -> bool:
-        return row in self.filled and bool(self.filled[row].all())
+    def _make_room(self, rows: range, channels: int) -> None:
+        """New blocks for the rows of ``rows`` before or after the stored ones (with any rows between)."""
+        if not self.blocks:
+            self.blocks.append(self._new_block(rows, channels))
+            return
+        if rows.start < self.blocks[0].rows.start:
+            self.blocks.insert(0, self._new_block(range(rows.start, self.blocks[0].rows.start), channels))
+        if rows.stop > self.blocks[-1].rows.stop:
+            self.blocks.append(self._new_block(range(self.blocks[-1].rows.stop, rows.stop), channels))
+
+    def _new_block(self, rows: range, channels: int) -> _RowBlock:
+        width = self.size.width
+        return _RowBlock(rows, torch.empty(channels, len(rows), width), torch.zeros(len(rows), width, dtype=torch.bool))
+
+    def _advance_complete(self) -> None:
+        """Move :attr:`complete` past every row that has all its columns."""
+        for block in self.blocks:
+            if block.rows.start > self.complete:
+                return
+            first, last = block.part(range(self.complete, self.size.height))
+            if first >= last:
+                continue
+            done = block.filled[first:last].all(dim=1)
+            if not bool(done.all()):
+                self.complete += int(done.logical_not().int().argmax())
+                return
+            self.complete = block.rows.start + last
 
     def _emit_ready(self) -> None:
         height = self.size.height
@@ -83,11 +124,16 @@ class _BandStream:
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` (all complete) as a (1, C, rows, W) tensor."""
-        return torch.stack([self.rows[row] for row in range(start, stop)], dim=1).unsqueeze(0)
+        parts = []
+        for block in self.blocks:
+            first, last = block.part(range(start, stop))
+            if first < last:
+                parts.append(block.values[:, first:last])
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).unsqueeze(0)
 
     def _forget_before(self, row: int) -> None:
-        for key in [key for key in self.rows if key < row]:
-            del self.rows[key], self.filled[key]
+        """Drop the blocks whose every row lies before ``row``."""
+        self.blocks = [block for block in self.blocks if block.rows.stop > row]
 
 
 def make_consistent(
