@@ -8,8 +8,10 @@ for an HCFlow imported from an original-layout checkpoint, ``paper-hcflow-origin
 own reverse pass at heat 0, the unprojected path then at heat 0 too), which the unprojected path must match.
 
 Every (path, input, scale) runs in its own process so that its peak RSS is its own. Also measured:
-the model's achieved GFLOP/s (torch.utils.flop_counter) against this machine's fp32 matmul GFLOP/s,
-the second image of a real batch against the first, the cold start of `flowsr upscale` and `flowsr --help`.
+the model's achieved GFLOP/s (torch.utils.flop_counter) against this machine's fp32 matmul GFLOP/s; the
+unprojected path's FLOPs at every size and scale, which at that matmul speed give the least time any fp32 path
+doing the same arithmetic needs, hence the most it could gain over the naive path ("fp32 floor"); the
+second image of a real batch against the first, the cold start of `flowsr upscale` and `flowsr --help`.
 
     python scripts/bench.py                                    # default model, x2 x3.5 x4, 256^2 512^2 1024^2
     python scripts/bench.py --sizes 256 --scales 4 --json speed.json
@@ -287,7 +289,7 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
                 options += ["--repeats", str(arguments.repeats), "--precision", arguments.precision]
                 if path != "bicubic":
                     options += ["--save", str(folder / f"{path}.pt")]
-                if path == "flowsr" and (side, scale) == TARGET:
+                if path == "unprojected" or (path == "flowsr" and (side, scale) == TARGET):
                     options.append("--count-flops")
                 results[path] = child(*options)
             difference = (torch.load(folder / "unprojected.pt") - torch.load(folder / "naive.pt")).abs().max().item()
@@ -304,6 +306,7 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
                 "fp32_seconds": fp32["seconds"],
                 "speedup_over_fp32": fp32["seconds"] / flowsr["seconds"],
                 "bicubic_peak_rss_mb": bicubic["peak_rss"] / 2**20,
+                "naive_seconds": naive["seconds"],
                 "naive_seconds_per_input_mp": naive["seconds"] / (side * side / 1e6),
                 "naive_peak_rss_mb": naive["peak_rss"] / 2**20,
                 "unprojected_seconds": unprojected["seconds"],
@@ -311,6 +314,7 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
                 "speedup_over_naive": naive["seconds"] / unprojected["seconds"],
                 "max_abs_difference_to_naive": difference,
                 "flops": flowsr.get("flops"),
+                "unprojected_flops": unprojected["flops"],
             }
             rows.append(row)
             print(
@@ -482,6 +486,12 @@ def default_model_figures(arguments: argparse.Namespace, folder: Path) -> dict[s
         report["model_gflops"], report["efficiency"] = achieved, achieved / peak
         print(f"model at {TARGET[0]}² x{TARGET[1]:g}: {achieved:.1f} GFLOP/s of {peak:.1f} measured matmul "
               f"GFLOP/s = {achieved / peak:.0%} efficiency")  # fmt: skip
+    for row in rows:
+        row["fp32_floor_seconds"] = floor = row["unprojected_flops"] / (peak * 1e9)
+        row["most_over_naive"] = row["naive_seconds"] / floor
+        print(f"{row['input']}² x{row['scale']:g}: the unprojected path's {row['unprojected_flops'] / 1e9:.0f} GFLOP "
+              f"take >= {floor:.2f} s at that matmul speed, so no path doing them beats the naive one by more "
+              f"than {row['most_over_naive']:.2f}x (reached: {row['speedup_over_naive']:.2f}x)")  # fmt: skip
     photos = [folder / "batch1.png", folder / "batch2.png"]
     for index, photo in enumerate(photos):
         make_input(photo, 256, photo_index=index)

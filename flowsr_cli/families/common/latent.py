@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.families.common.derived import tensors_key
-from flowsr_cli.families.common.layout import like
+from flowsr_cli.families.common.layout import in_autocast_dtype, like
 from flowsr_cli.families.registry import Bound
 
 LR_STRIDE = 3
@@ -63,7 +63,7 @@ class DenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, h, w) -> (B, out_channels, h, w)."""
-        features = [x]
+        features = [in_autocast_dtype(x)]
         for conv in self.convs:
             features.append(self.activation(conv(torch.cat(features, dim=1))))
         return self.fuse(torch.cat(features, dim=1))
@@ -236,7 +236,7 @@ class LatentModule(nn.Module):
         output cropped back, so any grid size works and pooling windows stay on the global grid.
         """
         height, width = z_init.shape[-2:]
-        lr_features = like(self.encode_lr(lr, rows, columns), lr)
+        lr_features = in_autocast_dtype(like(self.encode_lr(lr, rows, columns), lr))  # grid_sample gives float32
         joined = torch.cat([self.latent_branch(z_init), lr_features], dim=1)
         multiple = self.unet.multiple
         joined = F.pad(joined, (0, -width % multiple, 0, -height % multiple))

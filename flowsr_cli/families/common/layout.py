@@ -18,3 +18,15 @@ def like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     if reference.dim() == 4 and reference.is_contiguous(memory_format=torch.channels_last):
         return channels_last(x)
     return x.contiguous()
+
+
+def in_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in autocast's lower precision when autocast is on for its device, else unchanged. For the input of
+    a block that concatenates convolution outputs (dense blocks): autocast makes each convolution's output
+    bfloat16/float16 but leaves a float32 input as it is, so every concatenation with it would be float32 (twice
+    the bytes) and every convolution would cast it again; converted once, the block is what autocast computes
+    anyway, at about half the time (a 683² dense block on this project's CPU: 0.25 s against 0.51 s)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.is_floating_point():
+        return x.to(torch.get_autocast_dtype(device))
+    return x

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.families.common.latent import DoubleConv
+from flowsr_cli.families.common.layout import in_autocast_dtype
 
 DENSE_CONVS = 5
 
@@ -58,7 +59,7 @@ class DenseBlock5C(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, h, w) -> (B, out_channels, h, w)."""
-        features = [x]
+        features = [in_autocast_dtype(x)]
         for index in range(1, DENSE_CONVS):
             conv = getattr(self, f"conv{index}")
             features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), 0.2))
