@@ -23,6 +23,9 @@ from flowsr_cli.io.sizing import Size
 BAND_ELEMENTS = 1 << 23
 """Target values (channels x rows x columns) in one projected band, before its halo rows."""
 
+BLOCK_ROWS = 64
+"""Rows per block of stored tile rows: few copies per tile, and memory freed soon after rows are passed on."""
+
 RowSink = Callable[[range, torch.Tensor], None]
 """Receives finished, projected full-width rows: (output rows, (1, C, rows, W) tensor)."""
 
@@ -80,16 +83,21 @@ class _BandStream:
     def _make_room(self, rows: range, channels: int) -> None:
         """New blocks for the rows of ``rows`` before or after the stored ones (with any rows between)."""
         if not self.blocks:
-            self.blocks.append(self._new_block(rows, channels))
+            self.blocks = self._new_blocks(rows, channels)
             return
         if rows.start < self.blocks[0].rows.start:
-            self.blocks.insert(0, self._new_block(range(rows.start, self.blocks[0].rows.start), channels))
+            self.blocks[:0] = self._new_blocks(range(rows.start, self.blocks[0].rows.start), channels)
         if rows.stop > self.blocks[-1].rows.stop:
-            self.blocks.append(self._new_block(range(self.blocks[-1].rows.stop, rows.stop), channels))
+            self.blocks += self._new_blocks(range(self.blocks[-1].rows.stop, rows.stop), channels)
 
-    def _new_block(self, rows: range, channels: int) -> _RowBlock:
+    def _new_blocks(self, rows: range, channels: int) -> list[_RowBlock]:
+        """Blocks of at most :data:`BLOCK_ROWS` rows covering ``rows`` (so passed-on rows are freed in such steps)."""
         width = self.size.width
-        return _RowBlock(rows, torch.empty(channels, len(rows), width), torch.zeros(len(rows), width, dtype=torch.bool))
+        parts = [range(start, min(start + BLOCK_ROWS, rows.stop)) for start in range(rows.start, rows.stop, BLOCK_ROWS)]
+        return [
+            _RowBlock(part, torch.empty(channels, len(part), width), torch.zeros(len(part), width, dtype=torch.bool))
+            for part in parts
+        ]
 
     def _advance_complete(self) -> None:
         """Move :attr:`complete` past every row that has all its columns."""
