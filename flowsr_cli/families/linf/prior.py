@@ -306,7 +306,8 @@ class LINFLP(nn.Module):
         batch = residual.shape[0]
         patch = self.patch_size
         band = max(1, chunk_queries // len(columns))
-        bands: list[torch.Tensor] = []
+        shape = (batch, self.dim, len(rows), len(columns))
+        latents = torch.empty(shape, device=device, memory_format=torch.channels_last)  # as the latent module reads it
         for start in range(0, len(rows), band):
             end = min(len(rows), start + band)
             band_rows = range(rows.start + start, rows.start + end)
@@ -314,10 +315,10 @@ class LINFLP(nn.Module):
             vectors = F.pixel_unshuffle(residual[:, :, start * patch : end * patch], patch).flatten(2)
             with torch.autocast(device.type, enabled=False):
                 z = self.flow.flow.latents_of_columns(vectors.float(), affines.float())
-            bands.append(z.view(batch, self.dim, end - start, len(columns)))
+            latents[:, :, start:end] = z.view(batch, self.dim, end - start, len(columns))
             if progress is not None:
                 progress(end / len(rows))
-        return channels_last(torch.cat(bands, dim=2))
+        return latents
 
 
 def _inside_and_beyond(pixels: range, length: int) -> list[range]:
