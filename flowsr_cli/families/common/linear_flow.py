@@ -77,14 +77,15 @@ class ConditionalLinearFlow(nn.Module):
         written into ``out`` (that shape) if given. Per layer: its scale ``sigmoid(raw + 2) + 1e-4`` and its
         shift with the layer's linear bias folded in (``bias * scale + shift``), so each direction costs one
         matrix product and one fused elementwise pass per layer on contiguous rows. Computed once per
-        conditioning and read by both directions. Differentiable where autograd needs it (then without ``out``);
-        otherwise written in place, a pass less per step."""
+        conditioning and read by both directions. Differentiable where autograd needs it; otherwise written in
+        place, a pass less per step."""
         layers, features = len(self.linears), self.features
         raw = params.unflatten(-2, (layers, 2, features))
         biases = torch.stack([linear.bias for linear in self.linears]).unsqueeze(-1).to(params.dtype)
         if torch.is_grad_enabled() and (params.requires_grad or biases.requires_grad):
             scale = torch.sigmoid(raw.select(-3, 0) + 2.0) + AFFINE_EPS
-            return torch.stack([scale, torch.addcmul(raw.select(-3, 1), biases, scale)], dim=-3).flatten(-4, -2)
+            prepared = torch.stack([scale, torch.addcmul(raw.select(-3, 1), biases, scale)], dim=-3).flatten(-4, -2)
+            return prepared if out is None else out.copy_(prepared)
         prepared = torch.empty_like(raw) if out is None else out.unflatten(-2, (layers, 2, features))
         scale, shift = prepared.select(-3, 0), prepared.select(-3, 1)
         torch.add(raw.select(-3, 0), 2.0, out=scale)

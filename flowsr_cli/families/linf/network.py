@@ -191,12 +191,9 @@ class LINF(nn.Module):
         bias = torch.cat([self.coef.bias, self.freq.bias])
         return F.conv2d(window, weight, bias, padding=(0, 1)).flatten(2).transpose(1, 2).contiguous()
 
-    def condition(
-        self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float], out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Flow conditioning for query points (B, N, 2) as (y, x) in [-1, 1]: (B, N, condition_size),
-        written into ``out`` (of that shape, each image's (N, condition_size) contiguous) if given, saving
-        a copy.
+    def condition(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
+        """Flow conditioning for query points (B, N, 2) as (y, x) in [-1, 1]: (B, N, condition_size), raw and
+        row-major, as the likelihood (training) reads it; inference reads :meth:`affines`.
 
         The one feature-query function behind both directions (likelihood and sampling). Under autocast
         (``--precision bf16``/``fp16``) only the MLP's hidden layers run in the lower precision: the Fourier
@@ -204,13 +201,8 @@ class LINF(nn.Module):
         parameters, which stay float32 as the flow does (in bfloat16 they cost 0.04 dB PSNR-Y on Set14 x4).
         """
         hidden = self._hidden(features, points, cell)
-        last = self.mlp[-1]
         with torch.autocast(points.device.type, enabled=False):
-            if out is None:
-                return last(hidden.float())
-            for item, item_out in zip(hidden.float(), out):
-                torch.addmm(last.bias, item, last.weight.T, out=item_out)
-        return out
+            return self.mlp[-1](hidden.float())
 
     def affines(
         self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float], out: torch.Tensor | None = None
