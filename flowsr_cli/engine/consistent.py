@@ -158,12 +158,18 @@ def make_consistent(
     taken as the nearest bound meanwhile and kept where they were, so that they neither spread nor vanish."""
     rows = range(raw.shape[-2]) if rows is None else rows
     finite = torch.isfinite(raw)
-    cleaned = raw if bool(finite.all()) else torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=0.0)
-    cleaned = cleaned.clamp(0.0, 1.0)
-    if grid_period:
-        cleaned = remove_grid(cleaned, grid_period)
-    result = project_rows(cleaned, lr, raw.shape[-2] if out_height is None else out_height, rows, iterations)
-    return result if bool(finite.all()) else torch.where(finite, result, raw)
+    every_finite = bool(finite.all())
+    source = raw if every_finite else torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=0.0)
+    height = raw.shape[-2] if out_height is None else out_height
+    # no local name holds the cleaned band, so the projection's first clamp releases it (~140 MB at 8192 wide)
+    result = project_rows(_degridded(source, grid_period), lr, height, rows, iterations)
+    return result if every_finite else torch.where(finite, result, raw)
+
+
+def _degridded(band: torch.Tensor, grid_period: int | None) -> torch.Tensor:
+    """``band`` clamped to [0, 1] and cleaned of its grid of period ``grid_period`` (None: no grid)."""
+    clamped = band.clamp(0.0, 1.0)
+    return remove_grid(clamped, grid_period) if grid_period else clamped
 
 
 def _round_up(value: int, step: int) -> int:

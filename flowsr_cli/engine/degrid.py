@@ -46,14 +46,29 @@ def _box(image: torch.Tensor, before: int, after: int) -> torch.Tensor:
 def remove_grid(image: torch.Tensor, period: int, window: int = GRID_WINDOW) -> torch.Tensor:
     """``image`` (B, C, H, W) less its local pattern of period ``period`` (borders replicated)."""
     height, width = image.shape[-2:]
-    smooth = _box(image, period // 2, (period - 1) // 2)
-    padded = F.pad(image - smooth, (0, -width % period, 0, -height % period), mode="replicate")
+    pattern = _local_pattern(_high_pass(image, period), period, window)
+    return image - pattern[..., :height, :width]
+
+
+def _high_pass(image: torch.Tensor, period: int) -> torch.Tensor:
+    """``image`` less its ``period``-square box mean, padded (borders replicated) to multiples of ``period``."""
+    height, width = image.shape[-2:]
+    high = image - _box(image, period // 2, (period - 1) // 2)
+    return F.pad(high, (0, -width % period, 0, -height % period), mode="replicate")
+
+
+def _local_pattern(padded: torch.Tensor, period: int, window: int) -> torch.Tensor:
+    """The local periodic pattern of a high-passed image whose sides are multiples of ``period``. Each
+    intermediate image-sized tensor is released as soon as the next exists (a band of an 8192-pixel-wide
+    output is about 140 MB in float32)."""
     batch, channels, rows, columns = padded.shape
     phases = padded.view(batch, channels, rows // period, period, columns // period, period)
+    del padded
     phases = phases.permute(0, 1, 3, 5, 2, 4).reshape(batch, channels * period * period, rows // period, -1)
     local = _box(phases, window, window)
+    del phases
     local = local.view(batch, channels, period * period, *local.shape[-2:])
-    pattern = (local - local.mean(dim=2, keepdim=True)).view_as(phases)
+    pattern = local - local.mean(dim=2, keepdim=True)
+    del local
     pattern = pattern.view(batch, channels, period, period, rows // period, columns // period)
-    pattern = pattern.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, rows, columns)
-    return image - pattern[..., :height, :width]
+    return pattern.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, rows, columns)
