@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowsr_cli.families.common.linear_flow import AFFINE_EPS
+from flowsr_cli.families.common.linear_flow import affine_scale
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -180,7 +180,7 @@ def _required(cond: torch.Tensor | None) -> torch.Tensor:
 
 def _shift_and_scale(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Interleaved network output -> (shift, scale = sigmoid(raw + 2) + 1e-4)."""
-    return h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0) + AFFINE_EPS
+    return h[:, 0::2], affine_scale(h[:, 1::2])
 
 
 def _log_scale_sum(scale: torch.Tensor) -> torch.Tensor:

@@ -236,7 +236,7 @@ class LatentModule(nn.Module):
         output cropped back, so any grid size works and pooling windows stay on the global grid.
         """
         height, width = z_init.shape[-2:]
-        lr_features = in_autocast_dtype(like(self.encode_lr(lr, rows, columns), lr))  # grid_sample gives float32
+        lr_features = like(in_autocast_dtype(self.encode_lr(lr, rows, columns)), lr)  # grid_sample gives float32
         joined = torch.cat([self.latent_branch(z_init), lr_features], dim=1)
         multiple = self.unet.multiple
         joined = F.pad(joined, (0, -width % multiple, 0, -height % multiple))

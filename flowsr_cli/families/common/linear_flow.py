@@ -10,6 +10,8 @@ from torch import nn
 from flowsr_cli.families.common.derived import tensors_key
 
 AFFINE_EPS = 1e-4
+SCALE_OFFSET = 2.0
+"""Added to a layer's raw scale before the sigmoid (LINF's parametrisation: scales start near 0.88)."""
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -68,8 +70,7 @@ class ConditionalLinearFlow(nn.Module):
         """Every layer's (scale, shift), each (N, layers, D), in one pass over the conditioning
         (elementwise work on 10 strided 27-wide slices per layer costs more than on one block)."""
         per_layer = params.view(params.shape[0], len(self.linears), 2, self.features)
-        scale = torch.sigmoid(per_layer[:, :, 0] + 2.0) + AFFINE_EPS
-        return scale, per_layer[:, :, 1]
+        return affine_scale(per_layer[:, :, 0]), per_layer[:, :, 1]
 
     def prepare(self, params: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The affines (..., condition_size, N) that :meth:`latents_of_columns` and :meth:`inverse_of_columns`
@@ -83,12 +84,12 @@ class ConditionalLinearFlow(nn.Module):
         raw = params.unflatten(-2, (layers, 2, features))
         biases = torch.stack([linear.bias for linear in self.linears]).unsqueeze(-1).to(params.dtype)
         if torch.is_grad_enabled() and (params.requires_grad or biases.requires_grad):
-            scale = torch.sigmoid(raw.select(-3, 0) + 2.0) + AFFINE_EPS
+            scale = affine_scale(raw.select(-3, 0))
             prepared = torch.stack([scale, torch.addcmul(raw.select(-3, 1), biases, scale)], dim=-3).flatten(-4, -2)
             return prepared if out is None else out.copy_(prepared)
         prepared = torch.empty_like(raw) if out is None else out.unflatten(-2, (layers, 2, features))
         scale, shift = prepared.select(-3, 0), prepared.select(-3, 1)
-        torch.add(raw.select(-3, 0), 2.0, out=scale)
+        torch.add(raw.select(-3, 0), SCALE_OFFSET, out=scale)  # affine_scale, in place
         scale.sigmoid_().add_(AFFINE_EPS)
         torch.addcmul(raw.select(-3, 1), biases, scale, out=shift)
         return prepared.flatten(-4, -2) if out is None else out
@@ -137,3 +138,9 @@ class ConditionalLinearFlow(nn.Module):
     def inverse(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """z -> x: (N, D), (N, condition_size) -> (N, D)."""
         return self.inverse_of_columns(z.mT, self.prepare(params.mT)).mT.contiguous()
+
+
+def affine_scale(raw: torch.Tensor) -> torch.Tensor:
+    """An affine layer's scale from its raw value (LINF's conditioning, SRFlow's coupling nets):
+    ``sigmoid(raw + 2) + 1e-4``."""
+    return torch.sigmoid(raw + SCALE_OFFSET) + AFFINE_EPS
