@@ -243,6 +243,15 @@ SETTINGS: dict[str, Setting] = {
             _one_of(BACKEND_CHOICES),
         ),
         Setting(
+            "compile",
+            _boolean,
+            False,
+            "torch.compile the parts of a model that eager PyTorch runs as many small passes (LINF's Fourier "
+            "features): faster for long batches once compiled (the first image waits for the compile); needs a C++ "
+            "compiler on the CPU, Triton on CUDA (without one: a note, and no compiling).",
+            "true or false",
+        ),
+        Setting(
             "tile",
             _auto_or_integer(0),
             "auto",

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import resource
 import subprocess
 import sys
@@ -78,6 +80,8 @@ WARM_UP_SIDE = 48
 """Each timed path first upscales a crop this small, so one-off kernel set-up is not timed."""
 TARGET = (512, 4.0)
 """The input side and scale the issue's targets are stated for (FLOPs are counted there)."""
+COMPILED = "+compile"
+"""The suffix of a ``--precisions`` entry that runs with ``--compile``."""
 COMPARED_MODELS = ("linf", "linf-lp", "srflow", "srflow-lp", "hcflow", "hcflow-lp")
 """The per-model table's default: those of these the hub knows, at x4 (every family can make x4)."""
 
@@ -88,10 +92,15 @@ def load_input(path: Path) -> torch.Tensor:
 
 
 def runner(
-    path: str, model: str, precision: str = "auto", backend: str = "torch", cache_dir: Path | None = None
+    path: str,
+    model: str,
+    precision: str = "auto",
+    backend: str = "torch",
+    cache_dir: Path | None = None,
+    compile_parts: bool = False,
 ) -> Any:
     """A function (lr, size) -> output of one path; ``precision`` is that of the ``flowsr`` path; ``backend`` runs
-    the model's plain networks (exported ONNX graphs go to ``cache_dir``)."""
+    the model's plain networks (exported ONNX graphs go to ``cache_dir``); ``compile_parts``: ``--compile``."""
     if path == "naive":
         hub = Hub(Settings())
         network = load_model(hub.resolve(model), "cpu")
@@ -115,6 +124,7 @@ def runner(
         temperature=0.0 if heat_zero else None,
         hub=Hub(Settings()),
         backend=backend,
+        compile=compile_parts,
         cache_dir=cache_dir,
     )
     upscaler = create_upscaler(request)
@@ -163,11 +173,14 @@ def measure_child(arguments: argparse.Namespace) -> None:
     """One path at one input size and scale, in this process: prints seconds, peak RSS (and FLOPs)."""
     if arguments.path.startswith("rescale"):
         return measure_rescale_child(arguments)
-    run = runner(arguments.path, arguments.model, arguments.precision, arguments.backend, arguments.input.parent)
+    folder = arguments.input.parent
+    run = runner(arguments.path, arguments.model, arguments.precision, arguments.backend, folder, arguments.compile)
     lr = load_input(arguments.input)
     size = Size(round(lr.shape[-1] * arguments.scale), round(lr.shape[-2] * arguments.scale))
     small = lr if arguments.warm_up_whole else lr[..., :WARM_UP_SIDE, :WARM_UP_SIDE]
-    run(small, Size(round(small.shape[-1] * arguments.scale), round(small.shape[-2] * arguments.scale)))
+    warm_up = _timed(
+        lambda: run(small, Size(round(small.shape[-1] * arguments.scale), round(small.shape[-2] * arguments.scale)))
+    )
     best = float("inf")
     for _ in range(arguments.repeats):
         started = time.perf_counter()
@@ -175,6 +188,7 @@ def measure_child(arguments: argparse.Namespace) -> None:
         best = min(best, time.perf_counter() - started)
     result: dict[str, Any] = {
         "seconds": best,
+        "warm_up_seconds": warm_up,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
     if arguments.count_flops:
@@ -208,9 +222,11 @@ def batch_seconds(command: list[str], photos: list[Path], folder: Path) -> dict[
     return {"first": done[0] - started, "second": done[1] - done[0]}
 
 
-def child(*arguments: str) -> dict[str, Any]:
-    """Run this script in a child process with ``arguments``; its JSON result."""
-    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True)
+def child(*arguments: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run this script in a child process with ``arguments`` (and ``env`` added to the environment); its JSON
+    result."""
+    environment = None if env is None else {**os.environ, **env}
+    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, env=environment)
     if result.returncode != 0:
         raise SystemExit(f"benchmark child {arguments} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -258,7 +274,10 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--compare-size", type=int, default=256, help="input side of the per-model table")
     parser.add_argument("--only-models", action="store_true", help="measure the per-model tables only")
     parser.add_argument(
-        "--precisions", nargs="+", default=["fp32", "bf16"], help="precisions of the per-model table (first: baseline)"
+        "--precisions",
+        nargs="+",
+        default=["fp32", "bf16"],
+        help="precisions of the per-model table (first: baseline); PRECISION+compile also runs with --compile",
     )
     parser.add_argument("--rescale", nargs="+", default=[], help="image rescaling models to time both ways")
     parser.add_argument("--rescale-size", type=int, default=512, help="full-size side of the rescaling table")
@@ -273,6 +292,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto", help="precision of the flowsr path (auto, fp32, bf16, fp16)")
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -339,26 +359,37 @@ def compared_models(requested: list[str] | None) -> list[str]:
 def model_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     """Each compared model upscaling one ``--compare-size`` input x4 as `flowsr upscale` runs it (its own
     default prior and temperature, consistency auto) in each of ``--precisions``, fastest of ``--repeats``: as
-    a ratio to the first model's first precision, and the model's first precision over this one (speedup)."""
+    a ratio to the first model's first precision, and the model's first precision over this one (speedup).
+    A ``PRECISION+compile`` entry runs with ``--compile`` on an empty torch.compile cache, so its warm-up (the
+    first, small image) includes a cold compile; set against the same precision uncompiled, that gives the
+    compile's cost and after how many images of this size it has paid for itself."""
     side = arguments.compare_size
     image = folder / f"compare{side}.png"
     make_input(image, side)
     rows: list[dict[str, Any]] = []
     first = arguments.precisions[0]
     print(
-        f"x4 of a {side}² input: {'model':<12} {'prec':<5} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} "
-        f"{'x first':>8} {'speedup':>8}"
+        f"x4 of a {side}² input: {'model':<12} {'prec':<13} {'s/in MP':>9} {'outMP/s':>8} {'RSS MB':>8} "
+        f"{'x first':>8} {'speedup':>8} {'warm-up s':>9}"
     )
     for model in compared_models(arguments.compare):
         baseline: float | None = None
-        for precision in arguments.precisions:
+        measured: dict[str, dict[str, Any]] = {}
+        for entry in arguments.precisions:
+            precision, compiled = entry.removesuffix(COMPILED), entry.endswith(COMPILED)
             options = ["--path", "flowsr", "--input", str(image), "--scale", "4", "--model", model]
-            result = child(*options, "--precision", precision, "--repeats", str(arguments.repeats))
+            options += ["--precision", precision, "--repeats", str(arguments.repeats)]
+            cache = folder / f"inductor-{Path(model).stem}-{entry}"
+            if compiled:
+                result = child(*options, "--compile", env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+            else:
+                result = child(*options)
+            measured[entry] = result
             seconds_per_mp = result["seconds"] / (side * side / 1e6)
             baseline = baseline or seconds_per_mp
             row = {
                 "model": model,
-                "precision": precision,
+                "precision": entry,
                 "input": side,
                 "scale": 4.0,
                 "seconds_per_input_mp": seconds_per_mp,
@@ -366,15 +397,30 @@ def model_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
                 "peak_rss_mb": result["peak_rss"] / 2**20,
                 "times_first": seconds_per_mp / (rows[0]["seconds_per_input_mp"] if rows else seconds_per_mp),
                 f"speedup_over_{first}": baseline / seconds_per_mp,
+                "warm_up_seconds": result["warm_up_seconds"],
             }
             rows.append(row)
             print(
-                f"{'':>19}{Path(model).stem:<12} {precision:<5} {seconds_per_mp:>9.2f} "
+                f"{'':>19}{Path(model).stem:<12} {entry:<13} {seconds_per_mp:>9.2f} "
                 f"{row['output_mp_per_second']:>8.3f} {row['peak_rss_mb']:>8.0f} {row['times_first']:>8.2f} "
-                f"{baseline / seconds_per_mp:>8.2f}",
+                f"{baseline / seconds_per_mp:>8.2f} {result['warm_up_seconds']:>9.2f}",
                 flush=True,
             )
+            if compiled and precision in measured:
+                row.update(compile_cost(measured[precision], result))
+                print(f"{'':>32}{entry}: compile {row['compile_seconds']:.1f} s, then {row['gain_seconds']:.2f} s "
+                      f"less per image than {precision}: {row['break_even']}", flush=True)  # fmt: skip
     return rows
+
+
+def compile_cost(eager: dict[str, Any], compiled: dict[str, Any]) -> dict[str, Any]:
+    """What ``--compile`` costs (its warm-up over the eager one's) and gains per image (eager seconds over
+    compiled), and after how many images it has paid for itself."""
+    cost = compiled["warm_up_seconds"] - eager["warm_up_seconds"]
+    gain = eager["seconds"] - compiled["seconds"]
+    images = math.ceil(cost / gain) if gain > 0 else None
+    verdict = f"pays for itself after {images} images" if images is not None else "never pays for itself"
+    return {"compile_seconds": cost, "gain_seconds": gain, "break_even_images": images, "break_even": verdict}
 
 
 def _label(model: str) -> str:

@@ -310,6 +310,7 @@ BAD_SETTINGS: dict[str, str] = {
     "strip_metadata": "maybe",
     "cache_dir": " ",
     "offline": "sometimes",
+    "compile": "often",
     "model_base_url": "ftp://mirror.example/models",
 }
 ANY_TEXT = {"backbone_dir": "a folder path, or empty for none; the folder is checked when a loss needs it"}

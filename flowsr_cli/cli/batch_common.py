@@ -78,6 +78,14 @@ OFFLINE = typer.Option(
     rich_help_panel=MODEL_PANEL,
     show_default=False,
 )
+COMPILE = typer.Option(
+    None,
+    "--compile/--no-compile",
+    help="torch.compile the parts of the model eager PyTorch runs slowly (LINF's Fourier features): faster for "
+    "long batches, the first image waits for the compile; needs a C++ compiler on the CPU (config: compile).",
+    rich_help_panel=MODEL_PANEL,
+    show_default=False,
+)
 QUIET = typer.Option(
     False, "--quiet", "-q", help="No progress or summary; errors still shown.", rich_help_panel=BATCH_PANEL
 )

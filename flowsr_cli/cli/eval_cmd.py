@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import typer
 
-from flowsr_cli.cli.batch_common import OUTPUT_PANEL
+from flowsr_cli.cli.batch_common import COMPILE, OUTPUT_PANEL
 from flowsr_cli.config import PRIOR_CHOICES, RAY, Settings, choice_flag, integer_flag, model_backend
 from flowsr_cli.console import printable, report_error, report_note, stderr_console
 from flowsr_cli.errors import FlowsrError, UsageError
@@ -102,6 +102,7 @@ def eval_command(
         "flowsr trained, off for bicubic and imported originals (default: auto; config: consistency).",
         show_default=False,
     ),
+    compile_parts: bool | None = COMPILE,
     lpips: bool = typer.Option(
         True,
         "--lpips/--no-lpips",
@@ -144,7 +145,14 @@ def eval_command(
     or nothing to score, 2 usage or configuration error.
     """
     settings = Settings(
-        {"device": device, "backend": backend, "offline": offline, "consistency": consistency, "precision": precision}
+        {
+            "device": device,
+            "backend": backend,
+            "offline": offline,
+            "consistency": consistency,
+            "precision": precision,
+            "compile": compile_parts,
+        }
     )
     settings.validate()
     if settings["backend"] == RAY:
@@ -244,6 +252,7 @@ def _build_settings(
             consistency=settings["consistency"],
             hub=hub,
             backend=model_backend(settings["backend"]),
+            compile=settings["compile"],
             cache_dir=settings["cache_dir"],
         )
         prepared = prepare_model(request)

@@ -16,6 +16,7 @@ import typer
 from flowsr_cli.cli.batch_common import (
     ADDRESS,
     BATCH_PANEL,
+    COMPILE,
     CPUS_PER_WORKER,
     DEVICE,
     GPUS_PER_WORKER,
@@ -341,6 +342,7 @@ def upscale(
     cpus_per_worker: float | None = CPUS_PER_WORKER,
     gpus_per_worker: float | None = GPUS_PER_WORKER,
     offline: bool | None = OFFLINE,
+    compile_parts: bool | None = COMPILE,
     quiet: bool = QUIET,
     json_lines: bool = JSON_LINES,
 ) -> None:
@@ -369,6 +371,7 @@ def upscale(
             "tile_pad": given(tile_pad, "tile_pad"),
             "consistency": given(consistency, "consistency"),
             "offline": offline,
+            "compile": compile_parts,
             "format": given(output_format, "output_format"),
             "suffix": given(suffix, "suffix"),
             "quality": given(quality, "quality"),
@@ -447,6 +450,7 @@ class _RunChoices:
             consistency=self.settings["consistency"],
             hub=self.hub,
             backend=model_backend(self.settings["backend"]),
+            compile=self.settings["compile"],
             cache_dir=self.settings["cache_dir"],
         )
 

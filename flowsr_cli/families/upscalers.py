@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flowsr_cli.config import BICUBIC, CONSISTENCY_CHOICES, Settings, consistency_default
 from flowsr_cli.engine.backend import resolve_backend
 from flowsr_cli.engine.bicubic import BicubicUpscaler
+from flowsr_cli.engine.compiling import compile_parts, resolve_compile
 from flowsr_cli.engine.consistent import ConsistentUpscaler
 from flowsr_cli.engine.device import DeviceChoice, precision_note, resolve_device, resolve_dtype
 from flowsr_cli.engine.onnx_cache import CACHE_FOLDER
@@ -51,6 +52,8 @@ class UpscalerRequest:
     """Turns model names into files (registry, cache, downloads); None accepts paths only."""
     backend: str = "torch"
     """What runs the model's plain networks (:data:`~flowsr_cli.config.MODEL_BACKENDS`)."""
+    compile: bool = False
+    """torch.compile the parts of the model that offer it (:mod:`~flowsr_cli.engine.compiling`)."""
     cache_dir: Path | None = None
     """flowsr's cache folder (exported ONNX graphs go to its ``onnx`` folder); None: the ``cache_dir`` setting."""
 
@@ -151,10 +154,21 @@ def load_upscaler(prepared: PreparedModel) -> Upscaler:
         notes=notes,
         onnx=_onnx_runtime(request, prepared.path, device, notes),
     )
-    upscaler = build_engine(load_model(prepared.path, device), options)
+    model = load_model(prepared.path, device)
+    _compile(model, request, device, notes)
+    upscaler = build_engine(model, options)
     if options.onnx is not None and not options.onnx.parts:
         notes.append(f"{request.model} has no parts that run with ONNX Runtime: running with PyTorch")
     return _projected(upscaler, prepared.consistency)
+
+
+def _compile(model: torch.nn.Module, request: UpscalerRequest, device: torch.device, notes: list[str]) -> None:
+    """Under ``compile``, the parts of ``model`` that offer it run compiled; notes say when nothing will be."""
+    choice = resolve_compile(request.compile, device)
+    if choice.note is not None:
+        notes.append(choice.note)
+    if choice.enabled and not compile_parts(model, notes):
+        notes.append(f"{request.model} has no parts that torch.compile speeds up: not compiling")
 
 
 def _onnx_runtime(request: UpscalerRequest, path: Path, device: torch.device, notes: list[str]) -> OnnxRuntime | None:

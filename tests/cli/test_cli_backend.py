@@ -29,15 +29,6 @@ features differ from PyTorch's by about 3e-6 (float32 summation order), the floa
 moves outputs by far more."""
 
 
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    """A 48 x 40 crop of a real photo as a 16-bit TIFF, so outputs are 16-bit and fine differences show."""
-    crop = np.asarray(Image.open(SOURCE).convert("RGB"))[100:140, 200:248].astype(np.uint16) * 257
-    path = tmp_path / "photo.tif"
-    tifffile.imwrite(path, crop)
-    return path
-
-
 def _upscale(run_cli: CliInvoker, image: Path, output: str, *backend: str) -> str:
     """Upscale ``image`` x2 with the bundled linf-lp as one tile into ``output`` beside it; the run's stderr."""
     target = image.parent / output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from flowsr_cli.engine.compiling import cpp_compiler
 from flowsr_cli.engine.upscaler import Upscaler
 from flowsr_cli.eval.evaluation import super_resolve
 from flowsr_cli.families.model_file import save_model
@@ -107,13 +109,21 @@ def test_the_naive_hcflow_path_is_the_original_networks_reverse_pass(
 
 
 def test_the_per_model_table_times_each_precision_in_its_own_process(tmp_path: Path) -> None:
+    """Each precision, and with a C++ compiler also fp32 under --compile: its warm-up then includes a cold compile,
+    which the table sets against the uncompiled fp32 run's warm-up and speed."""
     report = tmp_path / "speed.json"
     command = [sys.executable, str(SCRIPTS / "bench.py"), "--only-models", "--compare", "linf", "--compare-size", "24"]
+    precisions = ["fp32", "bf16"] + (["fp32+compile"] if shutil.which(cpp_compiler()) else [])
     result = subprocess.run(
-        [*command, "--precisions", "fp32", "bf16", "--json", str(report)], capture_output=True, text=True, timeout=600
+        [*command, "--precisions", *precisions, "--json", str(report)], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads(report.read_text())["models"]
-    assert [(row["model"], row["precision"]) for row in rows] == [("linf", "fp32"), ("linf", "bf16")]
+    assert [(row["model"], row["precision"]) for row in rows] == [("linf", entry) for entry in precisions]
     assert rows[0]["speedup_over_fp32"] == 1.0 and rows[1]["speedup_over_fp32"] > 0
     assert all(row["seconds_per_input_mp"] > 0 and row["peak_rss_mb"] > 0 for row in rows)
+    if len(rows) == 3:
+        compiled = rows[2]
+        assert compiled["compile_seconds"] > 1  # a cold compile takes seconds; a 24² image's run does not
+        assert compiled["compile_seconds"] == compiled["warm_up_seconds"] - rows[0]["warm_up_seconds"]
+        assert f"fp32+compile: compile {compiled['compile_seconds']:.1f} s" in result.stdout

@@ -7,8 +7,7 @@ residual ``HR - bilinear(LR)`` of that pixel or patch.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,9 +27,9 @@ from flowsr_cli.families.common.coords import (
 )
 from flowsr_cli.families.common.layout import channels_last
 from flowsr_cli.families.common.linear_flow import ConditionalLinearFlow
+from flowsr_cli.families.linf.fourier import Kernel, Neighbours, fourier_terms, fourier_terms_into
 from flowsr_cli.families.registry import Bound, make
 
-_NEIGHBOUR_OFFSETS = ((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0))
 QUERY_GEOMETRIES = ("flowsr", "original")
 """How queries are placed. ``flowsr``: a patch cell whose centre pixel lies past the image's bottom or right
 edge is queried at its own centre, extrapolated on the patch grid. ``original``: as the original code
@@ -139,6 +138,12 @@ class LINF(nn.Module):
             layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
         layers.append(nn.Linear(widths[-1], self.flow.condition_size))
         self.mlp = nn.Sequential(*layers)
+        self._compiled_fourier: Kernel | None = None
+
+    def use_compiled(self, compile_function: Callable[[Kernel], Kernel]) -> None:
+        """Run the Fourier features at inference as ``compile_function`` compiles :func:`fourier_terms` (e.g.
+        ``torch.compile``: the gathers, angles, cosines, sines and products fused into one loop)."""
+        self._compiled_fourier = compile_function(fourier_terms)
 
     @property
     def dim(self) -> int:
@@ -228,53 +233,41 @@ class LINF(nn.Module):
         return hidden
 
     def _fourier_features(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
-        """The MLP's input (B, N, 4 * hidden) for query points (B, N, 2): each of the 4 nearest latents'
-        amplitudes times the cosines and sines of its frequencies at the query, weighted by the area
-        opposite, in float32 whatever the encoder's dtype (elementwise work is no faster in bfloat16 on a
-        CPU, and the angles need float32's precision)."""
+        """The MLP's input (B, N, 4 * hidden) for query points (B, N, 2) (:mod:`.fourier`), in float32 whatever
+        the encoder's dtype (elementwise work is no faster in bfloat16 on a CPU, and the angles need float32's
+        precision); compiled where :meth:`use_compiled` asked for it."""
+        height, width = features.size
+        relative_cell = points.new_tensor([cell[0] * height, cell[1] * width])
+        phase = self.phase(relative_cell)
+        rows, neighbours = self._neighbours(features, points)
+        table = self._fourier(features, rows)
+        if torch.is_grad_enabled() and (table.requires_grad or phase.requires_grad):
+            return fourier_terms(table, phase, *neighbours.tensors())
+        if self._compiled_fourier is not None:
+            return self._compiled_fourier(table, phase, *neighbours.tensors())
+        out = points.new_empty(*points.shape[:-1], 2 * table.shape[-1])
+        return fourier_terms_into(out, table, phase, *neighbours.tensors())
+
+    def _neighbours(self, features: LRFeatures, points: torch.Tensor) -> tuple[range, Neighbours]:
+        """The crop's LR rows the query points (B, N, 2) read and where each reads them: its 4 nearest latents
+        (2 rows x 2 columns), its offsets from them and their weights."""
         height, width = features.size
         crop_width = int(features.lr.shape[-1])
         origin_y, origin_x = features.origin
-        relative_cell = points.new_tensor([cell[0] * height, cell[1] * width])
-        phase = self.phase(relative_cell)
-        half = self.hidden // 2
-        neighbours = [
-            (
-                self._nearest_latent(points[..., 0], offset_y, height),
-                self._nearest_latent(points[..., 1], offset_x, width),
-            )
-            for offset_y, offset_x in _NEIGHBOUR_OFFSETS
-        ]
-        first_row = min(int(row.min()) for row, _ in neighbours) - origin_y
-        last_row = max(int(row.max()) for row, _ in neighbours) - origin_y
-        table = self._fourier(features, range(first_row, last_row + 1))
-        relatives = [
-            (
-                (points[..., 0] - self._pixel_centres(row, height)) * height,
-                (points[..., 1] - self._pixel_centres(column, width)) * width,
-            )
-            for row, column in neighbours
-        ]
-        areas = [(relative_y * relative_x).abs() + 1e-9 for relative_y, relative_x in relatives]
-        total = torch.stack(areas).sum(dim=0)
-        width = self.hidden
-        differentiable = torch.is_grad_enabled() and (table.requires_grad or phase.requires_grad)
-        result = None if differentiable else points.new_empty(*points.shape[:-1], 4 * width)
-        terms: list[torch.Tensor] = []
-        for index, ((row, column), (relative_y, relative_x)) in enumerate(zip(neighbours, relatives)):
-            rows_at = _rows_at(table, (row - origin_y - first_row) * crop_width + column - origin_x)
-            coef, freq = rows_at[..., :width], rows_at[..., width:]
-            angle = torch.addcmul(phase, freq[..., :half], relative_y.unsqueeze(-1))
-            angle = angle.addcmul_(freq[..., half:], relative_x.unsqueeze(-1)).mul_(math.pi)
-            weight = (areas[3 - index] / total).unsqueeze(-1)  # the area opposite this neighbour
-            if result is None:
-                terms.append(torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1).mul_(coef * weight))
-                continue
-            term = result[..., index * width : (index + 1) * width]  # written in place: no concatenations
-            torch.cos(angle, out=term[..., :half])
-            torch.sin(angle, out=term[..., half:])
-            term.mul_(coef).mul_(weight)
-        return torch.cat(terms, dim=-1) if result is None else result
+        latent_rows = [self._nearest_latent(points[..., 0], offset, height) for offset in (-1.0, 1.0)]
+        latent_columns = [self._nearest_latent(points[..., 1], offset, width) for offset in (-1.0, 1.0)]
+        first_row = min(int(row.min()) for row in latent_rows) - origin_y
+        last_row = max(int(row.max()) for row in latent_rows) - origin_y
+        offsets_y = [(points[..., 0] - self._pixel_centres(row, height)) * height for row in latent_rows]
+        offsets_x = [(points[..., 1] - self._pixel_centres(column, width)) * width for column in latent_columns]
+        pairs = [(row, column) for row in (0, 1) for column in (0, 1)]  # offsets (-1, -1), (-1, 1), (1, -1), (1, 1)
+        table_rows = [(row - origin_y - first_row) * crop_width for row in latent_rows]
+        index = torch.stack([table_rows[row] + (latent_columns[column] - origin_x) for row, column in pairs])
+        relative_y = torch.stack([offsets_y[row] for row, _ in pairs])
+        relative_x = torch.stack([offsets_x[column] for _, column in pairs])
+        areas = (relative_y * relative_x).abs_().add_(1e-9)
+        weight = areas.flip(0).div_(areas.sum(dim=0))  # each neighbour's weight is the area opposite it
+        return range(first_row, last_row + 1), Neighbours(index, relative_y, relative_x, weight)
 
     def condition_grid(
         self,
@@ -501,14 +494,6 @@ class LINF(nn.Module):
         local_y = to_window(centres_y, full_height, features.origin[0], crop_height)
         local_x = to_window(centres_x, full_width, features.origin[1], crop_width)
         return bilinear_base(features.lr.float(), local_y, local_x)
-
-
-def _rows_at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[b, index[b, n]]`` for a table (B, M, C) and indices (B, N): whole rows copied at once
-    (faster than ``torch.gather`` with an index expanded over C)."""
-    batch, length, channels = table.shape
-    offsets = torch.arange(batch, device=index.device).unsqueeze(-1) * length
-    return table.reshape(-1, channels).index_select(0, (index + offsets).flatten()).view(batch, -1, channels)
 
 
 def _within(inner: range, outer: range) -> bool:
