@@ -22,6 +22,7 @@ second image of a real batch against the first, the cold start of `flowsr upscal
     python scripts/bench.py --only-models --compare paper-hcflow-random --rescale paper-rescale-x4-random
     python scripts/bench.py --model paper-hcflow-original-random --sizes 128 --scales 4 --compare  # vs the original
     python scripts/bench.py --only-models --compare --backends 256    # --backend torch vs onnx only
+    python scripts/bench.py --only-models --compare linf-lp --compare-size 512 --precisions fp32 bf16 bf16+compile
 
 `flowsr upscale` runs at ``--precision`` (default auto, as users run it); each row also times the same path in
 float32 ("x fp32": how many times faster the chosen precision is), and the unprojected path, compared with the
@@ -29,7 +30,9 @@ naive one to 1e-4, runs in float32.
 
 The per-model table runs every bundled flow model (``--compare``) at x4 on one input, each precision of
 ``--precisions`` in its own process, with its seconds per input megapixel as a ratio to the first model's in
-the first precision, and each precision's speedup over the model's first.
+the first precision, and each precision's speedup over the model's first. An entry ``PRECISION+compile`` runs
+with ``--compile`` from an empty compile cache and prints what the compile cost, what it gains per image and after
+how many images it pays for itself.
 
 The rescaling table (``--rescale MODEL...``, image rescaling models) times `rescale down` and `rescale up` of
 one full-size image of side ``--rescale-size``, each direction in its own process, in seconds per full-size
