@@ -169,7 +169,8 @@ def eval_command(
 
     from flowsr_cli.eval.evaluation import Evaluation, load_dataset
 
-    chosen = _build_settings(models, prior, temperature_list, baseline == "bicubic", settings)
+    shown: set[str] = set()
+    chosen = _build_settings(models, prior, temperature_list, baseline == "bicubic", settings, shown)
     _check_fixed_scales(chosen, scale_list)
     loaded = [load_dataset(folder, max_images, settings["max_pixels"]) for folder in datasets]
     metric = lpips_metric(settings) if lpips else None
@@ -183,6 +184,7 @@ def eval_command(
     )
     skipped = _report_skips(evaluation, loaded)
     scored = run_with_progress(evaluation, loaded)
+    _report_new_notes((upscaler for _, upscaler in chosen), shown)  # what running them says (a failed compile)
     results = [result for _, result in scored]
     row_labels = [setting.label for setting, _ in scored]
     _print_table(results, row_labels, [setting.label for setting, _ in evaluation.settings], lpips)
@@ -200,6 +202,15 @@ def eval_command(
             f"{len(skipped)} of {files} images skipped at one scale or more (named above)", style="bold red"
         )
         raise typer.Exit(1)
+
+
+def _report_new_notes(upscalers: Iterable[Upscaler], shown: set[str]) -> None:
+    """The upscalers' notes not in ``shown`` yet (which they join), each once."""
+    for upscaler in upscalers:
+        for note in upscaler.notes:
+            if note not in shown:
+                shown.add(note)
+                report_note(note)
 
 
 def lpips_metric(settings: Settings) -> LPIPS:
@@ -224,10 +235,16 @@ def _report_skips(evaluation: Evaluation, datasets: list[Dataset]) -> list[Skip]
 
 
 def _build_settings(
-    models: list[str], prior: str | None, temperatures: list[float] | None, with_bicubic: bool, settings: Settings
+    models: list[str],
+    prior: str | None,
+    temperatures: list[float] | None,
+    with_bicubic: bool,
+    settings: Settings,
+    shown: set[str],
 ) -> list[tuple[Setting, Upscaler]]:
     """Each model's settings with its upscaler: one per temperature (None: the model's default) where it samples
-    Gaussian latents, else one; the bicubic baseline first when asked for."""
+    Gaussian latents, else one; the bicubic baseline first when asked for. What loading says is reported once
+    per run (``shown``: the notes reported so far)."""
     from flowsr_cli.config import BICUBIC
     from flowsr_cli.engine.upscaler import samples_gaussian
     from flowsr_cli.eval.evaluation import Setting
@@ -236,7 +253,6 @@ def _build_settings(
 
     hub = Hub(settings) if models else None
     chosen: list[tuple[Setting, Upscaler]] = []
-    shown: set[str] = set()
     if with_bicubic:
         request = UpscalerRequest("bicubic", device=settings["device"], tile=0, consistency=settings["consistency"])
         bicubic = create_upscaler(request)
@@ -257,10 +273,7 @@ def _build_settings(
         )
         prepared = prepare_model(request)
         upscaler = load_upscaler(prepared)
-        for note in upscaler.notes:  # what loading it says (device, backend), once per run
-            if note not in shown:
-                shown.add(note)
-                report_note(note)
+        _report_new_notes([upscaler], shown)  # what loading it says (device, backend)
         if not samples_gaussian(upscaler):
             chosen.append((Setting(model, "bicubic" if model == BICUBIC else "learned"), upscaler))
             continue

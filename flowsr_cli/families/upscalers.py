@@ -163,11 +163,16 @@ def load_upscaler(prepared: PreparedModel) -> Upscaler:
 
 
 def _compile(model: torch.nn.Module, request: UpscalerRequest, device: torch.device, notes: list[str]) -> None:
-    """Under ``compile``, the parts of ``model`` that offer it run compiled; notes say when nothing will be."""
+    """Under ``compile``, the parts of ``model`` that offer it run compiled; notes say so (the first image waits
+    for the compile) or why nothing will be."""
     choice = resolve_compile(request.compile, device)
     if choice.note is not None:
         notes.append(choice.note)
-    if choice.enabled and not compile_parts(model, notes):
+    if not choice.enabled:
+        return
+    if compile_parts(model, notes):
+        notes.append(f"{request.model}: compiling with torch.compile as the first image runs (kept for later runs)")
+    else:
         notes.append(f"{request.model} has no parts that torch.compile speeds up: not compiling")
 
 
