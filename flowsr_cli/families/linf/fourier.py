@@ -3,8 +3,8 @@ their frequencies at the query, weighted by the area opposite.
 
 Two forms of the same arithmetic, in the same order: :func:`fourier_terms` builds its result from whole
 tensors (differentiable, for training, and what ``torch.compile`` fuses into one loop when asked, see
-:meth:`LINF.use_compiled`); :func:`fourier_terms_into` writes into a preallocated input row by row, in place
-(no concatenations: the fastest eager form, for inference).
+:meth:`LINF.use_compiled`); :func:`fourier_terms_into` writes each neighbour's block of a preallocated input in
+place (no concatenations: the fastest eager form, for inference).
 """
 
 from __future__ import annotations
