@@ -69,8 +69,13 @@ class ConditionalLinearFlow(nn.Module):
     def _affines(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every layer's (scale, shift), each (N, layers, D), in one pass over the conditioning
         (elementwise work on 10 strided 27-wide slices per layer costs more than on one block)."""
-        per_layer = params.view(params.shape[0], len(self.linears), 2, self.features)
+        per_layer = self._by_layer(params, 1)
         return affine_scale(per_layer[:, :, 0]), per_layer[:, :, 1]
+
+    def _by_layer(self, values: torch.Tensor, dim: int) -> torch.Tensor:
+        """``values`` with its conditioning dimension ``dim`` (condition_size) split as it is laid out: (layers,
+        2, features), each layer's scale half first, then its shift half."""
+        return values.unflatten(dim, (len(self.linears), 2, self.features))
 
     def prepare(self, params: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The affines (..., condition_size, N) that :meth:`latents_of_columns` and :meth:`inverse_of_columns`
@@ -80,14 +85,13 @@ class ConditionalLinearFlow(nn.Module):
         matrix product and one fused elementwise pass per layer on contiguous rows. Computed once per
         conditioning and read by both directions. Differentiable where autograd needs it; otherwise written in
         place, a pass less per step."""
-        layers, features = len(self.linears), self.features
-        raw = params.unflatten(-2, (layers, 2, features))
+        raw = self._by_layer(params, -2)
         biases = torch.stack([linear.bias for linear in self.linears]).unsqueeze(-1).to(params.dtype)
         if torch.is_grad_enabled() and (params.requires_grad or biases.requires_grad):
             scale = affine_scale(raw.select(-3, 0))
             prepared = torch.stack([scale, torch.addcmul(raw.select(-3, 1), biases, scale)], dim=-3).flatten(-4, -2)
             return prepared if out is None else out.copy_(prepared)
-        prepared = torch.empty_like(raw) if out is None else out.unflatten(-2, (layers, 2, features))
+        prepared = torch.empty_like(raw) if out is None else self._by_layer(out, -2)
         scale, shift = prepared.select(-3, 0), prepared.select(-3, 1)
         torch.add(raw.select(-3, 0), SCALE_OFFSET, out=scale)  # affine_scale, in place
         scale.sigmoid_().add_(AFFINE_EPS)
@@ -115,7 +119,7 @@ class ConditionalLinearFlow(nn.Module):
 
     def _columns_affines(self, affines: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Each layer's (scale, shift), (..., D, N), from :meth:`prepare`'s affines."""
-        per_layer = affines.unflatten(-2, (len(self.linears), 2, self.features))
+        per_layer = self._by_layer(affines, -2)
         return list(per_layer.select(-3, 0).unbind(-3)), list(per_layer.select(-3, 1).unbind(-3))
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

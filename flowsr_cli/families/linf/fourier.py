@@ -45,14 +45,11 @@ def fourier_terms(
 ) -> torch.Tensor:
     """The MLP's input (B, N, 4 * hidden) from a table (B, M, 2 * hidden) of amplitudes then frequencies
     (y half, x half), the phase (hidden / 2,) and a :class:`Neighbours`' tensors; differentiable."""
-    width = table.shape[-1] // 2
-    half = width // 2
     terms = []
     for neighbour in range(index.shape[0]):
-        rows = rows_at(table, index[neighbour])
-        coef, freq = rows[..., :width], rows[..., width:]
-        angle = phase + freq[..., :half] * relative_y[neighbour].unsqueeze(-1)
-        angle = (angle + freq[..., half:] * relative_x[neighbour].unsqueeze(-1)) * math.pi
+        coef, freq_y, freq_x = _amplitudes_and_frequencies(table, index[neighbour])
+        angle = phase + freq_y * relative_y[neighbour].unsqueeze(-1)
+        angle = (angle + freq_x * relative_x[neighbour].unsqueeze(-1)) * math.pi
         waves = torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1)
         terms.append(waves * coef * weight[neighbour].unsqueeze(-1))
     return torch.cat(terms, dim=-1)
@@ -71,15 +68,24 @@ def fourier_terms_into(
     width = table.shape[-1] // 2
     half = width // 2
     for neighbour in range(index.shape[0]):
-        rows = rows_at(table, index[neighbour])
-        coef, freq = rows[..., :width], rows[..., width:]
-        angle = torch.addcmul(phase, freq[..., :half], relative_y[neighbour].unsqueeze(-1))
-        angle = angle.addcmul_(freq[..., half:], relative_x[neighbour].unsqueeze(-1)).mul_(math.pi)
+        coef, freq_y, freq_x = _amplitudes_and_frequencies(table, index[neighbour])
+        angle = torch.addcmul(phase, freq_y, relative_y[neighbour].unsqueeze(-1))
+        angle = angle.addcmul_(freq_x, relative_x[neighbour].unsqueeze(-1)).mul_(math.pi)
         term = out[..., neighbour * width : (neighbour + 1) * width]
         torch.cos(angle, out=term[..., :half])
         torch.sin(angle, out=term[..., half:])
         term.mul_(coef).mul_(weight[neighbour].unsqueeze(-1))
     return out
+
+
+def _amplitudes_and_frequencies(
+    table: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The table rows that indices (B, N) name, split as the table is laid out: amplitudes (B, N, hidden), then
+    y and x frequencies (B, N, hidden / 2 each)."""
+    width = table.shape[-1] // 2
+    rows = rows_at(table, index)
+    return rows[..., :width], rows[..., width : width + width // 2], rows[..., width + width // 2 :]
 
 
 def rows_at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
