@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from flowsr_cli.engine.allocator import reuse_freed_memory
 from flowsr_cli.engine.batch import Rendered
 from flowsr_cli.engine.rescale import Rescaler, forced_colour, lr_colour, rescale_down, rescale_up
 from flowsr_cli.engine.upscaler import ProgressCallback, UpscaleReport
@@ -62,7 +63,9 @@ def prepare_rescaler(model: str, hub: Hub) -> PreparedRescaler:
 def load_rescaler(
     prepared: PreparedRescaler, device: torch.device, tile: str | int, tile_pad: str | int, notes: list[str]
 ) -> Rescaler:
-    """Load a prepared model onto ``device`` and build the engine its family registered for it."""
+    """Load a prepared model onto ``device`` and build the engine its family registered for it (this process keeps
+    freed memory for reuse from then on, see :mod:`flowsr_cli.engine.allocator`)."""
+    reuse_freed_memory()
     options = EngineOptions(prepared.name, device, torch.float32, tile=tile, tile_pad=tile_pad, notes=notes)
     return build_rescaler(load_model(prepared.path, device), options)
 

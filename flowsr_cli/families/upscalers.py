@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowsr_cli.config import BICUBIC, CONSISTENCY_CHOICES, Settings, consistency_default
+from flowsr_cli.engine.allocator import reuse_freed_memory
 from flowsr_cli.engine.backend import resolve_backend
 from flowsr_cli.engine.bicubic import BicubicUpscaler
 from flowsr_cli.engine.compiling import compile_parts, resolve_compile
@@ -134,7 +135,9 @@ def _consistency(choice: str, metadata: dict[str, Any] | None) -> bool:
 
 
 def load_upscaler(prepared: PreparedModel) -> Upscaler:
-    """Load a prepared model onto its device and build the upscaler that runs it."""
+    """Load a prepared model onto its device and build the upscaler that runs it (this process keeps freed
+    memory for reuse from then on, see :mod:`flowsr_cli.engine.allocator`)."""
+    reuse_freed_memory()
     request, device = prepared.request, prepared.device.device
     notes = [prepared.device.note] if prepared.device.note else []
     if prepared.path is None:
