@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flowsr_cli.engine.allocator import return_freed_memory
 from flowsr_cli.engine.degrid import degrid_reach, remove_grid
 from flowsr_cli.engine.projection import DEFAULT_ITERATIONS, halo_rows, project_rows
 from flowsr_cli.engine.upscaler import ProgressCallback, TileSink, Upscaler, UpscaleReport
@@ -232,6 +233,7 @@ class ConsistentUpscaler:
         ]
 
         def collect(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
+            return_freed_memory()  # the tile's blocks are free; the stage's bands are of other sizes
             streams[sample].add(rows, columns, tile.float())
 
         return self.inner.upscale(lr, size, collect, seeds, progress)

@@ -1,5 +1,6 @@
-"""The allocator setting: freed large blocks come back without page faults, the user's own malloc settings win,
-and loading an upscaler or a rescaler applies it. Each case runs in a fresh process (the setting is per process)."""
+"""The allocator setting: freed large blocks come back without page faults, returning them hands them to the OS,
+the user's own malloc settings win, and loading an upscaler or a rescaler applies it. Each case runs in a fresh
+process (the setting is per process)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,35 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     assert all(faults >= BLOCK_PAGES for faults in default["faults"])
     assert tuned["tuned"] is True
     assert _reused(tuned["faults"])
+
+
+RETURN_PROGRAM = """
+import json, os
+import torch
+from flowsr_cli.engine.allocator import return_freed_memory, reuse_freed_memory
+
+def resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+reuse_freed_memory()
+kept = torch.ones(16 << 18)  # 16 MiB allocated after the freed block, so the block is a hole, not the heap's top
+freed = torch.ones(48 << 18)
+kept_after = torch.ones(16 << 18)
+del freed
+before = resident()
+return_freed_memory()
+print(json.dumps({"returned": before - resident()}))
+"""
+
+
+def test_returning_freed_memory_hands_the_kept_blocks_back() -> None:
+    environment = {key: value for key, value in os.environ.items() if key not in USER_SETTINGS}
+    result = subprocess.run(
+        [sys.executable, "-c", RETURN_PROGRAM], capture_output=True, text=True, check=True, env=environment
+    )
+    returned = json.loads(result.stdout.strip().splitlines()[-1])["returned"]
+    assert returned >= 40 << 20  # most of the 48 MiB hole, which the heap kept until then
 
 
 @pytest.mark.parametrize("setting", USER_SETTINGS)
