@@ -41,10 +41,11 @@ BLOCK_PAGES = (48 << 20) // 4096
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD")
 
 
-def _run(setup: str, **settings: str) -> dict[str, object]:
+def _run(program: str, *arguments: str, **settings: str) -> dict[str, object]:
+    """``program``'s JSON line, run in a fresh Python without the user's malloc settings but with ``settings``."""
     environment = {key: value for key, value in os.environ.items() if key not in USER_SETTINGS}
     result = subprocess.run(
-        [sys.executable, "-c", FAULTS_PROGRAM, setup],
+        [sys.executable, "-c", program, *arguments],
         capture_output=True,
         text=True,
         check=True,
@@ -59,8 +60,8 @@ def _reused(faults: list[int]) -> bool:
 
 
 def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
-    default = _run("default")
-    tuned = _run("tune")
+    default = _run(FAULTS_PROGRAM, "default")
+    tuned = _run(FAULTS_PROGRAM, "tune")
     assert all(faults >= BLOCK_PAGES for faults in default["faults"])
     assert tuned["tuned"] is True
     assert _reused(tuned["faults"])
@@ -76,9 +77,9 @@ def resident() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 reuse_freed_memory()
-kept = torch.ones(16 << 18)  # 16 MiB allocated after the freed block, so the block is a hole, not the heap's top
+before_it = torch.ones(16 << 18)
 freed = torch.ones(48 << 18)
-kept_after = torch.ones(16 << 18)
+after_it = torch.ones(16 << 18)  # so the freed block is a hole in the heap, not its top (which glibc trims anyway)
 del freed
 before = resident()
 return_freed_memory()
@@ -87,20 +88,15 @@ print(json.dumps({"returned": before - resident()}))
 
 
 def test_returning_freed_memory_hands_the_kept_blocks_back() -> None:
-    environment = {key: value for key, value in os.environ.items() if key not in USER_SETTINGS}
-    result = subprocess.run(
-        [sys.executable, "-c", RETURN_PROGRAM], capture_output=True, text=True, check=True, env=environment
-    )
-    returned = json.loads(result.stdout.strip().splitlines()[-1])["returned"]
-    assert returned >= 40 << 20  # most of the 48 MiB hole, which the heap kept until then
+    assert _run(RETURN_PROGRAM)["returned"] >= 40 << 20  # most of the 48 MiB hole, which the heap kept until then
 
 
 @pytest.mark.parametrize("setting", USER_SETTINGS)
 def test_users_own_malloc_settings_are_left_alone(setting: str) -> None:
-    result = _run("tune", **{setting: "" if setting == "LD_PRELOAD" else "1048576"})
+    result = _run(FAULTS_PROGRAM, "tune", **{setting: "" if setting == "LD_PRELOAD" else "1048576"})
     assert result["tuned"] is False
 
 
 @pytest.mark.parametrize("setup", ["upscaler", "rescaler"])
 def test_loading_an_upscaler_or_a_rescaler_applies_the_setting(setup: str) -> None:
-    assert _reused(_run(setup)["faults"])
+    assert _reused(_run(FAULTS_PROGRAM, setup)["faults"])
