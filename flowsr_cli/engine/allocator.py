@@ -7,7 +7,9 @@ the consistency stage's bands), and on this machine's CPU a page fault costs abo
 the wall time. Raising the mmap and trim thresholds lets those blocks come back from the heap.
 
 A heap that keeps freed blocks fragments when the next stage asks for blocks of other sizes (at 2048^2 x4 the
-peak rose from 2.8 to 3.6 GB), so :func:`return_freed_memory` hands the free pages back between stages.
+peak rose from 2.7 to 3.1-3.7 GB), so :func:`return_freed_memory` hands the free pages back between stages: the
+consistency stage calls it when a tile reaches it and after each band it emits. What remains is the reuse within
+a stage (a tile's bands of queries, a fixed-x4 flow's layers).
 """
 
 from __future__ import annotations

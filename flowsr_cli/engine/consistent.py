@@ -130,6 +130,7 @@ class _BandStream:
             self.emit(range(self.emitted, end), window[..., self.emitted - start : end - start, :])
             self.emitted = end
             self._forget_before(self.emitted - self.halo)
+            return_freed_memory()  # the band's temporaries: the next band's, or the next tile's, differ in size
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` (all complete) as a (1, C, rows, W) tensor."""
