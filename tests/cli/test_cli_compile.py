@@ -1,6 +1,7 @@
-"""`--compile`: the bundled linf-lp with LINF's Fourier features compiled by torch.compile gives the eager output;
-without a C++ compiler, or where compiling fails, it runs eagerly and a note says why; the config key and
-`--no-compile` choose as the other settings do; a model with nothing to compile says so."""
+"""`--compile`: the bundled linf-lp with LINF's Fourier features and its flow's two directions compiled by
+torch.compile gives the eager output; without a C++ compiler, or where compiling fails, it runs eagerly and a note
+says why; the config key and `--no-compile` choose as the other settings do; a model with nothing to compile says
+so."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
-from flowsr_cli.engine.compiling import cpp_compiler
+from flowsr_cli.engine.compiling import CompiledKernel, cpp_compiler
+from flowsr_cli.families.common.linear_flow import ConditionalLinearFlow
 from tests.conftest import REPO_ROOT, SHARED, CliInvoker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,6 +65,34 @@ def test_compiled_output_matches_eager(run_cli: CliInvoker, image: Path, inducto
     assert "not compiling" not in stderr and "running without it" not in stderr
     assert any(inductor_cache.rglob("*.py")), "nothing was compiled"
     assert np.abs(_read(image, "compiled.tif") - _read(image, "eager.tif")).max() <= TOLERANCE
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_flows_compiled_directions_match_eager_on_a_grid_of_either_dtype(
+    dtype: torch.dtype, inductor_cache: Path
+) -> None:
+    """LINF's flow, both directions compiled (``--compile``), on affines read from a conditioning grid stored at
+    ``dtype``: bands of whole rows (strided in the grid) and a last, shorter band, as the engines read them."""
+    torch.manual_seed(0)
+    flow = ConditionalLinearFlow(27, 4).eval()
+    raw = torch.randn(1, flow.condition_size, 5, 40)
+    grid = flow.prepare(raw.flatten(2)).view_as(raw).to(dtype)
+    compiled = ConditionalLinearFlow(27, 4).eval()
+    compiled.load_state_dict(flow.state_dict())
+    notes: list[str] = []
+    compiled.use_compiled(lambda function: CompiledKernel(function, notes))
+    with torch.inference_mode():
+        for rows in (slice(0, 3), slice(3, 5)):
+            affines = grid[:, :, rows].flatten(2)
+            x = torch.randn(1, 27, affines.shape[-1])
+            z = flow.latents_of_columns(x, affines)
+            assert torch.allclose(compiled.latents_of_columns(x, affines), z, atol=1e-5)
+            x_again = flow.inverse_of_columns(z, affines)
+            assert torch.allclose(compiled.inverse_of_columns(z, affines), x_again, atol=1e-5)
+            assert torch.allclose(x_again, x, atol=1e-4)
+    assert not notes, notes
+    assert any(inductor_cache.rglob("*.py")), "nothing was compiled"
 
 
 def test_without_a_compiler_it_runs_eagerly_and_says_so(run_cli: CliInvoker, image: Path) -> None:

@@ -71,6 +71,27 @@ def test_linf_engines_run_at_their_dtype(lr: torch.Tensor, engine: str) -> None:
     assert 0 < (mixed - exact).abs().mean() < 0.01, "bf16 must change the output a little, not much"
 
 
+def test_a_bfloat16_grid_holds_the_float32_affines_rounded(lr: torch.Tensor) -> None:
+    model = linf(3)
+    size, rows, columns = (120, 108), range(40), range(36)
+    with torch.inference_mode():
+        features = model.encode(lr * 2 - 1)
+        exact = model.condition_grid(features, size, rows, columns, chunk_queries=300)
+        out = torch.empty(1, model.flow.condition_size, len(rows), len(columns), dtype=torch.bfloat16)
+        stored = model.condition_grid(features, size, rows, columns, chunk_queries=300, out=out)
+        with pytest.raises(ValueError, match="cannot go into one of shape"):
+            model.condition_grid(features, size, rows, range(30), out=out)
+    assert stored.values is out
+    assert torch.equal(out, exact.values.to(torch.bfloat16)), "formed in float32, then rounded once"
+
+
+def test_the_learned_prior_stores_its_grid_at_its_dtype(lr: torch.Tensor) -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        upscaler = LearnedPriorUpscaler(linf_lp([8, 16]), CPU, "t", tile=0, dtype=dtype)
+        collect(upscaler, lr, Size(120, 108), [0])
+        assert upscaler._grid_memory is not None and upscaler._grid_memory.dtype == dtype
+
+
 @pytest.mark.parametrize(
     ("precision", "native", "note"),
     [

@@ -283,3 +283,34 @@ def test_tiled_learned_prior_equals_untiled(lr: torch.Tensor, widths: list[int],
         assert len(plan) > 1 and any(len(part.window) < plan[-1].window.stop for part in plan), "windows must be cut"
         tiled = collect(LearnedPriorUpscaler(model, CPU, "t", tile=tile), lr, size, [0])[0]
         assert torch.allclose(tiled, whole, atol=1e-4), (tile, (tiled - whole).abs().max())
+
+
+def test_the_learned_prior_keeps_its_grid_memory_for_later_tiles_and_images(lr: torch.Tensor) -> None:
+    """The conditioning grid's memory is allocated for the largest tile and serves every later tile and image; what
+    a tile or image left in it never reaches another's output."""
+    from flowsr_cli.families.linf.prior_engine import LearnedPriorUpscaler
+
+    model = linf_lp([8, 16])
+    size = SizeRequest(scale=4).target(LR_SIZE)
+    fresh = collect(LearnedPriorUpscaler(model, CPU, "t", tile=16), lr, size, [0])[0]
+    upscaler = LearnedPriorUpscaler(model, CPU, "t", tile=16)
+    first = collect(upscaler, lr, size, [0])[0]
+    kept = upscaler._grid_memory
+    collect(upscaler, torch.rand(lr.shape, generator=torch.Generator().manual_seed(9)), size, [0])
+    again = collect(upscaler, lr, size, [0])[0]
+    assert upscaler._grid_memory is kept
+    assert torch.equal(first, fresh) and torch.equal(again, fresh)
+
+
+def test_the_kept_grid_memory_counts_as_free_in_the_tile_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine short of memory, what the engine keeps for the next grid is memory that grid reuses: the next
+    tile's window is planned as if it were free."""
+    from flowsr_cli.families.linf import prior_engine
+
+    upscaler = prior_engine.LearnedPriorUpscaler(linf_lp([8, 16]), CPU, "t")
+    monkeypatch.setattr(prior_engine, "available_memory", lambda _device: 300 << 20)
+    roomy = upscaler.window_side(4.0)
+    monkeypatch.setattr(prior_engine, "available_memory", lambda _device: 200 << 20)
+    short = upscaler.window_side(4.0)
+    upscaler._grid_memory = torch.empty(100 << 20, dtype=torch.uint8)
+    assert upscaler.window_side(4.0) == roomy > short

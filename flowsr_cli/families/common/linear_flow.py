@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -60,6 +61,7 @@ class ConditionalLinearFlow(nn.Module):
         self.features = features
         self.linears = nn.ModuleList(InvertibleLinear(features) for _ in range(layers))
         self.last = InvertibleLinear(features)
+        self._compiled: tuple[ColumnsKernel, ColumnsKernel] | None = None
 
     @property
     def condition_size(self) -> int:
@@ -98,29 +100,27 @@ class ConditionalLinearFlow(nn.Module):
         torch.addcmul(raw.select(-3, 1), biases, scale, out=shift)
         return prepared.flatten(-4, -2) if out is None else out
 
+    def use_compiled(self, compile_function: Callable[[ColumnsKernel], ColumnsKernel]) -> None:
+        """Run both directions at inference as ``compile_function`` compiles :func:`latents_of_columns` and
+        :func:`inverse_of_columns` (e.g. ``torch.compile``: each layer's elementwise pass fused with reading its
+        affines, whatever dtype a conditioning grid stores them in)."""
+        self._compiled = (compile_function(latents_of_columns), compile_function(inverse_of_columns))
+
     def latents_of_columns(self, x: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
-        """x -> z for vectors laid out as columns (..., D, N) under :meth:`prepare`'s affines (..., C, N):
-        :meth:`latents` in the layout where every elementwise pass reads whole contiguous rows."""
-        scales, shifts = self._columns_affines(affines)
-        z = x
-        for layer, linear in enumerate(self.linears):
-            z = torch.addcmul(shifts[layer], torch.matmul(linear.weight, z), scales[layer])
-        return torch.matmul(self.last.weight, z).add_(self.last.bias.unsqueeze(-1))
+        """x -> z for vectors laid out as columns (..., D, N) under :meth:`prepare`'s affines (..., C, N), read
+        as float32 whatever they are stored in: :meth:`latents` in the layout where every elementwise pass reads
+        whole contiguous rows."""
+        kernel = latents_of_columns if self._compiled is None or torch.is_grad_enabled() else self._compiled[0]
+        weights = torch.stack([linear.weight for linear in self.linears])
+        return kernel(x, affines, weights, self.last.weight, self.last.bias)
 
     def inverse_of_columns(self, z: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
-        """z -> x for vectors laid out as columns (..., D, N) under :meth:`prepare`'s affines (..., C, N)."""
-        scales, shifts = self._columns_affines(affines)
-        inverse, bias = self.last.inverse_matrices(z.dtype)
-        x = torch.matmul(inverse.T, z).add_(bias.unsqueeze(-1))
-        for layer in reversed(range(len(self.linears))):
-            inverse, _ = self.linears[layer].inverse_matrices(z.dtype)
-            x = torch.matmul(inverse.T, (x - shifts[layer]) / scales[layer])
-        return x
-
-    def _columns_affines(self, affines: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Each layer's (scale, shift), (..., D, N), from :meth:`prepare`'s affines."""
-        per_layer = self._by_layer(affines, -2)
-        return list(per_layer.select(-3, 0).unbind(-3)), list(per_layer.select(-3, 1).unbind(-3))
+        """z -> x for vectors laid out as columns (..., D, N) under :meth:`prepare`'s affines (..., C, N), read
+        as float32 whatever they are stored in."""
+        kernel = inverse_of_columns if self._compiled is None or torch.is_grad_enabled() else self._compiled[1]
+        last_inverse, last_bias = self.last.inverse_matrices(z.dtype)
+        inverses = torch.stack([linear.inverse_matrices(z.dtype)[0].T for linear in self.linears])
+        return kernel(z, affines, inverses, last_inverse.T, last_bias)
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x -> (z, log p(x)) with a standard normal base: (N, D), (N, condition_size) -> (N, D), (N,)."""
@@ -148,3 +148,42 @@ def affine_scale(raw: torch.Tensor) -> torch.Tensor:
     """An affine layer's scale from its raw value (LINF's conditioning, SRFlow's coupling nets):
     ``sigmoid(raw + 2) + 1e-4``."""
     return torch.sigmoid(raw + SCALE_OFFSET) + AFFINE_EPS
+
+
+ColumnsKernel = Callable[..., torch.Tensor]
+""":func:`latents_of_columns` or :func:`inverse_of_columns`, or a compiled version of one."""
+
+
+def latents_of_columns(
+    x: torch.Tensor, affines: torch.Tensor, weights: torch.Tensor, last_weight: torch.Tensor, last_bias: torch.Tensor
+) -> torch.Tensor:
+    """The flow forward x -> z of vectors laid out as columns (..., D, N) under prepared affines (..., C, N) (any
+    float dtype, read as float32), the layers' weights stacked (layers, D, D) and the last linear's weight and
+    bias: per layer one matrix product and one fused ``addcmul`` on contiguous rows."""
+    scales, shifts = _layer_affines(affines, weights.shape[0], weights.shape[-1])
+    z = x
+    for layer in range(weights.shape[0]):
+        z = torch.addcmul(shifts[layer], torch.matmul(weights[layer], z), scales[layer])
+    return torch.matmul(last_weight, z).add_(last_bias.unsqueeze(-1))
+
+
+def inverse_of_columns(
+    z: torch.Tensor,
+    affines: torch.Tensor,
+    inverses: torch.Tensor,
+    last_inverse: torch.Tensor,
+    last_bias: torch.Tensor,
+) -> torch.Tensor:
+    """The flow inverse z -> x of :func:`latents_of_columns`, given each layer's W^-1 stacked (layers, D, D) and
+    the last linear's W^-1 and its bias term ``-b W^-T`` (:meth:`InvertibleLinear.inverse_matrices`)."""
+    scales, shifts = _layer_affines(affines, inverses.shape[0], inverses.shape[-1])
+    x = torch.matmul(last_inverse, z).add_(last_bias.unsqueeze(-1))
+    for layer in reversed(range(inverses.shape[0])):
+        x = torch.matmul(inverses[layer], (x - shifts[layer]) / scales[layer])
+    return x
+
+
+def _layer_affines(affines: torch.Tensor, layers: int, features: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each layer's (scale, shift), (..., D, N) in float32, from prepared affines (..., C, N)."""
+    per_layer = affines.float().unflatten(-2, (layers, 2, features))
+    return list(per_layer.select(-3, 0).unbind(-3)), list(per_layer.select(-3, 1).unbind(-3))

@@ -214,14 +214,18 @@ class LINF(nn.Module):
     ) -> torch.Tensor:
         """The flow's affines (B, condition_size, N) (:meth:`ConditionalLinearFlow.prepare`) for query points
         (B, N, 2): :meth:`condition` laid out feature-major, as the flow's inference reads it, written into
-        ``out`` if given. The MLP's last layer writes that layout directly (one matrix product per image)."""
+        ``out`` if given, in ``out``'s dtype. The MLP's last layer writes that layout directly (one matrix product per
+        image) and its affines are formed in float32 whatever ``out`` stores."""
         hidden = self._hidden(features, points, cell)
         last = self.mlp[-1]
         results = []
         with torch.autocast(points.device.type, enabled=False):
             for index, item in enumerate(hidden.float()):
                 raw = torch.addmm(last.bias.unsqueeze(-1), last.weight, item.T)
-                results.append(self.flow.prepare(raw, None if out is None else out[index]))
+                if out is None or out.dtype == raw.dtype:
+                    results.append(self.flow.prepare(raw, None if out is None else out[index]))
+                else:  # prepared in float32, then stored in ``out``'s lower precision
+                    out[index].copy_(self.flow.prepare(raw))
         return torch.stack(results) if out is None else out
 
     def _hidden(self, features: LRFeatures, points: torch.Tensor, cell: tuple[float, float]) -> torch.Tensor:
@@ -277,13 +281,19 @@ class LINF(nn.Module):
         columns: range,
         chunk_queries: int = 16384,
         progress: ProgressCallback | None = None,
+        out: torch.Tensor | None = None,
     ) -> ConditionGrid:
         """The conditioning of every query of the latent rows x columns of an output of ``size``, in
         bands of whole rows of at most ``chunk_queries``: computed once, read by both flow directions.
-        ``progress`` gets the fraction of rows done after each band."""
-        batch = features.lr.shape[0]
+        ``out`` (B, condition_size, len(rows), len(columns)), if given, is where the grid goes, in its dtype: the
+        affines are formed in float32 and the flow reads them as float32, so a bfloat16 grid halves the largest
+        tensor of an upscale at the cost of rounding them. ``progress`` gets the fraction of rows done after each
+        band."""
         band = max(1, chunk_queries // len(columns))
-        values = torch.empty(batch, self.flow.condition_size, len(rows), len(columns), device=features.lr.device)
+        shape = (features.lr.shape[0], self.flow.condition_size, len(rows), len(columns))
+        if out is not None and tuple(out.shape) != shape:
+            raise ValueError(f"a conditioning grid of shape {shape} cannot go into one of shape {tuple(out.shape)}")
+        values = torch.empty(shape, device=features.lr.device) if out is None else out
         for start in range(0, len(rows), band):
             end = min(len(rows), start + band)
             band_rows = range(rows.start + start, rows.start + end)
@@ -364,7 +374,7 @@ class LINF(nn.Module):
             affines = self.cells_affines(features, size, range(start, end), columns, conditions)
             z = latent(range(start, end), columns).to(device)
             with torch.autocast(device.type, enabled=False):
-                residual = self.flow.inverse_of_columns(z.float(), affines.float())
+                residual = self.flow.inverse_of_columns(z.float(), affines)
             band_pixels = F.pixel_shuffle(residual.view(batch, self.dim, end - start, len(columns)), patch)
             canvas[:, :, (start - rows.start) * patch : (end - rows.start) * patch] = band_pixels
             if progress is not None:

@@ -314,7 +314,7 @@ class LINFLP(nn.Module):
             affines = self.flow.cells_affines(features, size, band_rows, columns, conditions)
             vectors = F.pixel_unshuffle(residual[:, :, start * patch : end * patch], patch).flatten(2)
             with torch.autocast(device.type, enabled=False):
-                z = self.flow.flow.latents_of_columns(vectors.float(), affines.float())
+                z = self.flow.flow.latents_of_columns(vectors.float(), affines)
             latents[:, :, start:end] = z.view(batch, self.dim, end - start, len(columns))
             if progress is not None:
                 progress(end / len(rows))

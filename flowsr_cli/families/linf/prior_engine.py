@@ -78,7 +78,10 @@ class LearnedPriorUpscaler:
     chunk_queries: int = 16384
     notes: list[str] = field(default_factory=list)
     dtype: torch.dtype = torch.float32
-    """Compute dtype of the encoder, the conditioning MLP and the latent module (the flow stays float32)."""
+    """Compute dtype of the encoder, the conditioning MLP and the latent module, and what the conditioning grid
+    stores (the flow computes in float32)."""
+    _grid_memory: torch.Tensor | None = field(default=None, repr=False)
+    """Memory of the largest conditioning grid so far, kept for the next tile and image (see :meth:`_grid_space`)."""
 
     @property
     def stochastic(self) -> bool:
@@ -94,9 +97,10 @@ class LearnedPriorUpscaler:
             flow.encoder.out_channels * 4 * 8
             + flow.hidden * 4 * 4
             + scale * scale * 3 * 4 * 6
-            + cells_per_pixel**2 * flow.flow.condition_size * 4
+            + cells_per_pixel**2 * flow.flow.condition_size * self.dtype.itemsize
         )
-        return choose_window(available_memory(self.device), per_pixel, reserved)
+        kept = 0 if self._grid_memory is None else self._grid_memory.numel() * self._grid_memory.element_size()
+        return choose_window(available_memory(self.device) + kept, per_pixel, reserved)  # the kept grid serves it
 
     def _core_cells(self, lr: torch.Tensor, size: Size) -> int:
         """Latent cells per tile core (0: one tile), from --tile (LR pixels) or the memory budget.
@@ -144,6 +148,19 @@ class LearnedPriorUpscaler:
                 sink(sample, pixel_rows, pixel_columns, output)
         return report
 
+    def _grid_space(self, batch: int, rows: int, columns: int) -> torch.Tensor:
+        """Where a tile's conditioning grid of rows x columns latent cells goes: the memory of the last tile's, grown
+        when this one needs more. The grid is the largest tensor of an upscale (a 512^2 input at x4: 1 GB in float32),
+        and memory the system hands out afresh is faulted in and zeroed page by page as it is first written
+        (docs/speed.md: 1.09-1.14x faster at 512^2 x4 once it is kept), which every tile and image after the first is
+        spared. The budget of a tile counts the kept memory as free (:meth:`window_side`): the tile's grid reuses it."""
+        shape = (batch, self.model.flow.flow.condition_size, rows, columns)
+        count = math.prod(shape)
+        if self._grid_memory is None or self._grid_memory.numel() < count:
+            self._grid_memory = None  # the smaller one goes before the larger one comes
+            self._grid_memory = torch.empty(count, dtype=self.dtype, device=self.device)
+        return self._grid_memory[:count].view(shape)
+
     def _pixels(self, cells: range, length: int) -> range:
         patch = self.model.patch_size
         return range(cells.start * patch, min(cells.stop * patch, length))
@@ -168,7 +185,13 @@ class LearnedPriorUpscaler:
             )
             progress(encoded)
             conditions = flow.condition_grid(
-                features, full, rows.core, columns.core, self.chunk_queries, _share(progress, encoded, conditioned)
+                features,
+                full,
+                rows.core,
+                columns.core,
+                self.chunk_queries,
+                _share(progress, encoded, conditioned),
+                out=self._grid_space(crop.shape[0], len(rows.core), len(columns.core)),
             )
             z_hat = self.model.predict_latent(
                 features,
