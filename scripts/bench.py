@@ -79,8 +79,10 @@ PATHS = (*UPSCALE_PATHS, "rescale-down", "rescale-up")
 """`flowsr upscale` as users run it (consistency auto, precision auto unless ``--precision`` says), the same in
 float32, the same with --consistency off (float32), the naive path, bicubic; a rescaling model's forward (HR ->
 its LR) and inverse (its 8-bit LR -> HR) as `flowsr rescale` runs them."""
-WARM_UP_SIDE = 48
-"""Each timed path first upscales a crop this small, so one-off kernel set-up is not timed."""
+WARM_UP_SIDE = 100
+"""Each timed path first upscales a crop this small, so one-off kernel set-up is not timed. At x4 its 134 latent
+columns make several bands of queries and a latent window that is not a multiple of the UNet's pooling: the
+layouts a full-size image brings, for which torch.compile compiles its kernels a second time (``--compile``)."""
 TARGET = (512, 4.0)
 """The input side and scale the issue's targets are stated for (FLOPs are counted there)."""
 COMPILED = "+compile"
