@@ -20,8 +20,8 @@ import os
 import sys
 
 REUSED_BLOCK_BYTES = 256 << 20
-"""Blocks up to this size come from (and return to) the heap; larger ones, such as a tile's conditioning grid,
-are still mapped and unmapped."""
+"""Blocks up to this size come from (and return to) the heap; larger ones are still mapped and unmapped (the
+learned prior's conditioning grid, the largest, is kept by its engine instead: ``LearnedPriorUpscaler._grid_space``)."""
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD")
