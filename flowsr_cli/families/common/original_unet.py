@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.families.common.latent import DoubleConv
-from flowsr_cli.families.common.layout import in_autocast_dtype
+from flowsr_cli.families.common.layout import in_autocast_dtype, lerp_along
 
 DENSE_CONVS = 5
 
@@ -133,7 +133,7 @@ def _upsample_axis(
     """Bilinear x2 with ``align_corners=True`` along ``axis`` (0: rows, 1: columns) of a window of a map of
     ``full`` cells starting at ``origin``, for output cells ``out_origin ..`` of the whole map's 2 x ``full``;
     output cells past 2 x ``full`` are zero (the pad to the skip's size). Reads outside the window clamp to
-    its edge (wrong values that a caller crops off)."""
+    its edge (wrong values that a caller crops off). Keeps ``x``'s layout."""
     dim = 2 + axis
     out = torch.arange(out_origin, out_origin + out_length, dtype=torch.float64)
     scale = (full - 1) / (2 * full - 1) if full > 1 else 0.0
@@ -144,12 +144,10 @@ def _upsample_axis(
     last = x.shape[dim] - 1
     low_local = (low - origin).clamp(0, last).long().to(x.device)
     high_local = (high - origin).clamp(0, last).long().to(x.device)
-    shape = [1, 1, 1, 1]
-    shape[dim] = out_length
-    weight = fraction.to(x.device).view(shape)
-    result = torch.lerp(x.index_select(dim, low_local), x.index_select(dim, high_local), weight)
-    inside = (out < 2 * full).to(x.dtype).to(x.device).view(shape)
-    return result * inside
+    result = lerp_along(x, dim, low_local, high_local, fraction.to(x.device))
+    inside = max(0, min(out_length, 2 * full - out_origin))
+    result.narrow(dim, inside, out_length - inside).zero_()
+    return result
 
 
 def unet_levels(dim: int, depth: int) -> tuple[OriginalDoubleConv, nn.ModuleList, nn.ModuleList]:

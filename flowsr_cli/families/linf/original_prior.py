@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from flowsr_cli.errors import ImageError
 from flowsr_cli.families.common.coords import bilinear_base, patch_centres, to_window
+from flowsr_cli.families.common.layout import channels_last, lerp_along
 from flowsr_cli.families.common.original_unet import (
     DENSE_CONVS,
     DenseBlock5C,
@@ -154,11 +155,8 @@ class _StretchAxis:
 
     def apply(self, cells: torch.Tensor, dim: int) -> torch.Tensor:
         """The stretched values along ``dim`` of the cells ``first_cell .. stop_cell``."""
-        shape = [1, 1, 1, 1]
-        shape[dim] = len(self.low)
-        weight = self.fraction.to(cells.device, cells.dtype).view(shape)
-        low, high = self.low.to(cells.device), self.high.to(cells.device)
-        return torch.lerp(cells.index_select(dim, low), cells.index_select(dim, high), weight)
+        weight = self.fraction.to(cells.device, cells.dtype)
+        return lerp_along(cells, dim, self.low.to(cells.device), self.high.to(cells.device), weight)
 
 
 def _lr_window(lr: torch.Tensor, axis: int, origin: int, length: int, pixels: range) -> tuple[slice, tuple[int, int]]:
@@ -229,14 +227,15 @@ class OriginalLINFLP(LINFLP):
     def _refine(
         self, z_init: torch.Tensor, features: LRFeatures, size: tuple[int, int], rows: range, columns: range
     ) -> torch.Tensor:
-        """The original latent module's output for the window: the latent itself."""
+        """The original latent module's output for the window: the latent itself (run channels-last)."""
         if min(self.latent_shape(size)) < self.latent.multiple:
             smallest = self.patch_size * (self.latent.multiple - 1)
             raise ImageError(
                 f"an output of {size[1]}x{size[0]} pixels is too small for the original LINF-LP, whose UNet "
                 f"needs at least {smallest} pixels per side"
             )
-        return self.latent(z_init, features, MapWindow((rows.start, columns.start), self.latent_shape(size)))
+        window = MapWindow((rows.start, columns.start), self.latent_shape(size))
+        return self.latent(channels_last(z_init), replace(features, lr=channels_last(features.lr)), window)
 
 
 def _shrink_reads(lr_pixels: range, out_length: int, lr_length: int) -> range:

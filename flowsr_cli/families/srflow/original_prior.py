@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowsr_cli.errors import ImageError
+from flowsr_cli.families.common.layout import channels_last
 from flowsr_cli.families.common.original_unet import DenseBlock5C, MapWindow, OutConv, run_unet, unet_levels
 from flowsr_cli.families.registry import Bound, make
 from flowsr_cli.families.srflow.network import SCALE, SRFlow, SRFlowFeatures, pad_bottom_right
@@ -151,7 +152,7 @@ class OriginalSRFlowLP(nn.Module):
         padded = (math.ceil(whole[0] / multiple) * multiple, math.ceil(whole[1] / multiple) * multiple)
         latents = self.initial_latents(features, lr)
         return [
-            self.prior.predict(index, z, MapWindow(_on_level(origin, level), _on_level(padded, level)))
+            self.prior.predict(index, channels_last(z), MapWindow(_on_level(origin, level), _on_level(padded, level)))
             for index, (z, level) in enumerate(zip(latents, self.levels))
         ]
 

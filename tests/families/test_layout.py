@@ -1,0 +1,62 @@
+"""Channels-last runs of the original UNet's resampling: the same values as the default layout, in the same layout
+as their input (so the convolutions after them get the layout they are fastest in)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flowsr_cli.families.common.layout import channels_last, lerp_along
+from flowsr_cli.families.common.original_unet import MapWindow, Up, run_unet, unet_levels, unet_reach
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_lerp_along_gives_the_default_layouts_values_in_the_inputs_layout(dim: int) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 9)
+    length = x.shape[dim]
+    low = torch.tensor([0, 0, 1, 3, length - 2, length - 1])
+    high = torch.clamp(low + 1, max=length - 1)
+    weight = torch.rand(len(low))
+    expected = torch.lerp(
+        x.index_select(dim, low), x.index_select(dim, high), weight.view([1, 1, 1, 1][:dim] + [-1] + [1] * (3 - dim))
+    )
+
+    plain = lerp_along(x, dim, low, high, weight)
+    packed = lerp_along(channels_last(x), dim, low, high, weight)
+
+    assert torch.equal(plain, expected) and plain.is_contiguous()
+    assert torch.equal(packed, expected)
+    assert packed.is_contiguous(memory_format=torch.channels_last) and not packed.is_contiguous()
+
+
+def test_the_unets_upsampling_is_pytorchs_align_corners_bilinear_padded_with_zeros_in_either_layout() -> None:
+    torch.manual_seed(1)
+    up = Up(8, 4).eval()
+    coarse = torch.rand(1, 4, 5, 6)
+    skip = torch.rand(1, 4, 11, 13)  # one row and one column past 2 x the coarse map: the zero pad
+    with torch.no_grad():
+        plain = up(coarse, skip, MapWindow.whole((5, 6)), MapWindow.whole((11, 13)))
+        packed = up(channels_last(coarse), channels_last(skip), MapWindow.whole((5, 6)), MapWindow.whole((11, 13)))
+        enlarged = F.pad(F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=True), (0, 1, 0, 1))
+        expected = up.conv(torch.cat([skip, enlarged], dim=1))
+
+    assert packed.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(plain, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(packed, plain, rtol=0, atol=1e-6)
+
+
+def test_a_channels_last_window_of_the_unet_matches_the_whole_maps_default_layout_run() -> None:
+    torch.manual_seed(2)
+    inc, downs, ups = unet_levels(4, 2)
+    for module in (inc, downs, ups):
+        module.eval()
+    x = torch.randn(1, 4, 64, 60)
+    with torch.no_grad():
+        whole = run_unet(inc, downs, ups, x, MapWindow.whole((64, 60)))
+        window = run_unet(inc, downs, ups, channels_last(x[..., 16:, 8:]), MapWindow((16, 8), (64, 60)))
+
+    assert window.is_contiguous(memory_format=torch.channels_last)
+    reach = unet_reach(2)  # cells this far from the window's inner (top, left) edges are exact
+    torch.testing.assert_close(window[..., reach:, reach:], whole[..., 16 + reach :, 8 + reach :], rtol=0, atol=1e-5)
