@@ -19,10 +19,14 @@ second image of a real batch against the first, the cold start of `flowsr upscal
     python scripts/bench.py --only-models --compare --rescale x2.safetensors x4.safetensors  # rescaling only
     python scripts/bench.py --model paper-lp-random --sizes 128 256 --scales 4 --compare  # the paper's size
     python scripts/bench.py --model paper-lp-original-random --sizes 256 --scales 4 --compare  # as imported
+    python scripts/bench.py --model paper-lp-original-random --sizes 256 --scales 4 --compare --with-compile
     python scripts/bench.py --only-models --compare paper-hcflow-random --rescale paper-rescale-x4-random
     python scripts/bench.py --model paper-hcflow-original-random --sizes 128 --scales 4 --compare  # vs the original
     python scripts/bench.py --only-models --compare --backends 256    # --backend torch vs onnx only
     python scripts/bench.py --only-models --compare linf-lp --compare-size 512 --precisions fp32 bf16 bf16+compile
+
+With ``--with-compile`` each row also times the unprojected path with ``--compile`` (float32, from an empty compile
+cache, warmed up before the clock starts) against the same naive path, and prints the cold compile's cost.
 
 `flowsr upscale` runs at ``--precision`` (default auto, as users run it); each row also times the same path in
 float32 ("x fp32": how many times faster the chosen precision is), and the unprojected path, compared with the
@@ -298,6 +302,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", help="precision of the flowsr path (auto, fp32, bf16, fp16)")
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--with-compile",
+        action="store_true",
+        help="also time the unprojected path with --compile (fp32, cold cache) against the naive path",
+    )
     return parser.parse_args()
 
 
@@ -350,7 +359,40 @@ def speed_rows(arguments: argparse.Namespace, folder: Path) -> list[dict[str, An
                 f"{row['projection_cost']:>8.1%}",
                 flush=True,
             )
+            if arguments.with_compile:
+                row.update(compiled_unprojected(arguments, image, scale, folder, unprojected, naive))
     return rows
+
+
+def compiled_unprojected(
+    arguments: argparse.Namespace,
+    image: Path,
+    scale: float,
+    folder: Path,
+    eager: dict[str, Any],
+    naive: dict[str, Any],
+) -> dict[str, Any]:
+    """The unprojected path again with ``--compile`` (float32, from an empty compile cache) against the naive
+    path of the same row (its time and saved output) and the eager unprojected path's time; printed."""
+    options = ["--path", "unprojected", "--input", str(image), "--scale", str(scale), "--model", arguments.model]
+    options += ["--repeats", str(arguments.repeats), "--save", str(folder / "compiled.pt"), "--compile"]
+    cache = folder / f"inductor-unprojected-{image.stem}-{scale:g}"
+    compiled = child(*options, env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    difference = (torch.load(folder / "compiled.pt") - torch.load(folder / "naive.pt")).abs().max().item()
+    figures = {
+        "compiled_unprojected_seconds": compiled["seconds"],
+        "compiled_speedup_over_naive": naive["seconds"] / compiled["seconds"],
+        "compiled_speedup_over_eager": eager["seconds"] / compiled["seconds"],
+        "compiled_max_abs_difference_to_naive": difference,
+        "compile_seconds": compiled["warm_up_seconds"] - eager["warm_up_seconds"],
+    }
+    print(
+        f"{'':>13}the unprojected path with --compile (fp32): {figures['compiled_speedup_over_naive']:.2f}x the "
+        f"naive path ({figures['compiled_speedup_over_eager']:.2f}x eager), max diff {difference:.1e}, "
+        f"cold compile {figures['compile_seconds']:.1f} s",
+        flush=True,
+    )
+    return figures
 
 
 def compared_models(requested: list[str] | None) -> list[str]:
