@@ -36,7 +36,8 @@ def lerp_along(x: torch.Tensor, dim: int, low: torch.Tensor, high: torch.Tensor,
     """``lerp(x[low], x[high], weight)`` along ``dim`` of a 4-D ``x`` (``low``, ``high``: index vectors,
     ``weight``: one value per index), in ``x``'s layout. A channels-last ``x`` is gathered as the NHWC tensor it is
     in memory, whole pixels (C values) at a time: ``index_select`` on its NCHW view would gather single values
-    along the width and return the default layout (3-5x slower at a UNet's sizes on this project's CPU)."""
+    along the width and return the default layout (the paper-size UNet's widest width gather, 64 channels at
+    342 x 171: 58 against 7 ms on this project's CPU)."""
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         pixels = x.permute(0, 2, 3, 1)
         axis = dim - 1
