@@ -1,14 +1,18 @@
-"""Channels-last runs of the original UNet's resampling: the same values as the default layout, in the same layout
-as their input (so the convolutions after them get the layout they are fastest in)."""
+"""Channels-last runs of the original UNet's resampling and of the flows' space-to-depth: the same values as the
+default layout, in the same layout as their input (so the convolutions after them get the layout they are fastest
+in)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from flowsr_cli.families.common.flow_layers import squeeze2d, unsqueeze2d
 from flowsr_cli.families.common.layout import channels_last, lerp_along
 from flowsr_cli.families.common.original_unet import MapWindow, Up, run_unet, unet_levels, unet_reach
+from flowsr_cli.families.registry import make
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -60,3 +64,49 @@ def test_a_channels_last_window_of_the_unet_matches_the_whole_maps_default_layou
     assert window.is_contiguous(memory_format=torch.channels_last)
     reach = unet_reach(2)  # cells this far from the window's inner (top, left) edges are exact
     torch.testing.assert_close(window[..., reach:, reach:], whole[..., 16 + reach :, 8 + reach :], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kept_slice", [False, True])
+def test_squeeze_and_unsqueeze_give_the_same_values_in_the_inputs_layout(kept_slice: bool) -> None:
+    """Glow's space-to-depth on a channels-last map (or a channel slice of one, as a split's kept half is)
+    equals the default layout's and stays channels-last, both ways."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 6, 8, 10)
+    packed = channels_last(torch.cat([x, torch.randn(2, 4, 8, 10)], dim=1))[:, :6] if kept_slice else channels_last(x)
+
+    squeezed = squeeze2d(packed)
+
+    assert torch.equal(squeezed, squeeze2d(x)) and squeezed.stride(1) == 1
+    restored = unsqueeze2d(squeezed)
+    assert torch.equal(restored, x) and restored.is_contiguous(memory_format=torch.channels_last)
+
+
+FLOWS = {
+    "srflow": {"rrdb_blocks": 2, "rrdb_channels": 8, "growth": 4, "feature_blocks": [0, 1], "steps": 2, "hidden": 8},
+    "hcflow": {"steps": [2, 1], "cond_steps": [1, 2], "hidden": 8, "cond_hidden": 6, "rrdb_blocks": [1, 1],
+               "rrdb_channels": 8, "growth": 4},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(FLOWS))
+def test_every_convolution_of_srflow_and_hcflow_reads_a_channels_last_map(name: str) -> None:
+    """Sampling and scoring (the two directions) hand each convolution a map whose channels vary fastest in memory
+    (channels-last, or a channel slice of such a map), the layout oneDNN runs 1.2-1.5x faster at these widths."""
+    torch.manual_seed(4)
+    model = make({"name": name, "args": FLOWS[name]}).eval()
+    lr = torch.rand(1, 3, 8, 12)
+    inputs: list[tuple[str, torch.Tensor]] = []
+    hooks = [
+        module.register_forward_pre_hook(lambda module, args: inputs.append((type(module).__name__, args[0])))
+        for module in model.modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    with torch.no_grad():
+        features = model.encode(lr)
+        model.log_prob(model.sample(features, 0.5), features)
+    for hook in hooks:
+        hook.remove()
+
+    assert len(inputs) > 20
+    default_layout = [(kind, tuple(x.shape)) for kind, x in inputs if x.shape[1] > 1 and x.stride(1) > x.stride(3)]
+    assert default_layout == []

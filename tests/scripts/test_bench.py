@@ -95,7 +95,10 @@ def test_the_naive_hcflow_path_is_the_original_networks_reverse_pass(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """``--model paper-hcflow-original-random``: the paper-size original-layout HCFlow, imported; the bench's
-    unprojected path (heat 0) and the original network's own reverse pass give the same image."""
+    unprojected path (heat 0) and the original network's own reverse pass give the same image, to float32
+    rounding (flowsr runs the flow channels-last, whose convolutions sum in another order): within 1e-4 of the
+    image's range, as LINF-LP's naive path is within 1e-4 of [0, 1] (these random weights reach about 1600, and 52
+    flow steps amplify rounding: 1.3e-5 of it measured)."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     bench = importlib.import_module("bench")
     model = bench.materialise("paper-hcflow-original-random", tmp_path)
@@ -105,7 +108,7 @@ def test_the_naive_hcflow_path_is_the_original_networks_reverse_pass(
     engine = bench.runner("unprojected", model)(lr, size)
     naive = bench.runner("naive", model)(lr, size)
     assert engine.shape == naive.shape == (1, 3, 48, 64)
-    assert torch.equal(engine, naive)
+    assert (engine - naive).abs().max() <= 1e-4 * naive.abs().max()
 
 
 def test_the_per_model_table_times_each_precision_in_its_own_process(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from flowsr_cli.families.common.flow_layers import squeeze2d, standard_normal, unsqueeze2d
+from flowsr_cli.families.common.layout import channels_last
 from flowsr_cli.families.hcflow.layers import (
     ConditionalFlow,
     HCFlowStep,
@@ -209,6 +210,7 @@ class HCFlowSR(nn.Module):
 
     def encode(self, lr: torch.Tensor) -> HCFlowFeatures:
         """LR (B, 3, h, w) in [0, 1] -> the LR and its RRDB features (the coarsest level's condition)."""
+        lr = channels_last(lr)
         return HCFlowFeatures(lr=lr, condition=self.flow_levels[-1].cond_flow.features(lr))
 
     def latent_shapes(self, features: HCFlowFeatures) -> list[tuple[int, int, int]]:
@@ -251,7 +253,7 @@ class HCFlowSR(nn.Module):
             step_done = (
                 None if progress is None else lambda share, d=depth, b=done_before: progress((b + 4**d * share) / total)
             )
-            x = level.inverse(x, level.cond_flow.inverse(heat * eps, condition), step_done)
+            x = level.inverse(x, level.cond_flow.inverse(heat * channels_last(eps), condition), step_done)
             coarser.insert(0, condition)
         return x
 
@@ -259,7 +261,7 @@ class HCFlowSR(nn.Module):
         """HR (B, 3, 2^L h, 2^L w) -> (LR^, latents coarsest first, log-det + the parts' prior log-densities)."""
         if hr.shape[-2] % self.scale or hr.shape[-1] % self.scale:
             raise ValueError(f"HR size {tuple(hr.shape[-2:])} is not a multiple of the scale {self.scale}")
-        x = hr
+        x = channels_last(hr)
         log_density = hr.new_zeros(hr.shape[0])
         kept_parts, split_parts = [], []
         for level in self.flow_levels:

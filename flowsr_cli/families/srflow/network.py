@@ -34,6 +34,7 @@ from torch import nn
 
 from flowsr_cli.families.common.encoders import RRDB
 from flowsr_cli.families.common.flow_layers import FlowStep, Split, Squeeze, gaussian_log_density, standard_normal
+from flowsr_cli.families.common.layout import channels_last
 from flowsr_cli.families.registry import Bound
 
 SCALE = 4
@@ -219,7 +220,7 @@ class SRFlow(nn.Module):
         multiple = self.size_multiple
         padded = (math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
         lr = pad_bottom_right(lr, padded[0] - height, padded[1] - width)
-        conditions = self.conditioner(lr, len(self.flow_levels))
+        conditions = self.conditioner(channels_last(lr), len(self.flow_levels))
         return SRFlowFeatures(conditions=conditions, lr_size=(height, width), padded_size=padded)
 
     def latent_shapes(self, features: SRFlowFeatures) -> list[tuple[int, int, int]]:
@@ -255,7 +256,7 @@ class SRFlow(nn.Module):
 
     def log_prob(self, hr: torch.Tensor, features: SRFlowFeatures) -> SRFlowLogProb:
         """HR (B, 3, 4h, 4w) in [0, 1] -> log p(HR | LR) in nats per image (continuous density) and its latents."""
-        x = self._padded_hr(hr, features)
+        x = channels_last(self._padded_hr(hr, features))
         logdet = x.new_zeros(x.shape[0])
         latents = []
         for flow_level, cond in zip(self.flow_levels, features.conditions):
@@ -304,8 +305,8 @@ class SRFlow(nn.Module):
         gets the finished fraction after each flow step, each step weighted by its level's area."""
         if latents is None:
             latents = self.random_latents(features, temperature, generator)
-        split_latents = list(latents[:-1])
-        x = latents[-1]
+        split_latents = [channels_last(z) for z in latents[:-1]]
+        x = channels_last(latents[-1])
         areas = [cond.shape[-2] * cond.shape[-1] for cond in features.conditions]
         total = sum(len(level.steps) * area for level, area in zip(self.flow_levels, areas)) or 1
         done = 0
