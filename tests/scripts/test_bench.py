@@ -125,6 +125,7 @@ def test_the_per_model_table_times_each_precision_in_its_own_process(tmp_path: P
     assert [(row["model"], row["precision"]) for row in rows] == [("linf", entry) for entry in precisions]
     assert rows[0]["speedup_over_fp32"] == 1.0 and rows[1]["speedup_over_fp32"] > 0
     assert all(row["seconds_per_input_mp"] > 0 and row["peak_rss_mb"] > 0 for row in rows)
+    assert all(isinstance(row["guarded_tiles"], int) and row["guarded_tiles"] >= 0 for row in rows)
     if len(rows) == 3:
         compiled = rows[2]
         assert compiled["compile_seconds"] > 1  # a cold compile takes seconds; a 24² image's run does not
