@@ -12,6 +12,7 @@ from torch import nn
 from flowsr_cli.families.common.flow_layers import squeeze2d, unsqueeze2d
 from flowsr_cli.families.common.layout import channels_last, lerp_along
 from flowsr_cli.families.common.original_unet import MapWindow, Up, run_unet, unet_levels, unet_reach
+from flowsr_cli.families.hcflow.rescaling import haar_squeeze, haar_unsqueeze
 from flowsr_cli.families.registry import make
 
 
@@ -110,3 +111,40 @@ def test_every_convolution_of_srflow_and_hcflow_reads_a_channels_last_map(name: 
     assert len(inputs) > 20
     default_layout = [(kind, tuple(x.shape)) for kind, x in inputs if x.shape[1] > 1 and x.stride(1) > x.stride(3)]
     assert default_layout == []
+
+
+def test_the_haar_squeeze_gives_the_same_values_in_the_inputs_layout() -> None:
+    """The rescaling models' Haar squeeze on a channels-last map equals the default layout's and stays channels-last;
+    its inverse restores the map in that layout."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 6, 8, 10)
+
+    squeezed = haar_squeeze(channels_last(x))
+
+    assert torch.equal(squeezed, haar_squeeze(x)) and squeezed.stride(1) == 1
+    restored = haar_unsqueeze(squeezed)
+    assert torch.equal(restored, haar_unsqueeze(haar_squeeze(x)))
+    assert restored.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(restored, x, rtol=0, atol=1e-6)
+
+
+def test_every_convolution_of_a_rescaling_model_reads_a_channels_last_map() -> None:
+    """Shrinking, the latents and restoring (its three directions) hand each convolution a channels-last map."""
+    torch.manual_seed(6)
+    args = {"steps": [3, 2], "cond_steps": [1, 2], "hidden": 4, "cond_hidden": 6, "rrdb_blocks": [1, 0],
+            "rrdb_channels": 8, "growth": 4}  # fmt: skip
+    model = make({"name": "hcflow-rescale", "args": args}).eval()
+    inputs: list[torch.Tensor] = []
+    hooks = [
+        module.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+        for module in model.modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    with torch.no_grad():
+        lr, latents = model.to_latents(torch.rand(1, 3, 16, 24))
+        model.upscale(model.downscale(torch.rand(1, 3, 16, 24)), heat=0.5, latents=latents)
+    for hook in hooks:
+        hook.remove()
+
+    assert len(inputs) > 20
+    assert [tuple(x.shape) for x in inputs if x.shape[1] > 1 and x.stride(1) > x.stride(3)] == []

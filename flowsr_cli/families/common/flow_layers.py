@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowsr_cli.families.common.layout import is_channels_last
 from flowsr_cli.families.common.linear_flow import affine_scale
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -48,7 +49,7 @@ def squeeze2d(x: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = x.shape
     if height % 2 or width % 2:
         raise ValueError(f"squeeze2d needs an even height and width, got {height}x{width}")
-    if _is_channels_last(x):
+    if is_channels_last(x):
         pixels = x.permute(0, 2, 3, 1).reshape(batch, height // 2, 2, width // 2, 2, channels)
         pixels = pixels.permute(0, 1, 3, 5, 2, 4).reshape(batch, height // 2, width // 2, 4 * channels)
         return pixels.permute(0, 3, 1, 2)
@@ -59,18 +60,12 @@ def squeeze2d(x: torch.Tensor) -> torch.Tensor:
 def unsqueeze2d(x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`squeeze2d`: (B, 4C, H, W) -> (B, C, 2H, 2W), in ``x``'s layout."""
     batch, channels, height, width = x.shape
-    if _is_channels_last(x):
+    if is_channels_last(x):
         pixels = x.permute(0, 2, 3, 1).reshape(batch, height, width, channels // 4, 2, 2)
         pixels = pixels.permute(0, 1, 4, 2, 5, 3).reshape(batch, 2 * height, 2 * width, channels // 4)
         return pixels.permute(0, 3, 1, 2)
     x = x.reshape(batch, channels // 4, 2, 2, height, width)
     return x.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels // 4, 2 * height, 2 * width)
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """True when a 4-D tensor's channels vary fastest in memory (channels-last, or a channel slice of such a
-    tensor, as a split's kept half is)."""
-    return x.shape[1] > 1 and x.shape[3] > 1 and x.stride(1) < x.stride(3)
 
 
 class Squeeze(nn.Module):

@@ -48,3 +48,9 @@ def lerp_along(x: torch.Tensor, dim: int, low: torch.Tensor, high: torch.Tensor,
     shape = [1, 1, 1, 1]
     shape[dim] = -1
     return torch.lerp(x.index_select(dim, low), x.index_select(dim, high), weight.reshape(shape))
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when a 4-D tensor's channels vary fastest in memory (channels-last, or a channel slice of such a
+    tensor, as a split's kept half is)."""
+    return x.shape[1] > 1 and x.shape[3] > 1 and x.stride(1) < x.stride(3)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from flowsr_cli.families.common.flow_layers import ActNorm, standard_normal
+from flowsr_cli.families.common.layout import channels_last, is_channels_last
 from flowsr_cli.families.hcflow.layers import ConditionalFlow, bounded_log_scale, build_levels, level_condition
 from flowsr_cli.families.registry import Bound
 
@@ -72,10 +73,17 @@ dense blocks, conditional flows with RRDB extractors and bounded priors); parame
 
 def haar_squeeze(x: torch.Tensor) -> torch.Tensor:
     """The original's ``HaarDownsampling``: (B, C, H, W) -> (B, 4C, H/2, W/2), channel ``k C + c`` band k of
-    channel c, each 2x2 block [[p, q], [r, s]] giving ``(p+q+r+s, p-q+r-s, p+q-r-s, p-q-r+s) / 4``."""
+    channel c, each 2x2 block [[p, q], [r, s]] giving ``(p+q+r+s, p-q+r-s, p+q-r-s, p-q-r+s) / 4``; in ``x``'s
+    layout (channels-last or contiguous)."""
     batch, channels, height, width = x.shape
     if height % 2 or width % 2:
         raise ValueError(f"the Haar squeeze needs an even height and width, got {height}x{width}")
+    if is_channels_last(x):
+        pixels = x.permute(0, 2, 3, 1).reshape(batch, height // 2, 2, width // 2, 2, channels)
+        p, q = pixels[:, :, 0, :, 0], pixels[:, :, 0, :, 1]
+        r, s = pixels[:, :, 1, :, 0], pixels[:, :, 1, :, 1]
+        bands = torch.cat([p + q + r + s, p - q + r - s, p + q - r - s, p - q - r + s], dim=-1) / 4
+        return bands.permute(0, 3, 1, 2)
     blocks = x.reshape(batch, channels, height // 2, 2, width // 2, 2)
     p, q = blocks[:, :, :, 0, :, 0], blocks[:, :, :, 0, :, 1]
     r, s = blocks[:, :, :, 1, :, 0], blocks[:, :, :, 1, :, 1]
@@ -83,13 +91,18 @@ def haar_squeeze(x: torch.Tensor) -> torch.Tensor:
 
 
 def haar_unsqueeze(y: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`haar_squeeze`: (B, 4C, H, W) -> (B, C, 2H, 2W)."""
+    """Inverse of :func:`haar_squeeze`: (B, 4C, H, W) -> (B, C, 2H, 2W), in ``y``'s layout."""
     batch, channels, height, width = y.shape
-    low, horizontal, vertical, diagonal = y.chunk(4, dim=1)
+    packed = is_channels_last(y)
+    bands = y.permute(0, 2, 3, 1) if packed else y
+    low, horizontal, vertical, diagonal = bands.chunk(4, dim=-1 if packed else 1)
     p = low + horizontal + vertical + diagonal
     q = low - horizontal + vertical - diagonal
     r = low + horizontal - vertical - diagonal
     s = low - horizontal - vertical + diagonal
+    if packed:
+        blocks = torch.stack([torch.stack([p, q], dim=3), torch.stack([r, s], dim=3)], dim=2)
+        return blocks.reshape(batch, 2 * height, 2 * width, channels // 4).permute(0, 3, 1, 2)
     blocks = torch.stack([torch.stack([p, q], dim=-1), torch.stack([r, s], dim=-1)], dim=3)
     return blocks.reshape(batch, channels // 4, 2 * height, 2 * width)
 
@@ -304,7 +317,7 @@ class HCFlowRescaler(nn.Module):
         """HR (B, 3, H, W) in [0, 1], H and W multiples of :attr:`scale` -> the model's LR (B, 3, H/s, W/s), neither
         clamped nor quantised (only the main flow runs: the LR needs no conditional flow)."""
         self._check_hr(hr)
-        x = hr
+        x = channels_last(hr)
         for level in self.flow_levels:
             x, _ = level(x)
         return x
@@ -312,7 +325,7 @@ class HCFlowRescaler(nn.Module):
     def to_latents(self, hr: torch.Tensor) -> RescalingLatents:
         """HR (B, 3, H, W) -> (the model's LR, the standardised latents coarsest first)."""
         self._check_hr(hr)
-        x = hr
+        x = channels_last(hr)
         parts = []
         for level in self.flow_levels:
             x, a = level(x)
@@ -352,11 +365,11 @@ class HCFlowRescaler(nn.Module):
             latents = self.random_latents(lr, generator)
         if len(latents) != len(self.flow_levels):
             raise ValueError(f"HCFlow rescaling needs {len(self.flow_levels)} latents, got {len(latents)}")
-        x = lr
+        x = channels_last(lr)
         coarser: list[torch.Tensor] = []
         for level, eps in zip(reversed(self.flow_levels), latents):
             features = level.cond_flow.features(level_condition(x, coarser))
-            x = level.inverse(x, level.cond_flow.inverse(heat * eps, features))
+            x = level.inverse(x, level.cond_flow.inverse(heat * channels_last(eps), features))
             coarser.insert(0, features)
         return x
 
