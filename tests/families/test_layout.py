@@ -4,6 +4,8 @@ in)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,20 +98,14 @@ def test_every_convolution_of_srflow_and_hcflow_reads_a_channels_last_map(name: 
     torch.manual_seed(4)
     model = make({"name": name, "args": FLOWS[name]}).eval()
     lr = torch.rand(1, 3, 8, 12)
-    inputs: list[tuple[str, torch.Tensor]] = []
-    hooks = [
-        module.register_forward_pre_hook(lambda module, args: inputs.append((type(module).__name__, args[0])))
-        for module in model.modules()
-        if isinstance(module, nn.Conv2d)
-    ]
-    with torch.no_grad():
+
+    def both_directions() -> None:
         features = model.encode(lr)
         model.log_prob(model.sample(features, 0.5), features)
-    for hook in hooks:
-        hook.remove()
 
-    assert len(inputs) > 20
-    default_layout = [(kind, tuple(x.shape)) for kind, x in inputs if x.shape[1] > 1 and x.stride(1) > x.stride(3)]
+    count, default_layout = _convolution_inputs(model, both_directions)
+
+    assert count > 20
     assert default_layout == []
 
 
@@ -134,17 +130,31 @@ def test_every_convolution_of_a_rescaling_model_reads_a_channels_last_map() -> N
     args = {"steps": [3, 2], "cond_steps": [1, 2], "hidden": 4, "cond_hidden": 6, "rrdb_blocks": [1, 0],
             "rrdb_channels": 8, "growth": 4}  # fmt: skip
     model = make({"name": "hcflow-rescale", "args": args}).eval()
-    inputs: list[torch.Tensor] = []
+
+    def three_directions() -> None:
+        lr, latents = model.to_latents(torch.rand(1, 3, 16, 24))
+        model.upscale(model.downscale(torch.rand(1, 3, 16, 24)), heat=0.5, latents=latents)
+
+    count, default_layout = _convolution_inputs(model, three_directions)
+
+    assert count > 20
+    assert default_layout == []
+
+
+def _convolution_inputs(model: nn.Module, run: Callable[[], None]) -> tuple[int, list[tuple[str, tuple[int, ...]]]]:
+    """How many convolutions of ``model`` ``run`` calls (without gradients), and the kind and input shape of those
+    whose input is in the default layout (its channels not varying fastest in memory)."""
+    inputs: list[tuple[str, torch.Tensor]] = []
     hooks = [
-        module.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+        module.register_forward_pre_hook(lambda module, args: inputs.append((type(module).__name__, args[0])))
         for module in model.modules()
         if isinstance(module, nn.Conv2d)
     ]
-    with torch.no_grad():
-        lr, latents = model.to_latents(torch.rand(1, 3, 16, 24))
-        model.upscale(model.downscale(torch.rand(1, 3, 16, 24)), heat=0.5, latents=latents)
-    for hook in hooks:
-        hook.remove()
-
-    assert len(inputs) > 20
-    assert [tuple(x.shape) for x in inputs if x.shape[1] > 1 and x.stride(1) > x.stride(3)] == []
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    default_layout = [(kind, tuple(x.shape)) for kind, x in inputs if x.shape[1] > 1 and x.stride(1) > x.stride(3)]
+    return len(inputs), default_layout
