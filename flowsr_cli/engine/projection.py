@@ -9,10 +9,10 @@ axis, as LR-PSNR measures it). Iterative back-projection moves ``x`` towards tha
 with ``up`` the bicubic enlargement from the input size back to the output's. Since the residual obeys
 ``r <- r - down(up(r))``, the K steps are taken on the input grid, where ``down∘up`` is a small operator,
 and the output is touched twice: ``x_K = x + up(r_0 + ... + r_{K-1})``, one shrink and one enlargement
-whatever K is. All operators are separable and sparse; along the columns they act on whole rows, along the
-rows on a band of rows, so a band of output rows can be projected on its own: an error at a band's cut
-edges spreads by at most :func:`halo_rows` output rows, and rows farther than that from a cut are the same
-as when projecting the whole image. Everything here is differentiable (training uses it).
+whatever K is. All operators are separable, sparse and banded, so a window of output rows and columns can
+be projected on its own: an error at a window's cut edges spreads by at most :func:`halo_rows` output rows
+(or columns, with the columns' sizes), and pixels farther than that from a cut are the same as when
+projecting the whole image. Everything here is differentiable (training uses it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ DEFAULT_ITERATIONS = 10
 
 
 def halo_rows(out_size: int, in_size: int, iterations: int) -> int:
-    """Output rows next to a band's cut edge that may differ from projecting the whole image.
+    """Output rows (or columns) next to a window's cut edge that may differ from projecting the whole image.
 
     Per iteration an error travels at most half a ``down`` footprint (``ceil(4s) + 2`` output rows at
     scale ``s = out_size / in_size``) and half an ``up`` footprint (6 input rows, ``6 ceil(s)`` output rows)."""
@@ -82,59 +82,56 @@ def _compose(outer: Taps, inner: Taps) -> Taps:
     return inner_indices.flatten(1), (outer_weights[..., None] * inner_weights).flatten(1)
 
 
-class _RowOperators:
-    """The row-axis ``down`` and ``up`` restricted to output rows ``rows`` of an image ``out_size`` tall.
+class _AxisOperators:
+    """One axis's ``down`` and ``up`` restricted to output cells ``cells`` of an axis ``out_size`` long.
 
-    ``down`` keeps the input rows whose every tap lies in the band (exact ones); ``up`` drops taps on
-    input rows outside that set, which only affects rows within the halo of a cut edge."""
+    ``down`` keeps the input cells whose every tap lies in the window (exact ones); ``up`` drops taps on
+    input cells outside that set, which only affects cells within the halo of a cut edge. For the whole
+    axis nothing is dropped (the taps are mirrored into range)."""
 
-    def __init__(self, out_size: int, in_size: int, rows: range) -> None:
+    def __init__(self, out_size: int, in_size: int, cells: range) -> None:
         down_indices, down_weights = contributions(out_size, in_size, in_size / out_size)
-        inside = ((down_indices >= rows.start) & (down_indices < rows.stop)).all(dim=1)
-        self.input_rows = torch.nonzero(inside).flatten()
-        down = (down_indices[self.input_rows] - rows.start, down_weights[self.input_rows])
+        inside = ((down_indices >= cells.start) & (down_indices < cells.stop)).all(dim=1)
+        self.input_cells = torch.nonzero(inside).flatten()
+        down = (down_indices[self.input_cells] - cells.start, down_weights[self.input_cells])
         up_indices, up_weights = contributions(in_size, out_size, out_size / in_size, antialias=False)
-        up_indices, up_weights = up_indices[rows.start : rows.stop], up_weights[rows.start : rows.stop]
+        up_indices, up_weights = up_indices[cells.start : cells.stop], up_weights[cells.start : cells.stop]
         position = torch.full((in_size,), -1, dtype=torch.int64)
-        position[self.input_rows] = torch.arange(len(self.input_rows))
+        position[self.input_cells] = torch.arange(len(self.input_cells))
         mapped = position[up_indices]
         up = (mapped.clamp_min(0), torch.where(mapped >= 0, up_weights, torch.zeros_like(up_weights)))
         self.down, self.up, self.down_up = _blocks(down), _blocks(up), _blocks(_compose(down, up))
 
 
-def project_rows(
-    band: torch.Tensor,
+def project_window(
+    window: torch.Tensor,
     lr: torch.Tensor,
-    out_height: int,
+    out_size: tuple[int, int],
     rows: range,
+    columns: range,
     iterations: int = DEFAULT_ITERATIONS,
     value_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """Back-project ``band`` (B, C, len(rows), W), output rows ``rows`` of an ``out_height``-row upscale of
-    ``lr`` (B, C, h, w, the whole input), clamped to ``value_range``, ``iterations`` times towards
-    ``down(x) = lr``, then clamped again. Rows within :func:`halo_rows` of a cut edge (one that is not the
-    image's border) are approximate; all others match :func:`project`."""
-    if band.shape[-2] != len(rows):
-        raise ValueError(f"band has {band.shape[-2]} rows, expected {len(rows)}")
+    """Back-project ``window`` (B, C, len(rows), len(columns)), output rows ``rows`` and columns ``columns`` of an
+    upscale of ``out_size`` (height, width) of ``lr`` (B, C, h, w, the whole input), clamped to ``value_range``,
+    ``iterations`` times towards ``down(x) = lr``, then clamped again. Pixels within :func:`halo_rows` of a cut
+    edge (one that is not the image's border) are approximate; all others match :func:`project`."""
+    if tuple(window.shape[-2:]) != (len(rows), len(columns)):
+        raise ValueError(f"window is {window.shape[-2]}x{window.shape[-1]} pixels, expected {len(rows)}x{len(columns)}")
     if iterations == 0:
-        return band.clamp(*value_range)
-    in_height, in_width = lr.shape[-2:]
-    out_width = band.shape[-1]
-    row_operators = _RowOperators(out_height, in_height, rows)
-    down_column_taps = contributions(out_width, in_width, in_width / out_width)
-    up_column_taps = contributions(in_width, out_width, out_width / in_width, antialias=False)
-    down_columns, up_columns = _blocks(down_column_taps), _blocks(up_column_taps)
-    target = lr.index_select(-2, row_operators.input_rows.to(lr.device))
-    band = band.clamp(*value_range)
-    residual = target - _apply(_apply(band, -2, row_operators.down), -1, down_columns)
+        return window.clamp(*value_range)
+    row_operators = _AxisOperators(out_size[0], lr.shape[-2], rows)
+    column_operators = _AxisOperators(out_size[1], lr.shape[-1], columns)
+    target = lr.index_select(-2, row_operators.input_cells.to(lr.device))
+    target = target.index_select(-1, column_operators.input_cells.to(lr.device))
+    window = window.clamp(*value_range)
+    residual = target - _apply(_apply(window, -2, row_operators.down), -1, column_operators.down)
     total = residual
-    if iterations > 1:
-        down_up_columns = _blocks(_compose(down_column_taps, up_column_taps))
     for _ in range(iterations - 1):
-        residual = residual - _apply(_apply(residual, -2, row_operators.down_up), -1, down_up_columns)
+        residual = residual - _apply(_apply(residual, -2, row_operators.down_up), -1, column_operators.down_up)
         total = total + residual
-    correction = _apply(_apply(total, -1, up_columns), -2, row_operators.up)
-    return (band + correction).clamp(*value_range)
+    correction = _apply(_apply(total, -1, column_operators.up), -2, row_operators.up)
+    return (window + correction).clamp(*value_range)
 
 
 def project(
@@ -145,4 +142,5 @@ def project(
 ) -> torch.Tensor:
     """``sr`` (B, C, H, W) back-projected ``iterations`` times towards ``down(sr) = lr`` (B, C, h, w), then
     clamped to ``value_range``."""
-    return project_rows(sr, lr, sr.shape[-2], range(sr.shape[-2]), iterations, value_range)
+    height, width = sr.shape[-2:]
+    return project_window(sr, lr, (height, width), range(height), range(width), iterations, value_range)

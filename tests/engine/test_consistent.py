@@ -12,7 +12,7 @@ import torch
 from flowsr_cli.config import consistency_default
 from flowsr_cli.engine import consistent
 from flowsr_cli.engine.consistent import ConsistentUpscaler
-from flowsr_cli.engine.degrid import remove_grid
+from flowsr_cli.engine.degrid import degrid_reach, remove_grid
 from flowsr_cli.engine.pipeline import rgb_tensor
 from flowsr_cli.engine.projection import halo_rows, project
 from flowsr_cli.engine.upscaler import Upscaler, fixed_scale, samples_gaussian
@@ -61,27 +61,38 @@ def engine(name: str, consistency: str, **request: object) -> Upscaler:
     return create_upscaler(UpscalerRequest(path, device="cpu", consistency=consistency, **request))  # type: ignore[arg-type]
 
 
-def run(upscaler: Upscaler, lr: torch.Tensor, size: Size, seeds: list[int]) -> tuple[list[torch.Tensor], set[range]]:
-    """Every sample ``upscaler`` sends to its sink as a whole image, and the row ranges it sent; each output pixel
+Window = tuple[range, range]
+"""Output rows and columns that reached a sink together."""
+
+
+def run(upscaler: Upscaler, lr: torch.Tensor, size: Size, seeds: list[int]) -> tuple[list[torch.Tensor], set[Window]]:
+    """Every sample ``upscaler`` sends to its sink as a whole image, and the windows it sent; each output pixel
     must arrive exactly once."""
     images = [torch.full((1, lr.shape[1], size.height, size.width), float("nan")) for _ in seeds]
     writes = torch.zeros(len(seeds), size.height, size.width, dtype=torch.int32)
-    bands: set[range] = set()
+    windows: set[Window] = set()
 
     def sink(sample: int, rows: range, columns: range, tile: torch.Tensor) -> None:
         images[sample][..., rows.start : rows.stop, columns.start : columns.stop] = tile
         writes[sample, rows.start : rows.stop, columns.start : columns.stop] += 1
-        bands.add(rows)
+        windows.add((rows, columns))
 
     upscaler.upscale(lr, size, sink, seeds)
     assert bool((writes == 1).all()), "every output pixel must reach the sink exactly once"
-    return images, bands
+    return images, windows
+
+
+def bands_of(windows: set[Window]) -> set[range]:
+    """The row ranges of ``windows``."""
+    return {rows for rows, _ in windows}
 
 
 def test_every_pixel_arrives_once_in_full_width_bands(tiny_bands: None) -> None:
     lr = torch.rand(1, 3, 200, 10, generator=torch.Generator().manual_seed(0))
     size = Size(20, 400)
-    (projected,), bands = run(engine("bicubic", "on", tile=8), lr, size, [0])
+    (projected,), windows = run(engine("bicubic", "on", tile=8), lr, size, [0])
+    bands = bands_of(windows)
+    assert {columns for _, columns in windows} == {range(20)}, "full width"
     assert len(bands) >= 3, "several bands"
     assert sorted(band.start for band in bands) == [0, *sorted(band.stop for band in bands)[:-1]], "they tile"
     assert max(len(band) for band in bands) >= 4 * halo_rows(400, 200, 3)
@@ -106,8 +117,8 @@ def test_bands_and_tiles_give_the_projection_of_the_whole_output(
     name, scale, request = CASES[case]
     size = SizeRequest(scale=scale).target(Size(strip.shape[-1], strip.shape[-2]))
     upscaler = engine(name, "on", **request)
-    (projected,), bands = run(upscaler, strip, size, [5])
-    assert len(bands) >= 2, "several bands, each cut with a halo"
+    (projected,), windows = run(upscaler, strip, size, [5])
+    assert len(bands_of(windows)) >= 2, "several bands, each cut with a halo"
     (raw,), _ = run(engine(name, "off", **request), strip, size, [5])
     assert torch.allclose(projected, made_consistent(raw, strip, upscaler), atol=1e-5)
     assert (projected - raw).abs().max() > 1e-3, "the projection changed the output"
@@ -122,6 +133,31 @@ def test_tiled_equals_untiled(strip: torch.Tensor, tiny_bands: None, case: str) 
     (tiled,), _ = run(engine(name, "on", **request), strip, size, [5])
     (untiled,), _ = run(engine(name, "on", **{**request, "tile": 0}), strip, size, [5])
     assert torch.allclose(tiled, untiled, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["bicubic", "linf-lp"])
+def test_wide_bands_go_in_strips_that_give_the_projection_of_the_whole_output(
+    tiny_bands: None, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A band too wide for :data:`consistent.WINDOW_ELEMENTS` is processed in strips of columns, each with its
+    halo of columns: the strips tile the band, each at least four column halos wide, and change nothing."""
+    monkeypatch.setattr(consistent, "WINDOW_ELEMENTS", 1)
+    name, scale, request = CASES[case]
+    request = {**request, "tile": 64}  # tiles cut across the strips, few of them (the learned prior's are slow)
+    lr = rgb_tensor(read_image(SHARED / "data/eval/Set5/butterfly.png"))[..., 60:100, 10:230].contiguous()
+    size = SizeRequest(scale=scale).target(Size(lr.shape[-1], lr.shape[-2]))
+    upscaler = engine(name, "on", **request)
+    (projected,), windows = run(upscaler, lr, size, [5])
+    strips = sorted({columns for _, columns in windows}, key=lambda columns: columns.start)
+    assert len(strips) >= 2, "several strips"
+    assert [columns.start for columns in strips] == [0, *[columns.stop for columns in strips[:-1]]], "they tile"
+    period = upscaler.degrid_period or 1  # type: ignore[attr-defined]
+    reach = halo_rows(size.width, lr.shape[-1], ITERATIONS) + (degrid_reach(period) if period > 1 else 0)
+    assert len(strips[0]) >= 4 * reach, "at least four column halos wide"
+    assert all(columns.start % period == 0 for columns in strips), "on the patch grid"
+    (raw,), _ = run(engine(name, "off", **request), lr, size, [5])
+    assert torch.allclose(projected, made_consistent(raw, lr, upscaler), atol=1e-5)
+    assert (projected - raw).abs().max() > 1e-3, "the projection changed the output"
 
 
 def test_each_sample_is_projected_on_its_own(strip: torch.Tensor, tiny_bands: None) -> None:
@@ -204,10 +240,10 @@ def test_an_image_redone_after_cuda_out_of_memory_is_projected_once(
 
     monkeypatch.setattr(FlowUpscaler, "_encode", encode_at_the_device_boundary)
     upscaler = engine("linf", "on", tile=128, temperature=0.8)
-    (projected,), bands = run(upscaler, lr, size, [5])
+    (projected,), windows = run(upscaler, lr, size, [5])
     assert upscaler.degrid_period == 3
     assert upscaler.notes == ["GPU out of memory: continuing with 64-pixel tiles"] and len(calls) == 5
-    assert min(band.stop for band in bands) < 256, "a band was passed on before the image was redone"
+    assert min(band.stop for band in bands_of(windows)) < 256, "a band was passed on before the image was redone"
     assert torch.allclose(projected, made_consistent(raw, lr, upscaler), atol=1e-5)
 
 

@@ -1,13 +1,15 @@
-"""The consistency projection: it brings an output's MATLAB-bicubic shrink to the input, and a band of rows
-projected with its halo is exactly that band of the whole image's projection."""
+"""The consistency projection: it brings an output's MATLAB-bicubic shrink to the input, and a window of rows
+and columns projected with its halo is exactly that window of the whole image's projection."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 
 from flowsr_cli.engine.pipeline import rgb_tensor
-from flowsr_cli.engine.projection import halo_rows, project, project_rows
+from flowsr_cli.engine.projection import halo_rows, project, project_window
 from flowsr_cli.engine.resize import resize
 from flowsr_cli.io.reading import read_image
 from flowsr_cli.io.sizing import Size, SizeRequest
@@ -56,34 +58,55 @@ def test_projection_is_differentiable() -> None:
     assert sr.grad is not None and torch.isfinite(sr.grad).all() and sr.grad.abs().sum() > 0
 
 
+def cuts_with_halos(length: int, halo: int) -> list[tuple[range, range]]:
+    """Three parts of an axis ``length`` long, each as (part, part with ``halo`` cells on each side)."""
+    cuts = [0, length // 3 + 1, length // 2 + 3, length]
+    assert cuts[1] - halo > 0 or cuts[2] + halo < length, "some cut must have a halo inside the image"
+    return [
+        (range(start, stop), range(max(0, start - halo), min(length, stop + halo)))
+        for start, stop in zip(cuts, cuts[1:])
+    ]
+
+
 @pytest.mark.parametrize(("scale", "iterations"), [(2, 3), (3, 3), (3.5, 3), (3.5, 1), (4, 3), (7.2, 3)])
-def test_a_band_with_its_halo_equals_that_band_of_the_whole_projection(scale: float, iterations: int) -> None:
+def test_a_window_with_its_halo_equals_that_window_of_the_whole_projection(scale: float, iterations: int) -> None:
     generator = torch.Generator().manual_seed(round(scale * 10))
-    lr = torch.rand(1, 3, 43, 7, generator=generator)
-    size = SizeRequest(scale=scale).target(Size(7, 43))
+    lr = torch.rand(1, 3, 43, 47, generator=generator)
+    size = SizeRequest(scale=scale).target(Size(47, 43))
     sr = torch.rand(1, 3, size.height, size.width, generator=generator)
     whole = project(sr, lr, iterations)
-    halo = halo_rows(size.height, 43, iterations)
-    cuts = [0, size.height // 3 + 1, size.height // 2 + 3, size.height]
-    assert cuts[1] - halo > 0 or cuts[2] + halo < size.height, "some cut must have a halo inside the image"
-    for start, stop in zip(cuts, cuts[1:]):
-        low, high = max(0, start - halo), min(size.height, stop + halo)
-        window = project_rows(sr[..., low:high, :], lr, size.height, range(low, high), iterations)
-        band = window[..., start - low : stop - low, :]
-        assert torch.allclose(band, whole[..., start:stop, :], atol=1e-5), (start, stop)
+    row_parts = cuts_with_halos(size.height, halo_rows(size.height, 43, iterations))
+    column_parts = cuts_with_halos(size.width, halo_rows(size.width, 47, iterations))
+    whole_columns = (range(size.width), range(size.width))
+    for (rows, row_window), (columns, column_window) in itertools.product(row_parts, [*column_parts, whole_columns]):
+        window = project_window(
+            sr[..., row_window.start : row_window.stop, column_window.start : column_window.stop],
+            lr,
+            (size.height, size.width),
+            row_window,
+            column_window,
+            iterations,
+        )
+        top, left = rows.start - row_window.start, columns.start - column_window.start
+        part = window[..., top : top + len(rows), left : left + len(columns)]
+        expected = whole[..., rows.start : rows.stop, columns.start : columns.stop]
+        assert torch.allclose(part, expected, atol=1e-5), (rows, columns)
 
 
-def test_without_its_halo_a_band_differs_near_its_cut() -> None:
-    """The band test above is not vacuous: a cut without a halo changes the rows next to it."""
+@pytest.mark.parametrize("axis", [-2, -1])
+def test_without_its_halo_a_window_differs_near_its_cut(axis: int) -> None:
+    """The window test above is not vacuous: a cut without a halo changes the pixels next to it, along either axis."""
     generator = torch.Generator().manual_seed(3)
-    lr = torch.rand(1, 3, 30, 9, generator=generator)
-    sr = torch.rand(1, 3, 90, 27, generator=generator)
+    lr = torch.rand(1, 3, 30, 30, generator=generator)
+    sr = torch.rand(1, 3, 90, 90, generator=generator)
     whole = project(sr, lr)
-    top = project_rows(sr[..., :45, :], lr, 90, range(45))
-    assert (top[..., -3:, :] - whole[..., 42:45, :]).abs().max() > 1e-3
-    assert torch.allclose(top[..., :5, :], whole[..., :5, :], atol=1e-5), "rows far from the cut are exact"
+    rows, columns = (range(45), range(90)) if axis == -2 else (range(90), range(45))
+    part = project_window(sr[..., : len(rows), : len(columns)], lr, (90, 90), rows, columns)
+    near, far = part.narrow(axis, 42, 3), part.narrow(axis, 0, 5)
+    assert (near - whole.narrow(axis, 42, 3)).abs().max() > 1e-3
+    assert torch.allclose(far, whole.narrow(axis, 0, 5), atol=1e-5), "pixels far from the cut are exact"
 
 
-def test_a_band_of_the_wrong_height_is_refused() -> None:
-    with pytest.raises(ValueError, match="band has 5 rows, expected 6"):
-        project_rows(torch.zeros(1, 3, 5, 8), torch.zeros(1, 3, 2, 4), 10, range(2, 8))
+def test_a_window_of_the_wrong_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="window is 5x8 pixels, expected 6x8"):
+        project_window(torch.zeros(1, 3, 5, 8), torch.zeros(1, 3, 2, 4), (10, 8), range(2, 8), range(8))
