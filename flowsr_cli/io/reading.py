@@ -1,7 +1,9 @@
 """Decoding image files upright, at full bit depth, with their metadata.
 
 Pillow decodes most images and reads all metadata. Pillow silently truncates 16-bit RGB(A) PNG and
-TIFF to 8 bits, so 16-bit PNG pixels go through imagecodecs and 16-bit TIFF pixels through tifffile.
+TIFF to 8 bits, so 16-bit PNG pixels go through imagecodecs and 16-bit TIFF pixels through tifffile;
+floating-point TIFF pixels (which Pillow reads only as grey, if at all) go through tifffile too and are
+taken, when they lie in [0, 1], as 16-bit pixels.
 Every problem is an ``ImageError`` whose one-line message does not name the file (the caller does).
 """
 
@@ -221,13 +223,21 @@ def _read_tiff(data: bytes, max_pixels: int) -> Image:
         check_pixel_limit(page.imagewidth, page.imagelength, max_pixels)
         if len(tif.pages) > 1:
             notes.append("multi-page TIFF: only the first page is used")
-        pixels16 = _tiff16_pixels(page) if page.bitspersample == 16 else None
+        if page.dtype is not None and page.dtype.kind == "f":
+            pixels16 = _tiff_float_pixels(page, notes)
+        else:
+            pixels16 = _tiff16_pixels(page) if page.bitspersample == 16 else None
+        layout = _tiff_layout(page)
         description_is_structural = page.is_shaped or page.is_imagej or page.is_ome
     metadata, orientation = _tiff_metadata(data, description_is_structural, notes)
     if pixels16 is not None:
         pixels = pixels16
     else:
-        with _open_with_pillow(data, "tiff") as im:
+        try:
+            im = PILImage.open(io.BytesIO(data), formats=PILLOW_FORMATS["tiff"])
+        except PILImage.UnidentifiedImageError as exc:  # tifffile read the header: it is the layout
+            raise ImageError(f"unsupported TIFF layout ({layout})") from exc
+        with im:
             im.load()
             pixels, metadata.icc_profile = _pillow_pixels(im, metadata.icc_profile, notes)
     return Image(_apply_orientation(pixels, orientation), "tiff", metadata, notes)
@@ -237,9 +247,34 @@ def _tiff16_pixels(page: tifffile.TiffPage) -> np.ndarray:
     """16-bit grey or RGB pixels of a tifffile page, with alpha if it has one."""
     if page.dtype != np.uint16:
         raise ImageError(f"unsupported TIFF sample type {page.dtype}")
+    pixels, associated = _tiff_samples(page)
+    return _unpremultiply(pixels) if associated else np.ascontiguousarray(pixels)
+
+
+def _tiff_float_pixels(page: tifffile.TiffPage, notes: list[str]) -> np.ndarray:
+    """Floating-point grey or RGB pixels of a tifffile page (with alpha if it has one), all in [0, 1], as 16-bit
+    pixels (rounded to the nearest of 65536 levels: what flowsr's pipeline and outputs carry)."""
+    samples, associated = _tiff_samples(page)
+    values = samples.astype(np.float64)
+    if not bool(np.isfinite(values).all()):
+        raise ImageError("floating-point TIFF with non-finite pixels (NaN or infinity)")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 1:
+        raise ImageError(
+            f"floating-point TIFF pixels range from {low:.4g} to {high:.4g}; flowsr reads them in [0, 1]: "
+            "scale the image into that range first"
+        )
+    notes.append(f"{page.bitspersample}-bit floating-point TIFF: read and written as 16-bit")
+    pixels = np.rint(values * 65535).astype(np.uint16)
+    return _unpremultiply(pixels) if associated else pixels
+
+
+def _tiff_samples(page: tifffile.TiffPage) -> tuple[np.ndarray, bool]:
+    """The grey or RGB samples of a tifffile page as (H, W, C), with alpha if it has one, as stored; and whether
+    that alpha is associated (premultiplied)."""
     colour_channels = {1: 1, 2: 3}.get(int(page.photometric))
     if colour_channels is None:
-        raise ImageError(f"unsupported 16-bit TIFF colour space {page.photometric.name.lower()}")
+        raise ImageError(f"unsupported {page.bitspersample}-bit TIFF colour space {_tag_name(page.photometric)}")
     pixels = page.asarray()
     if page.planarconfig == 2 and pixels.ndim == 3:
         pixels = np.moveaxis(pixels, 0, -1)
@@ -247,10 +282,18 @@ def _tiff16_pixels(page: tifffile.TiffPage) -> np.ndarray:
         pixels = pixels[..., np.newaxis]
     extra = tuple(int(kind) for kind in page.extrasamples)
     alpha_kind = extra[0] if extra and pixels.shape[2] > colour_channels else 0
-    pixels = pixels[..., : colour_channels + (alpha_kind in (1, 2))]
-    if alpha_kind == 1:
-        pixels = _unpremultiply(pixels)
-    return np.ascontiguousarray(pixels)
+    return pixels[..., : colour_channels + (alpha_kind in (1, 2))], alpha_kind == 1
+
+
+def _tiff_layout(page: tifffile.TiffPage) -> str:
+    """How a TIFF page stores its pixels, for a message: bits and kind of its samples and its colour space."""
+    kind = {1: "unsigned", 2: "signed", 3: "floating-point"}.get(int(page.sampleformat), "other")
+    return f"{page.bitspersample}-bit {kind} samples, {_tag_name(page.photometric)}"
+
+
+def _tag_name(value: object) -> str:
+    """A TIFF tag value as tifffile names it (an enum member's name), or its number when it has no name."""
+    return str(getattr(value, "name", value)).lower()
 
 
 def _unpremultiply(pixels: np.ndarray) -> np.ndarray:

@@ -225,6 +225,23 @@ def test_greyscale_16bit_and_alpha_are_kept(run_cli: CliInvoker, tmp_path: Path)
     assert read_image(tmp_path / "out" / "grey_x2.jpg").mode == "L"
 
 
+def test_a_float_tiff_becomes_a_16_bit_tiff_and_one_out_of_range_fails_alone(
+    run_cli: CliInvoker, tmp_path: Path
+) -> None:
+    import tifffile
+
+    rgb = np.random.default_rng(1).random((13, 20, 3)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "float.tif", rgb, photometric="rgb", metadata=None)
+    tifffile.imwrite(tmp_path / "hdr.tif", rgb * 4, photometric="rgb", metadata=None)
+    result = run_cli("upscale", str(tmp_path), "--scale", "2", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    upscaled = read_image(tmp_path / "out" / "float_x2.tif")
+    assert (upscaled.mode, upscaled.bit_depth, upscaled.pixels.shape) == ("RGB", 16, (26, 40, 3))
+    assert "float.tif: 32-bit floating-point TIFF: read and written as 16-bit" in result.stderr
+    assert "hdr.tif: floating-point TIFF pixels range from" in result.stderr
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["float_x2.tif"]
+
+
 def test_transparent_colour_does_not_fringe(run_cli: CliInvoker, tmp_path: Path) -> None:
     pixels = np.zeros((16, 16, 4), dtype=np.uint8)
     pixels[:, :8] = (255, 255, 255, 255)  # opaque white left half; right half transparent black

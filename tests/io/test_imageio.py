@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -669,10 +670,43 @@ def test_bigtiff_metadata_is_read(tmp_path: Path) -> None:
     assert (exif[MAKE_TAG], exif[ORIENTATION_TAG]) == ("FlowsrCam", 1)
 
 
-def test_float_tiff_is_rejected_with_its_mode(tmp_path: Path) -> None:
-    PILImage.new("F", (4, 4), 0.5).save(tmp_path / "f.tif")
-    with pytest.raises(ImageError, match="^unsupported pixel mode F$"):
+def test_float_tiff_in_0_1_is_read_as_16_bit_with_a_note(tmp_path: Path) -> None:
+    """Grey float32 as Pillow writes it, RGB float32 and float16 as tifffile does, RGBA with associated alpha."""
+    grey = np.linspace(0, 1, 24, dtype=np.float32).reshape(4, 6)
+    PILImage.fromarray(grey, "F").save(tmp_path / "grey.tif")
+    rgb = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", metadata=None)
+    tifffile.imwrite(tmp_path / "half.tif", rgb.astype(np.float16), photometric="rgb", metadata=None)
+    cases = [("grey", grey[..., np.newaxis], 32), ("rgb", rgb, 32), ("half", rgb.astype(np.float16), 16)]
+    for name, values, bits in cases:
+        image = read_image(tmp_path / f"{name}.tif")
+        assert image.pixels.dtype == np.uint16 and image.bit_depth == 16, name
+        np.testing.assert_array_equal(image.pixels, np.rint(values.astype(np.float64) * 65535).astype(np.uint16))
+        assert image.warnings == [f"{bits}-bit floating-point TIFF: read and written as 16-bit"], name
+    premultiplied = np.concatenate([rgb * 0.5, np.full((5, 7, 1), 0.5, np.float32)], axis=2)
+    tifffile.imwrite(tmp_path / "rgba.tif", premultiplied, photometric="rgb", extrasamples=[1], metadata=None)
+    image = read_image(tmp_path / "rgba.tif")
+    assert np.abs(image.pixels[..., :3].astype(np.float64) / 65535 - rgb).max() < 1e-4, "alpha undone"
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (np.array([[-0.5, 0.2], [0.3, 2.0]], np.float32), "pixels range from -0.5 to 2; flowsr reads them in [0, 1]"),
+        (np.array([[0.5, np.nan]], np.float32), "non-finite pixels"),
+        (np.array([[0.5, np.inf]], np.float32), "non-finite pixels"),
+    ],
+)
+def test_float_tiff_outside_0_1_is_refused_in_one_line(tmp_path: Path, values: np.ndarray, problem: str) -> None:
+    tifffile.imwrite(tmp_path / "f.tif", values, metadata=None)
+    with pytest.raises(ImageError, match=re.escape(problem)):
         read_image(tmp_path / "f.tif")
+
+
+def test_a_tiff_layout_pillow_cannot_read_is_named_not_called_damaged(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "u32.tif", np.zeros((4, 5, 3), np.uint32), photometric="rgb", metadata=None)
+    with pytest.raises(ImageError, match=r"^unsupported TIFF layout \(32-bit unsigned samples, rgb\)$"):
+        read_image(tmp_path / "u32.tif")
 
 
 # --------------------------------------------------------------------------- atomic writes
