@@ -135,8 +135,15 @@ def discover(arguments: Sequence[str], recursive: bool) -> Discovery:
         else:
             discovery.problems.append((argument, "no such file or folder"))
     discovery.inputs = sorted(found.values(), key=lambda item: os.fspath(item.path))
-    discovery.single_file = len(arguments) == 1 and Path(arguments[0]).exists() and not Path(arguments[0]).is_dir()
+    discovery.single_file = len(arguments) == 1 and _names_one_file(arguments[0])
     return discovery
+
+
+def _names_one_file(argument: str) -> bool:
+    """True for an argument that is a file, or a name of nothing that is no pattern: a missing file is one input
+    (failing alone), so ``-o`` may still name its output."""
+    path = Path(argument)
+    return not path.is_dir() if path.exists() else not glob.has_magic(argument)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

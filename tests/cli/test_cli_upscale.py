@@ -191,6 +191,17 @@ def test_glob_and_missing_inputs(run_cli: CliInvoker, tmp_path: Path) -> None:
     assert "missing.png: no such file or folder" in result.stderr
 
 
+@pytest.mark.parametrize("command", [["upscale", "--scale", "2"], ["rescale", "up", "-m", "hcflow-rescale-x2"]])
+def test_a_missing_input_with_an_output_file_fails_naming_the_input(
+    run_cli: CliInvoker, tmp_path: Path, command: list[str]
+) -> None:
+    """One named input that does not exist is still one input: ``-o`` may name a file, and the input is the problem."""
+    result = run_cli(*command, str(tmp_path / "missing.png"), "-o", str(tmp_path / "out.png"))
+    assert result.exit_code == 1
+    assert "missing.png: no such file or folder" in result.stderr and "folder;" not in result.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_format_conversion_and_output_file(run_cli: CliInvoker, tmp_path: Path) -> None:
     source = make_photo(tmp_path / "a.png", mode="RGBA")
     assert run_cli("upscale", str(source), "--scale", "2", "--format", "jpg").exit_code == 0
