@@ -177,7 +177,7 @@ CASES: list[Bad] = [
     *options("rescale down", "--scale", ("3", "x4"), "2 or 4"),
     option("rescale down", "--model", "nope", UNKNOWN_RESCALER[1], UNKNOWN_RESCALER[0]),
     *options("rescale down", "--seed", ("-1", str(2**63), "x"), f"an integer from 0 to {2**63 - 1}"),
-    option("rescale down", "--format", "tiff", "png or webp or jpg"),
+    option("rescale down", "--format", "bmp", "png or webp or tiff or jpg"),
     *[
         bad
         for flag, values, allowed in SETTING_FLAGS

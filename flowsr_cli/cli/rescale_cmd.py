@@ -143,9 +143,9 @@ def down_command(
         None,
         "--format",
         "-f",
-        parser=choice_flag("--format", ("png", "webp", "jpg")),
+        parser=choice_flag("--format", ("png", "webp", "tiff", "jpg")),
         metavar="FORMAT",
-        help="png or webp (both lossless), or jpg with --allow-lossy.",
+        help="png, webp or tiff (all lossless), or jpg with --allow-lossy.",
         rich_help_panel=OUTPUT_PANEL,
         show_default="-o's extension, else png",
     ),
@@ -394,16 +394,19 @@ def _lr_format(requested: str | None, output: str | None) -> str:
 
 
 def _check_lr_formats(jobs: list[Job], allow_lossy: bool) -> None:
-    """Refuse LRs in formats that cannot hold them (TIFF, BMP) or, without ``allow_lossy``, that change their
-    pixels (JPEG); with it, warn what a JPEG LR costs."""
+    """Refuse LRs in formats that cannot hold them (BMP: no place for the mark) or, without ``allow_lossy``, that
+    change their pixels (JPEG); with it, warn what a JPEG LR costs."""
     formats = {job.format for job in jobs}
-    unusable = formats - {"png", "webp", "jpeg", None}
+    unusable = formats - {"png", "webp", "tiff", "jpeg", None}
     if unusable:
-        raise UsageError(f"rescale down writes PNG or WebP LRs (lossless), not {', '.join(sorted(unusable))}")
+        raise UsageError(
+            f"rescale down writes PNG, WebP or TIFF LRs (lossless, with the mark `rescale up` reads), "
+            f"not {', '.join(sorted(unusable))}"
+        )
     if "jpeg" in formats and not allow_lossy:
         raise UsageError(
-            "a JPEG LR loses what the model hid in its exact pixels (" + LOSSY_COST + "); write PNG or WebP, or "
-            "add --allow-lossy"
+            "a JPEG LR loses what the model hid in its exact pixels (" + LOSSY_COST + "); write PNG, WebP or TIFF, "
+            "or add --allow-lossy"
         )
     if "jpeg" in formats:
         report_warning(

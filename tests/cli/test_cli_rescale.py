@@ -285,11 +285,14 @@ def test_a_jpeg_lr_needs_allow_lossy_and_is_then_refused_by_up(
     one_error(result, "it is a JPEG: lossy encoding changed the LR's pixels", REFUSED)
 
 
-def test_a_webp_lr_is_lossless(run_cli: CliInvoker, tmp_path: Path, models: dict) -> None:
+@pytest.mark.parametrize(("fmt", "suffix"), [("webp", "webp"), ("tiff", "tif")])
+def test_a_webp_or_tiff_lr_is_lossless(
+    run_cli: CliInvoker, tmp_path: Path, models: dict, fmt: str, suffix: str
+) -> None:
     source = make_photo(tmp_path / "photo.png", mode="RGBA")
-    result = run_cli("rescale", "down", str(source), "-s", "4", "--model", str(models["tamed"]), "-f", "webp")
+    result = run_cli("rescale", "down", str(source), "-s", "4", "--model", str(models["tamed"]), "-f", fmt)
     assert result.exit_code == 0, result.output
-    lr_path = tmp_path / "photo_lr4.webp"
+    lr_path = tmp_path / f"photo_lr4.{suffix}"
     assert lossy_format(lr_path) is None and read_mark(lr_path)["lr_sha256"] == lr_sha256(pixels(lr_path)[..., :3])  # type: ignore[index]
     assert run_cli("rescale", "up", str(lr_path), "-f", "png").exit_code == 0
     assert read_image(tmp_path / "photo_lr4_up.png").mode == "RGBA"
@@ -303,7 +306,7 @@ def test_a_webp_lr_is_lossless(run_cli: CliInvoker, tmp_path: Path, models: dict
         (["-s", "4", "--model", "x2"], 2, "it rescales by 2, not by --scale 4"),
         (["-s", "4", "--model", "srflow"], 2, "'srflow' is a srflow, not an image rescaling model"),
         (["-s", "4", "--model", "nowhere.safetensors"], 2, "model file nowhere.safetensors: not found"),
-        (["-s", "4", "--model", "untrained", "-o", "{tmp}/lr.tif"], 2, "rescale down writes PNG or WebP LRs"),
+        (["-s", "4", "--model", "untrained", "-o", "{tmp}/lr.bmp"], 2, "rescale down writes PNG, WebP or TIFF LRs"),
     ],
 )
 def test_down_usage_errors_exit_2_in_one_line_and_write_nothing(
