@@ -38,7 +38,9 @@ models_app = typer.Typer(
 
 @models_app.command("import")
 def import_command(
-    checkpoint: Path = typer.Argument(..., help="An original LINF or SRFlow checkpoint (.pth).", show_default=False),
+    checkpoint: Path = typer.Argument(
+        ..., help="An original LINF, SRFlow or HCFlow (SR or rescaling) checkpoint (.pth).", show_default=False
+    ),
     name: str = typer.Option(..., "--name", help="The name to use with --model.", show_default=False),
     prior: Path | None = typer.Option(
         None,
@@ -49,7 +51,8 @@ def import_command(
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing model of that name."),
 ) -> None:
-    """Convert an original LINF or SRFlow checkpoint (with --prior: and its learned prior) into a flowsr model.
+    """Convert an original LINF, SRFlow or HCFlow checkpoint (with --prior: and its learned prior) into a flowsr
+    model; an HCFlow rescaling checkpoint becomes a model for `flowsr rescale`.
 
     Only weights are read (no pickled code is run). The model's sha256 is recorded and checked before each
     use."""
