@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import typer
 
 from flowsr_cli.cli.batch_common import COMPILE, OUTPUT_PANEL
-from flowsr_cli.config import PRIOR_CHOICES, RAY, Settings, choice_flag, integer_flag, model_backend
+from flowsr_cli.config import BICUBIC, PRIOR_CHOICES, RAY, Settings, choice_flag, integer_flag, model_backend
 from flowsr_cli.console import printable, report_error, report_note, stderr_console
 from flowsr_cli.errors import FlowsrError, UsageError
 
@@ -52,7 +52,7 @@ def eval_command(
         [],
         "--model",
         "-m",
-        help="A model name or .safetensors path (repeatable; default: none, only the baseline).",
+        help="A model name or .safetensors path (repeatable; default: the configured one; config: model).",
         show_default=False,
     ),
     scales: str = typer.Option("2,3,4", "--scales", help="Comma-separated scales, any number >= 1."),
@@ -161,8 +161,6 @@ def eval_command(
     temperature_list = None if temperatures is None else _numbers(temperatures, "--temperatures", 0.0)
     if baseline not in ("bicubic", "none"):
         raise UsageError(f"--baseline takes bicubic or none, got {baseline!r}")
-    if not models and baseline == "none":
-        raise UsageError("nothing to evaluate: give --model or keep --baseline bicubic")
     for folder in datasets:
         if not folder.is_dir():
             raise UsageError(f"{printable(folder)}: not a folder of images")
@@ -170,7 +168,10 @@ def eval_command(
     from flowsr_cli.eval.evaluation import Evaluation, load_dataset
 
     shown: set[str] = set()
-    chosen = _build_settings(models, prior, temperature_list, baseline == "bicubic", settings, shown)
+    with_bicubic = baseline == "bicubic"
+    if not models:  # the configured model, unless that is the baseline itself
+        models = [] if settings["model"] == BICUBIC and with_bicubic else [settings["model"]]
+    chosen = _build_settings(models, prior, temperature_list, with_bicubic, settings, shown)
     _check_fixed_scales(chosen, scale_list)
     loaded = [load_dataset(folder, max_images, settings["max_pixels"]) for folder in datasets]
     metric = lpips_metric(settings) if lpips else None
@@ -245,7 +246,6 @@ def _build_settings(
     """Each model's settings with its upscaler: one per temperature (None: the model's default) where it samples
     Gaussian latents, else one; the bicubic baseline first when asked for. What loading says is reported once
     per run (``shown``: the notes reported so far)."""
-    from flowsr_cli.config import BICUBIC
     from flowsr_cli.engine.upscaler import samples_gaussian
     from flowsr_cli.eval.evaluation import Setting
     from flowsr_cli.families.upscalers import UpscalerRequest, create_upscaler, load_upscaler, prepare_model

@@ -149,7 +149,6 @@ def test_eval_scores_at_the_precision_asked_and_records_it(run_cli: CliInvoker, 
     [
         (["--scales", "2,x"], "--scales takes comma-separated numbers"),
         (["--scales", "0.5"], ">= 1"),
-        (["--baseline", "none"], "nothing to evaluate"),
         (["--baseline", "lanczos"], "--baseline takes bicubic or none"),
         (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     ],
@@ -158,6 +157,28 @@ def test_usage_errors(run_cli: CliInvoker, args: list[str], message: str) -> Non
     result = run_cli("eval", str(SET5), *args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
+
+
+def test_without_model_the_configured_one_is_scored_beside_the_baseline(
+    run_cli: CliInvoker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`flowsr eval Set5` scores the model `upscale` would use (config or FLOWSR_MODEL); bicubic as that model is
+    the baseline alone, not a second row."""
+    save_model(tiny_linf(3), tmp_path / "tiny.safetensors")
+    monkeypatch.setenv("FLOWSR_MODEL", str(tmp_path / "tiny.safetensors"))
+
+    def rows(*args: str) -> list[tuple[str, str]]:
+        out = tmp_path / "r.json"
+        options = ("--scales", "2", "--max-images", "1", "--no-lpips", "--json", str(out))
+        result = run_cli("eval", str(SET5), *options, *args)
+        assert result.exit_code == 0, result.output
+        return [(Path(row["model"]).name, row["prior"]) for row in json.loads(out.read_text())["results"]]
+
+    assert rows() == [("bicubic", "bicubic"), ("tiny.safetensors", "gaussian")]
+    assert rows("--baseline", "none") == [("tiny.safetensors", "gaussian")]
+    monkeypatch.setenv("FLOWSR_MODEL", "bicubic")
+    assert rows() == [("bicubic", "bicubic")]
+    assert rows("--baseline", "none") == [("bicubic", "bicubic")]
 
 
 def test_missing_or_empty_dataset_folder(run_cli: CliInvoker, tmp_path: Path) -> None:
@@ -202,7 +223,8 @@ def test_help_shows_defaults(run_cli: CliInvoker) -> None:
     assert result.exit_code == 0
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.stdout).split())
     for default in (
-        "[default: 2,3,4]", "default: none, only the baseline", "(default: all)", "[default: lpips]",
+        "[default: 2,3,4]", "(repeatable; default: the configured one; config: model)", "(default: all)",
+        "[default: lpips]",
         "(default: learned where the model has one, else gaussian)", "(default: auto; config: device)",
         "(default: online; config: offline)", "(default: auto; config: consistency)",
     ):  # fmt: skip
