@@ -255,17 +255,17 @@ def _tiff_float_pixels(page: tifffile.TiffPage, notes: list[str]) -> np.ndarray:
     """Floating-point grey or RGB pixels of a tifffile page (with alpha if it has one), all in [0, 1], as 16-bit
     pixels (rounded to the nearest of 65536 levels: what flowsr's pipeline and outputs carry)."""
     samples, associated = _tiff_samples(page)
-    values = samples.astype(np.float64)
-    if not bool(np.isfinite(values).all()):
+    if not bool(np.isfinite(samples).all()):
         raise ImageError("floating-point TIFF with non-finite pixels (NaN or infinity)")
-    low, high = float(values.min()), float(values.max())
+    low, high = float(samples.min()), float(samples.max())
     if low < 0 or high > 1:
         raise ImageError(
             f"floating-point TIFF pixels range from {low:.4g} to {high:.4g}; flowsr reads them in [0, 1]: "
             "scale the image into that range first"
         )
     notes.append(f"{page.bitspersample}-bit floating-point TIFF: read and written as 16-bit")
-    pixels = np.rint(values * 65535).astype(np.uint16)
+    levels = np.multiply(samples, 65535.0, dtype=np.float64)
+    pixels = np.rint(levels, out=levels).astype(np.uint16)
     return _unpremultiply(pixels) if associated else pixels
 
 
