@@ -79,11 +79,13 @@ def _describe_decode_error(exc: BaseException, fmt: str) -> str:
     return f"corrupt {name} data ({detail})" if detail else f"corrupt {name} data"
 
 
-def _open_with_pillow(data: bytes, fmt: str) -> PILImage.Image:
+def _open_with_pillow(data: bytes, fmt: str, unidentified: str | None = None) -> PILImage.Image:
+    """Pillow's image of ``data``; when Pillow cannot identify it, an ImageError saying ``unidentified`` (default:
+    the header is damaged or truncated)."""
     try:
         return PILImage.open(io.BytesIO(data), formats=PILLOW_FORMATS[fmt])
     except PILImage.UnidentifiedImageError as exc:
-        raise ImageError(f"{DISPLAY_NAMES[fmt]} header is damaged or truncated") from exc
+        raise ImageError(unidentified or f"{DISPLAY_NAMES[fmt]} header is damaged or truncated") from exc
 
 
 def _read_with_pillow(data: bytes, fmt: str, max_pixels: int) -> Image:
@@ -233,11 +235,8 @@ def _read_tiff(data: bytes, max_pixels: int) -> Image:
     if pixels16 is not None:
         pixels = pixels16
     else:
-        try:
-            im = PILImage.open(io.BytesIO(data), formats=PILLOW_FORMATS["tiff"])
-        except PILImage.UnidentifiedImageError as exc:  # tifffile read the header: it is the layout
-            raise ImageError(f"unsupported TIFF layout ({layout})") from exc
-        with im:
+        # tifffile read the header, so what Pillow cannot identify is the layout
+        with _open_with_pillow(data, "tiff", f"unsupported TIFF layout ({layout})") as im:
             im.load()
             pixels, metadata.icc_profile = _pillow_pixels(im, metadata.icc_profile, notes)
     return Image(_apply_orientation(pixels, orientation), "tiff", metadata, notes)
